@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/pullwake demo $(DEMO_ARGS)
 
+# The README's test command: static checks first (cheap, fail fast), then the suite.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
