@@ -92,6 +92,9 @@ def _child_env(extra: dict[str, str] | None) -> dict[str, str]:
     return env
 
 
+_SIGTERM = signal.SIGTERM  # Proc.signal (the method) shadows the module in the class body
+
+
 class Proc:
     """A child process with its output captured to a file (read it on failure)."""
 
@@ -125,7 +128,7 @@ class Proc:
         assert self.popen is not None
         return self.popen.wait(timeout=timeout)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int | None:
+    def stop(self, sig: int = _SIGTERM, timeout: float = 5.0) -> int | None:
         """Signal and wait; SIGKILL if it does not exit in time.  Idempotent."""
         if self.popen is None or self.popen.poll() is not None:
             return None if self.popen is None else self.popen.returncode
