@@ -1,0 +1,500 @@
+"""OpenTelemetry providers for a pullwake service, built in one place.
+
+Why one place: the runner and the server must agree on resource attributes,
+on how the standard `OTEL_*` environment is read, on histogram buckets (from
+the catalog) and on the Prometheus text their `/metrics` serves.  And the
+rule that telemetry never hurts the process lives here too:
+
+- OTLP exporters exist only when configured (an endpoint variable or an
+  explicit `OTEL_*_EXPORTER=otlp`), so the embedded default never retries
+  against a collector that is not there;
+- spans go through a `BatchSpanProcessor` (bounded queue, its own thread),
+  metrics through a `PeriodicExportingMetricReader` (its own thread), both
+  with export timeouts: nothing here blocks the caller's event loop;
+- the exporters' own warnings are rate limited;
+- `shutdown()` flushes on a helper thread and gives up after a deadline.
+
+The Prometheus reader writes into a private `CollectorRegistry`, never the
+global one, so several providers (tests) can live in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from opentelemetry import metrics as metrics_api
+from opentelemetry import trace as trace_api
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+)
+
+from pullwake import __version__
+from pullwake.catalog import CATALOG, Component, Kind, Metric
+
+log = logging.getLogger("pullwake.telemetry")
+
+SERVICE_RUNNER: Final = "pullwake-runner"
+SERVICE_SERVER: Final = "pullwake-server"
+SCOPE: Final = "pullwake"
+
+PROTOCOLS: Final = ("grpc", "http/protobuf")
+TRACE_EXPORTERS: Final = ("otlp", "console", "none")
+METRIC_EXPORTERS: Final = ("otlp", "console", "prometheus", "none")
+_DEFAULT_ENDPOINT: Final = {
+    "grpc": "http://localhost:4317",
+    "http/protobuf": "http://localhost:4318",
+}
+_HTTP_PATH: Final = {"traces": "/v1/traces", "metrics": "/v1/metrics"}
+PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class TelemetryConfigError(ValueError):
+    """A bad `OTEL_*` value: the CLI turns it into a one-line error."""
+
+
+# --- settings (pure: environment mapping in, frozen settings out) ---------------
+@dataclass(frozen=True)
+class OtlpTarget:
+    """Where and how one signal is pushed."""
+
+    endpoint: str
+    protocol: str  # one of PROTOCOLS
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    disabled: bool
+    resource: Mapping[str, str]
+    traces_otlp: OtlpTarget | None
+    metrics_otlp: OtlpTarget | None
+    traces_console: bool = False
+    metrics_console: bool = False
+    metric_export_interval_s: float = 60.0
+    metric_export_timeout_s: float = 10.0
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() == "true"
+
+
+def _ms(env: Mapping[str, str], key: str, default_ms: float) -> float:
+    """A duration variable in milliseconds (the spec's unit), as seconds."""
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default_ms / 1000.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise TelemetryConfigError(f"{key}={raw!r} is not a number of milliseconds") from None
+    if value <= 0:
+        raise TelemetryConfigError(f"{key}={raw!r} must be positive (milliseconds)")
+    return value / 1000.0
+
+
+def _kv_list(env: Mapping[str, str], key: str) -> dict[str, str]:
+    """`k=v,k2=v2` with URL-encoded values (headers, resource attributes)."""
+    out: dict[str, str] = {}
+    for item in env.get(key, "").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise TelemetryConfigError(f"{key}: {item.strip()!r} is not key=value")
+        out[urllib.parse.unquote(name.strip())] = urllib.parse.unquote(value.strip())
+    return out
+
+
+def _exporters(env: Mapping[str, str], key: str, allowed: Sequence[str]) -> set[str] | None:
+    raw = env.get(key)
+    if raw is None or not raw.strip():
+        return None
+    names = {n.strip().lower() for n in raw.split(",") if n.strip()}
+    bad = sorted(names - set(allowed))
+    if bad:
+        raise TelemetryConfigError(f"{key}: unsupported {', '.join(bad)} (use {'|'.join(allowed)})")
+    return names - {"none"}
+
+
+def _otlp_target(env: Mapping[str, str], signal: str) -> OtlpTarget:
+    sig = signal.upper()
+    protocol = (
+        env.get(f"OTEL_EXPORTER_OTLP_{sig}_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "grpc"
+    ).strip()
+    if protocol not in PROTOCOLS:
+        raise TelemetryConfigError(
+            f"OTLP protocol {protocol!r} is not supported (use {' | '.join(PROTOCOLS)})"
+        )
+    endpoint = env.get(f"OTEL_EXPORTER_OTLP_{sig}_ENDPOINT", "").strip()
+    if not endpoint:
+        base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or _DEFAULT_ENDPOINT[protocol]
+        # The generic endpoint is a base URL: HTTP appends the signal path, gRPC does not.
+        endpoint = base.rstrip("/") + _HTTP_PATH[signal] if protocol != "grpc" else base
+    parsed = urllib.parse.urlparse(endpoint)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise TelemetryConfigError(f"OTLP endpoint {endpoint!r} is not an http(s)://host:port URL")
+    headers = {
+        **_kv_list(env, "OTEL_EXPORTER_OTLP_HEADERS"),
+        **_kv_list(env, f"OTEL_EXPORTER_OTLP_{sig}_HEADERS"),
+    }
+    timeout_key = f"OTEL_EXPORTER_OTLP_{sig}_TIMEOUT"
+    if not env.get(timeout_key, "").strip():
+        timeout_key = "OTEL_EXPORTER_OTLP_TIMEOUT"
+    return OtlpTarget(endpoint, protocol, headers, _ms(env, timeout_key, 10_000))
+
+
+def settings_from_env(
+    service_name: str,
+    instance_id: str,
+    version: str = __version__,
+    env: Mapping[str, str] | None = None,
+) -> TelemetrySettings:
+    """Read the standard OTel variables.  OTLP is on only when asked for.
+
+    `OTEL_{TRACES,METRICS}_EXPORTER` unset means: OTLP if an endpoint
+    variable is set, else nothing pushed (the Prometheus endpoint is always
+    there unless `OTEL_SDK_DISABLED=true`).  Timeouts and intervals are in
+    milliseconds, as the specification says.
+    """
+    env = os.environ if env is None else env
+    resource = {
+        "service.name": service_name,
+        "service.instance.id": instance_id,
+        "service.version": version,
+    }
+    resource.update(_kv_list(env, "OTEL_RESOURCE_ATTRIBUTES"))
+    if env.get("OTEL_SERVICE_NAME", "").strip():
+        resource["service.name"] = env["OTEL_SERVICE_NAME"].strip()
+    if _truthy(env.get("OTEL_SDK_DISABLED")):
+        return TelemetrySettings(True, resource, None, None)
+
+    def wanted(signal: str, allowed: Sequence[str]) -> set[str]:
+        chosen = _exporters(env, f"OTEL_{signal.upper()}_EXPORTER", allowed)
+        if chosen is not None:
+            return chosen
+        endpoint_set = any(
+            env.get(k, "").strip()
+            for k in (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT",
+            )
+        )
+        return {"otlp"} if endpoint_set else set()
+
+    traces = wanted("traces", TRACE_EXPORTERS)
+    metrics = wanted("metrics", METRIC_EXPORTERS)
+    interval = _ms(env, "OTEL_METRIC_EXPORT_INTERVAL", 60_000)
+    return TelemetrySettings(
+        disabled=False,
+        resource=resource,
+        traces_otlp=_otlp_target(env, "traces") if "otlp" in traces else None,
+        metrics_otlp=_otlp_target(env, "metrics") if "otlp" in metrics else None,
+        traces_console="console" in traces,
+        metrics_console="console" in metrics,
+        metric_export_interval_s=interval,
+        # An export may never outlive the next one: bound it by the interval.
+        metric_export_timeout_s=min(_ms(env, "OTEL_METRIC_EXPORT_TIMEOUT", 10_000), interval),
+    )
+
+
+# --- exporters -----------------------------------------------------------------
+def _span_exporter(t: OtlpTarget) -> SpanExporter:
+    if t.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(endpoint=t.endpoint, headers=dict(t.headers), timeout=t.timeout_s)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpSpanExporter,
+    )
+
+    return HttpSpanExporter(endpoint=t.endpoint, headers=dict(t.headers), timeout=t.timeout_s)
+
+
+def _metric_exporter(t: OtlpTarget) -> MetricExporter:
+    if t.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        return OTLPMetricExporter(endpoint=t.endpoint, headers=dict(t.headers), timeout=t.timeout_s)
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpMetricExporter,
+    )
+
+    return HttpMetricExporter(endpoint=t.endpoint, headers=dict(t.headers), timeout=t.timeout_s)
+
+
+def catalog_views(component: Component | None = None) -> list[View]:
+    """Histogram bucket Views from the catalog (the one place buckets live)."""
+    return [
+        View(instrument_name=m.name, aggregation=ExplicitBucketHistogramAggregation(m.buckets))
+        for m in CATALOG
+        if m.kind is Kind.HISTOGRAM
+        and m.buckets
+        and (component is None or m.component is component)
+    ]
+
+
+# --- rate-limited logging of the SDK's own complaints ---------------------------
+class RateLimitFilter(logging.Filter):
+    """Let one record per (logger, message template) through per `interval_s`.
+
+    An unreachable collector makes the exporters warn on every retry; that
+    must not flood the runner's log.  The next record let through says how
+    many were suppressed.
+    """
+
+    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return False
+            if len(self._last) > 256:  # bounded memory whatever the SDK logs
+                self._last.clear()
+                self._suppressed.clear()
+            self._last[key] = now
+            dropped = self._suppressed.pop(key, 0)
+        if dropped:
+            record.msg = f"{record.msg} ({dropped} similar messages suppressed)"
+        return True
+
+
+_LOG_FILTER: Final = RateLimitFilter()
+
+
+def install_log_rate_limit() -> None:
+    """Attach the filter to every OTel logger (filters do not propagate)."""
+    import opentelemetry.exporter.otlp.proto.grpc.exporter
+    import opentelemetry.exporter.otlp.proto.http._common
+    import opentelemetry.sdk._shared_internal  # noqa: F401
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("opentelemetry"):
+            logger = logging.getLogger(name)
+            if _LOG_FILTER not in logger.filters:
+                logger.addFilter(_LOG_FILTER)
+
+
+# --- the providers ----------------------------------------------------------------
+class Telemetry:
+    """Tracer + meter providers and the Prometheus text for one service.
+
+    Tests inject `span_processors` / `metric_readers` (in-memory ones) and
+    never touch the global providers; nothing here sets them either.
+    """
+
+    def __init__(
+        self,
+        settings: TelemetrySettings,
+        *,
+        span_processors: Sequence[SpanProcessor] = (),
+        metric_readers: Sequence[MetricReader] = (),
+        prometheus: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.enabled = not settings.disabled
+        self._registry: Any = None
+        self._shutdown_done = False
+        if not self.enabled:
+            self.tracer_provider: trace_api.TracerProvider = trace_api.NoOpTracerProvider()
+            self.meter_provider: metrics_api.MeterProvider = metrics_api.NoOpMeterProvider()
+            return
+        install_log_rate_limit()
+        resource = Resource.create(dict(settings.resource))
+        processors = list(span_processors)
+        if settings.traces_otlp:
+            processors.append(BatchSpanProcessor(_span_exporter(settings.traces_otlp)))
+        if settings.traces_console:
+            processors.append(BatchSpanProcessor(ConsoleSpanExporter()))
+        tp = TracerProvider(resource=resource, shutdown_on_exit=False)
+        for p in processors:
+            tp.add_span_processor(p)
+        readers = list(metric_readers)
+        interval_ms = settings.metric_export_interval_s * 1000
+        timeout_ms = settings.metric_export_timeout_s * 1000
+        if settings.metrics_otlp:
+            readers.append(
+                PeriodicExportingMetricReader(
+                    _metric_exporter(settings.metrics_otlp), interval_ms, timeout_ms
+                )
+            )
+        if settings.metrics_console:
+            readers.append(
+                PeriodicExportingMetricReader(ConsoleMetricExporter(), interval_ms, timeout_ms)
+            )
+        if prometheus:
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+            from prometheus_client import CollectorRegistry
+
+            self._registry = CollectorRegistry(auto_describe=False)
+            readers.append(PrometheusMetricReader(registry=self._registry))
+        self.tracer_provider = tp
+        self.meter_provider = MeterProvider(
+            resource=resource, metric_readers=readers, views=catalog_views(), shutdown_on_exit=False
+        )
+
+    def tracer(self) -> trace_api.Tracer:
+        return self.tracer_provider.get_tracer(SCOPE, __version__)
+
+    def meter(self) -> metrics_api.Meter:
+        return self.meter_provider.get_meter(SCOPE, __version__)
+
+    @property
+    def has_prometheus(self) -> bool:
+        return self._registry is not None
+
+    def prometheus_text(self) -> bytes:
+        """The Prometheus exposition; collection runs the gauge callbacks (fast)."""
+        if self._registry is None:
+            return b"# telemetry disabled (OTEL_SDK_DISABLED=true)\n"
+        from prometheus_client import generate_latest
+
+        return bytes(generate_latest(self._registry))
+
+    def shutdown(self, timeout_s: float = 5.0) -> bool:
+        """Flush and stop within `timeout_s`; True when everything flushed in time.
+
+        Runs on a daemon thread: an unreachable collector cannot hold the
+        process past the deadline.
+        """
+        if not self.enabled or self._shutdown_done:
+            return True
+        self._shutdown_done = True
+        tp, mp = self.tracer_provider, self.meter_provider
+        ms = max(timeout_s * 1000 - 100, 100)
+
+        def run() -> None:
+            try:
+                if isinstance(tp, TracerProvider):
+                    tp.force_flush(int(ms / 2))
+                    tp.shutdown()
+                if isinstance(mp, MeterProvider):
+                    mp.shutdown(timeout_millis=ms / 2)
+            except Exception:  # never let telemetry fail the caller's exit
+                log.warning("telemetry shutdown failed", exc_info=True)
+
+        t = threading.Thread(target=run, name="pullwake-telemetry-shutdown", daemon=True)
+        t.start()
+        t.join(timeout_s)
+        if t.is_alive():
+            log.warning("telemetry did not flush within %.1fs; dropping the rest", timeout_s)
+            return False
+        return True
+
+
+def build_telemetry(
+    service_name: str,
+    instance_id: str,
+    version: str = __version__,
+    env: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> Telemetry:
+    """Settings from the environment, then providers; raises TelemetryConfigError."""
+    return Telemetry(settings_from_env(service_name, instance_id, version, env), **kwargs)
+
+
+# --- instruments from the catalog --------------------------------------------------
+GaugeCallback = Callable[[], Iterable[tuple[float, Mapping[str, str]]]]
+
+
+class Instruments:
+    """Every instrument of one component, created once from the catalog.
+
+    Gauges are observable: each needs a callback returning
+    `(value, attributes)` pairs, read at collection time.  `add`/`record`
+    check attributes against the catalog so no unlisted label sneaks in.
+    """
+
+    def __init__(
+        self, meter: metrics_api.Meter, component: Component, gauges: Mapping[str, GaugeCallback]
+    ) -> None:
+        self._sync: dict[str, Any] = {}
+        self._observable: dict[str, Any] = {}
+        missing = [
+            m.name
+            for m in CATALOG
+            if m.component is component and m.kind is Kind.GAUGE and m.name not in gauges
+        ]
+        if missing:
+            raise ValueError(f"no gauge callback for {', '.join(missing)}")
+        for m in CATALOG:
+            if m.component is not component:
+                continue
+            if m.kind is Kind.COUNTER:
+                self._sync[m.name] = meter.create_counter(m.name, m.unit, m.description)
+            elif m.kind is Kind.UPDOWN:
+                self._sync[m.name] = meter.create_up_down_counter(m.name, m.unit, m.description)
+            elif m.kind is Kind.HISTOGRAM:
+                self._sync[m.name] = meter.create_histogram(
+                    m.name, m.unit, m.description, explicit_bucket_boundaries_advisory=m.buckets
+                )
+            else:
+                self._observable[m.name] = meter.create_observable_gauge(
+                    m.name, [_gauge_adapter(m, gauges[m.name])], m.unit, m.description
+                )
+
+    def _check(self, m: Metric, attributes: Mapping[str, str]) -> None:
+        if tuple(attributes) != m.attributes and set(attributes) != set(m.attributes):
+            raise ValueError(f"{m.name}: attributes {sorted(attributes)} != {list(m.attributes)}")
+
+    def add(
+        self,
+        m: Metric,
+        amount: float,
+        attributes: Mapping[str, str],
+        context: Context | None = None,
+    ) -> None:
+        self._check(m, attributes)
+        self._sync[m.name].add(amount, attributes, context=context)
+
+    def record(
+        self, m: Metric, value: float, attributes: Mapping[str, str], context: Context | None = None
+    ) -> None:
+        self._check(m, attributes)
+        self._sync[m.name].record(value, attributes, context=context)
+
+
+def _gauge_adapter(
+    m: Metric, cb: GaugeCallback
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            return [Observation(v, dict(a)) for v, a in cb()]
+        except Exception:  # a broken snapshot must not break the other gauges
+            log.warning("gauge %s callback failed", m.name, exc_info=True)
+            return []
+
+    return observe
