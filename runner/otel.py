@@ -1,0 +1,375 @@
+"""OpenTelemetry for the runner: a `RunnerObserver` writing catalog metrics and spans.
+
+The runner core never imports OpenTelemetry; it reports to `runner.observe`
+and this observer turns the reports into:
+
+- metrics from the catalog: gauges read `Runner.snapshot()` at collection
+  time (one snapshot per collection), counters and histograms from observer
+  calls, recorded in the active span's context so exemplars carry trace ids;
+- one `pullwake.stream.session` span per stream session, from the connect
+  attempt to its end (ERROR when the end reason is a failure, detector
+  firings as span events); a connect attempt that never got a response is
+  renamed `pullwake.stream.connect` and carries the backoff wait before it;
+- spans for units of work the runner wraps in `span()` (heartbeat, claim,
+  handle, complete), root spans linked to the current session; each wake's
+  claim -> handle -> complete hang under one `pullwake.wake` span;
+- W3C `traceparent` on every aiohttp request via `trace_config()` (requests
+  outside any span carry the session span's context).
+
+Everything here is called on the runner's event loop and only enqueues or
+updates memory (bounded maps); exporting happens on the SDK's threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final
+
+import aiohttp
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from pullwake import catalog as c
+from pullwake.catalog import RUNNER_ID, Component
+from pullwake.protocol import (
+    EndReason,
+    HeartbeatErrorType,
+    HeartbeatOutcome,
+    RunnerState,
+    WakeOutcome,
+)
+from pullwake.telemetry import Instruments, Telemetry
+from runner.observe import RunnerSnapshot, SessionInfo, Transition
+
+log = logging.getLogger("runner.otel")
+
+SESSION_SPAN: Final = "pullwake.stream.session"
+CONNECT_SPAN: Final = "pullwake.stream.connect"
+WAKE_SPAN: Final = "pullwake.wake"
+_WAKE_STEPS: Final = frozenset({"claim", "handle", "complete"})
+_TERMINAL: Final = frozenset({WakeOutcome.SKIPPED, WakeOutcome.FAILED, WakeOutcome.DUPLICATE})
+_MAX_OPEN_SESSIONS: Final = 8
+_MAX_OPEN_WAKES: Final = 1024
+_SNAPSHOT_TTL_S: Final = 0.2
+_PROPAGATOR: Final = TraceContextTextMapPropagator()
+
+Gauge = Iterable[tuple[float, Mapping[str, str]]]
+
+
+def _ns(unix_s: float | None) -> int | None:
+    return None if unix_s is None else int(unix_s * 1e9)
+
+
+def _attr_key(key: str) -> str:
+    """Runner-side keys (`wake_id`) -> namespaced span attribute keys."""
+    if key == "wake_id":
+        return "pullwake.wake.id"
+    return key if "." in key else f"pullwake.{key}"
+
+
+def _attr_value(value: Any) -> Any:
+    if isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+class OtelRunnerObserver:
+    """Implements `runner.observe.RunnerObserver` on an injected `Telemetry`."""
+
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        runner_id: str,
+        snapshot: Callable[[], RunnerSnapshot] | None = None,
+    ) -> None:
+        self.telemetry = telemetry
+        self.runner_id = runner_id
+        self._rid = {RUNNER_ID: runner_id}
+        self._tracer = telemetry.tracer()
+        self._snapshot = snapshot
+        self._snap_lock = threading.Lock()
+        self._cached: tuple[float, RunnerSnapshot] | None = None
+        self._sessions: OrderedDict[int, Span] = OrderedDict()
+        self._current: Span | None = None
+        self._wakes: OrderedDict[str, Span] = OrderedDict()
+        self._pending_backoff: tuple[float, int, EndReason | None] | None = None
+        self._ins = Instruments(
+            telemetry.meter(),
+            Component.RUNNER,
+            {
+                c.STREAM_CONNECTED.name: lambda: self._one(
+                    lambda s: 1.0 if s.stream_connected else 0.0
+                ),
+                c.STREAM_AGE.name: lambda: self._one(lambda s: s.stream_age_s),
+                c.STREAM_IDLE.name: lambda: self._one(lambda s: s.stream_idle_s),
+                c.STREAM_IDLE_TIMEOUT.name: lambda: self._one(lambda s: s.idle_timeout_s),
+                c.HEARTBEAT_CONSECUTIVE_FAILURES.name: lambda: self._one(
+                    lambda s: float(s.consecutive_heartbeat_failures)
+                ),
+                c.HEARTBEAT_LAST_SUCCESS.name: lambda: self._one(
+                    lambda s: s.last_heartbeat_success_at or 0.0
+                ),
+                c.RUNNER_STATE.name: self._states,
+            },
+        )
+
+    def bind(self, snapshot: Callable[[], RunnerSnapshot]) -> None:
+        """Give the gauges their source once the `Runner` exists."""
+        self._snapshot = snapshot
+
+    # --- gauges (a metric reader's thread or the /metrics handler) ---
+    def _snap(self) -> RunnerSnapshot | None:
+        if self._snapshot is None:
+            return None
+        now = time.monotonic()
+        with self._snap_lock:
+            if self._cached is None or now - self._cached[0] > _SNAPSHOT_TTL_S:
+                self._cached = (now, self._snapshot())
+            return self._cached[1]
+
+    def _one(self, value: Callable[[RunnerSnapshot], float]) -> Gauge:
+        snap = self._snap()
+        return [] if snap is None else [(float(value(snap)), self._rid)]
+
+    def _states(self) -> Gauge:
+        snap = self._snap()
+        if snap is None:
+            return []
+        return [
+            (1.0 if snap.state is st else 0.0, {RUNNER_ID: self.runner_id, "state": st.value})
+            for st in RunnerState
+        ]
+
+    # --- context helpers ---
+    def _metric_context(self) -> otel_context.Context | None:
+        """The active span's context, else the session's: exemplars link to a trace."""
+        if trace.get_current_span().get_span_context().is_valid:
+            return None  # the SDK uses the current context
+        if self._current is not None:
+            return trace.set_span_in_context(self._current)
+        return None
+
+    def _session_links(self) -> list[Link]:
+        if self._current is None:
+            return []
+        return [Link(self._current.get_span_context(), {"pullwake.link": "stream.session"})]
+
+    # --- the RunnerObserver protocol ---
+    def transition(self, t: Transition) -> None:
+        if t.new is RunnerState.RECONNECTING:
+            reason = (t.reason or EndReason.ERROR).value
+            self._ins.add(
+                c.STREAM_RECONNECTS, 1, {**self._rid, "reason": reason}, self._metric_context()
+            )
+        if self._current is not None and self._current.is_recording():
+            self._current.add_event(
+                "state", {"pullwake.state.old": t.old.value, "pullwake.state.new": t.new.value}
+            )
+
+    def session_started(self, s: SessionInfo) -> None:
+        attributes: dict[str, Any] = {
+            RUNNER_ID: self.runner_id,
+            "pullwake.session.number": s.number,
+            "pullwake.live.mode": s.mode.value,
+            "pullwake.offset.start": s.start_offset,
+        }
+        if self._pending_backoff is not None:
+            wait_s, tries, reason = self._pending_backoff
+            attributes["pullwake.backoff.wait_s"] = wait_s
+            attributes["pullwake.backoff.tries"] = tries
+            if reason is not None:
+                attributes["pullwake.backoff.after_reason"] = reason.value
+            self._pending_backoff = None
+        span = self._tracer.start_span(
+            SESSION_SPAN,
+            context=otel_context.Context(),  # a root: one trace per session
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=_ns(s.started_at),
+        )
+        self._sessions[s.number] = span
+        self._current = span
+        while len(self._sessions) > _MAX_OPEN_SESSIONS:  # bounded even if ends go missing
+            _, stale = self._sessions.popitem(last=False)
+            stale.set_attribute("pullwake.session.abandoned", True)
+            stale.end()
+
+    def session_connected(self, s: SessionInfo) -> None:
+        span = self._sessions.get(s.number)
+        if span is None:
+            return
+        if s.connected_at is not None:
+            span.set_attribute(
+                "pullwake.session.connect_s", max(0.0, s.connected_at - s.started_at)
+            )
+        span.add_event("connected", timestamp=_ns(s.connected_at))
+
+    def session_ended(self, s: SessionInfo) -> None:
+        span = self._sessions.pop(s.number, None)
+        if self._current is span:
+            self._current = None
+        reason = s.reason or EndReason.ERROR
+        if s.connected_at is not None and s.ended_at is not None:
+            self._ins.record(
+                c.STREAM_SESSION_DURATION,
+                max(0.0, s.ended_at - s.connected_at),
+                {**self._rid, "reason": reason.value},
+                None if span is None else trace.set_span_in_context(span),
+            )
+        if span is None:
+            return
+        if s.connected_at is None:
+            span.update_name(CONNECT_SPAN)  # never streamed: a failed connect attempt
+        span.set_attribute("pullwake.end.reason", reason.value)
+        span.set_attribute("pullwake.wakes.received", s.wakes_received)
+        if s.end_offset is not None:
+            span.set_attribute("pullwake.offset.end", s.end_offset)
+        if s.first_byte_at is not None:
+            span.set_attribute("pullwake.session.ttfb_s", max(0.0, s.first_byte_at - s.started_at))
+        if s.error:
+            span.set_attribute("error.type", reason.value)
+            span.set_attribute("pullwake.error", s.error[:500])
+        if reason.is_failure:
+            span.set_status(Status(StatusCode.ERROR, f"{reason.value}: {s.error or ''}"[:200]))
+        span.end(end_time=_ns(s.ended_at))
+
+    def detector_fired(
+        self, s: SessionInfo | None, detector: str, details: Mapping[str, Any]
+    ) -> None:
+        span = self._sessions.get(s.number) if s is not None else self._current
+        if span is None:
+            return
+        attributes = {_attr_key(k): _attr_value(v) for k, v in details.items()}
+        span.add_event(f"detector.{detector}", {"pullwake.detector": detector, **attributes})
+
+    def backoff_wait(self, seconds: float, tries: int, reason: EndReason | None) -> None:
+        self._ins.record(c.RECONNECT_BACKOFF, seconds, self._rid)
+        self._pending_backoff = (seconds, tries, reason)
+
+    def heartbeat(
+        self, outcome: HeartbeatOutcome, duration_s: float, error_type: HeartbeatErrorType | None
+    ) -> None:
+        ctx = self._metric_context()
+        self._ins.add(c.HEARTBEATS, 1, {**self._rid, "outcome": outcome.value}, ctx)
+        self._ins.record(
+            c.HEARTBEAT_DURATION, duration_s, {**self._rid, "outcome": outcome.value}, ctx
+        )
+        current = trace.get_current_span()
+        current.set_attribute("pullwake.heartbeat.outcome", outcome.value)
+        if outcome is HeartbeatOutcome.FAILED:
+            etype = (error_type or HeartbeatErrorType.OTHER).value
+            self._ins.add(c.HEARTBEAT_FAILURES, 1, {**self._rid, "error.type": etype}, ctx)
+            current.set_attribute("error.type", etype)
+            current.set_status(Status(StatusCode.ERROR, etype))
+
+    def wake(
+        self, outcome: WakeOutcome, wake_id: str | None, latency_s: float | None = None
+    ) -> None:
+        ctx = self._metric_context()
+        self._ins.add(c.WAKES, 1, {**self._rid, "outcome": outcome.value}, ctx)
+        if latency_s is not None:
+            self._ins.record(c.WAKE_LATENCY, latency_s, self._rid, ctx)
+        if wake_id is None:
+            return
+        if outcome is WakeOutcome.RECEIVED:
+            self._wake_span(wake_id)
+        elif outcome in _TERMINAL:
+            span = self._wakes.pop(wake_id, None)
+            if span is not None:
+                span.set_attribute("pullwake.wake.outcome", outcome.value)
+                if outcome is WakeOutcome.FAILED:
+                    span.set_status(Status(StatusCode.ERROR, "failed"))
+                span.end()
+        elif outcome is WakeOutcome.HANDLED and wake_id in self._wakes:
+            self._wakes[wake_id].set_attribute("pullwake.wake.outcome", outcome.value)
+
+    def _wake_span(self, wake_id: str) -> Span:
+        span = self._wakes.get(wake_id)
+        if span is None:
+            span = self._tracer.start_span(
+                WAKE_SPAN,
+                context=otel_context.Context(),
+                attributes={RUNNER_ID: self.runner_id, "pullwake.wake.id": wake_id},
+                links=self._session_links(),
+            )
+            self._wakes[wake_id] = span
+            while len(self._wakes) > _MAX_OPEN_WAKES:
+                _, stale = self._wakes.popitem(last=False)
+                stale.set_attribute("pullwake.wake.abandoned", True)
+                stale.end()
+        return span
+
+    def claim(self, outcome: WakeOutcome, duration_s: float) -> None:
+        self._ins.record(
+            c.CLAIM_DURATION,
+            duration_s,
+            {**self._rid, "outcome": outcome.value},
+            self._metric_context(),
+        )
+
+    def handler(self, outcome: WakeOutcome, duration_s: float) -> None:
+        self._ins.record(
+            c.HANDLER_DURATION,
+            duration_s,
+            {**self._rid, "outcome": outcome.value},
+            self._metric_context(),
+        )
+
+    @contextlib.contextmanager
+    def span(self, name: str, attributes: Mapping[str, Any]) -> Iterator[None]:
+        """A span around a unit of work; HTTP requests inside carry its traceparent."""
+        attrs = {_attr_key(k): _attr_value(v) for k, v in attributes.items()}
+        attrs[RUNNER_ID] = self.runner_id
+        wake_id = attributes.get("wake_id")
+        parent: otel_context.Context | None = None
+        links: list[Link] = []
+        if name in _WAKE_STEPS and isinstance(wake_id, str) and wake_id:
+            parent = trace.set_span_in_context(self._wake_span(wake_id))
+            full = f"{WAKE_SPAN}.{name}"
+        else:
+            full = name if name.startswith("pullwake.") else f"pullwake.{name}"
+            if not trace.get_current_span().get_span_context().is_valid:
+                links = self._session_links()
+        with self._tracer.start_as_current_span(
+            full, context=parent, attributes=attrs, links=links
+        ):
+            yield
+        if name == "complete" and isinstance(wake_id, str):
+            done = self._wakes.pop(wake_id, None)
+            if done is not None:
+                done.end()
+
+    # --- propagation on the runner's HTTP requests ---
+    def trace_config(self) -> aiohttp.TraceConfig:
+        """An aiohttp `TraceConfig` that injects W3C `traceparent` into every request."""
+        config = aiohttp.TraceConfig()
+
+        async def on_request_start(
+            _session: aiohttp.ClientSession,
+            _ctx: Any,
+            params: aiohttp.TraceRequestStartParams,
+        ) -> None:
+            ctx: otel_context.Context | None = None
+            if not trace.get_current_span().get_span_context().is_valid and self._current:
+                ctx = trace.set_span_in_context(self._current)  # the stream GET itself
+            carrier: dict[str, str] = {}
+            _PROPAGATOR.inject(carrier, context=ctx)
+            for key, value in carrier.items():
+                params.headers[key] = value
+
+        config.on_request_start.append(on_request_start)
+        return config
+
+    def close(self) -> None:
+        """End wake spans still open (a stopping runner); sessions end themselves."""
+        while self._wakes:
+            _, span = self._wakes.popitem(last=False)
+            span.set_attribute("pullwake.wake.abandoned", True)
+            span.end()

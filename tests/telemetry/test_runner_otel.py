@@ -1,0 +1,270 @@
+"""`runner.otel.OtelRunnerObserver` driven through the observer seam.
+
+The observer is fed the calls the runner makes (no runner process here: the
+end-to-end tests in test_e2e_*.py do that); spans land in an in-memory
+exporter, metrics are read from the real Prometheus text, and traceparent
+propagation goes over a real loopback HTTP request.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from pullwake.protocol import (
+    EndReason,
+    HeartbeatErrorType,
+    HeartbeatOutcome,
+    LiveMode,
+    RunnerState,
+    WakeOutcome,
+)
+from pullwake.telemetry import SERVICE_RUNNER, Telemetry, build_telemetry
+from runner.observe import Observers, RunnerSnapshot, SessionInfo, Transition
+from runner.otel import CONNECT_SPAN, SESSION_SPAN, WAKE_SPAN, OtelRunnerObserver
+
+
+class Rig:
+    def __init__(self) -> None:
+        self.spans = InMemorySpanExporter()
+        self.telemetry: Telemetry = build_telemetry(
+            SERVICE_RUNNER, "r1", env={}, span_processors=[SimpleSpanProcessor(self.spans)]
+        )
+        self.obs = OtelRunnerObserver(self.telemetry, "r1")
+
+    def finished(self, name: str | None = None) -> list[ReadableSpan]:
+        return [s for s in self.spans.get_finished_spans() if name is None or s.name == name]
+
+    def sample(self, metric: str, **labels: str) -> float | None:
+        text = self.telemetry.prometheus_text().decode()
+        for line in text.splitlines():
+            m = re.match(r"^(\w+)\{(.*)\} (\S+)$", line)
+            if not m or m.group(1) != metric:
+                continue
+            got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+            if all(got.get(k) == v for k, v in labels.items()):
+                return float(m.group(3))
+        return None
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = Rig()
+    yield r
+    r.telemetry.shutdown(2)
+
+
+def session(n: int, **kw: object) -> SessionInfo:
+    base: dict[str, object] = {
+        "number": n,
+        "mode": LiveMode.SSE,
+        "start_offset": "0000000000000001_0000000000000000",
+        "started_at": time.time(),
+    }
+    base.update(kw)
+    return SessionInfo(**base)  # type: ignore[arg-type]
+
+
+def test_one_span_per_session_failure_is_error_with_detector_event(rig: Rig) -> None:
+    s1 = session(1)
+    rig.obs.session_started(s1)
+    t0 = s1.started_at
+    rig.obs.session_connected(session(1, started_at=t0, connected_at=t0 + 0.01))
+    rig.obs.detector_fired(s1, "idle_timeout", {"idle_s": 3.1, "limit_s": 3.0})
+    rig.obs.transition(
+        Transition(
+            RunnerState.STREAMING, RunnerState.RECONNECTING, "StreamEnded", EndReason.IDLE_TIMEOUT
+        )
+    )
+    rig.obs.session_ended(
+        session(
+            1,
+            started_at=t0,
+            connected_at=t0 + 0.01,
+            first_byte_at=t0 + 0.02,
+            ended_at=t0 + 5,
+            end_offset="0000000000000001_0000000000000007",
+            wakes_received=7,
+            reason=EndReason.IDLE_TIMEOUT,
+            error="no byte for 3.0s",
+        )
+    )
+    (span,) = rig.finished(SESSION_SPAN)
+    a = dict(span.attributes or {})
+    assert a["runner.id"] == "r1" and a["pullwake.session.number"] == 1
+    assert a["pullwake.live.mode"] == "sse"
+    assert a["pullwake.offset.end"].endswith("07") and a["pullwake.wakes.received"] == 7
+    assert a["pullwake.end.reason"] == "idle_timeout"
+    assert a["pullwake.session.ttfb_s"] == pytest.approx(0.02, abs=1e-3)
+    assert span.status.status_code is StatusCode.ERROR
+    assert "detector.idle_timeout" in [e.name for e in span.events]
+    assert span.end_time is not None and span.start_time is not None
+    assert (span.end_time - span.start_time) / 1e9 == pytest.approx(5, abs=0.01)
+    assert rig.sample("pullwake_stream_reconnects_total", reason="idle_timeout") == 1
+    assert rig.sample("pullwake_stream_session_duration_seconds_count", reason="idle_timeout") == 1
+
+
+def test_failed_connect_is_its_own_span_with_the_backoff_before_it(rig: Rig) -> None:
+    rig.obs.backoff_wait(2.0, 3, EndReason.CONNECT_ERROR)
+    s = session(4)
+    rig.obs.session_started(s)
+    rig.obs.session_ended(
+        session(4, started_at=s.started_at, ended_at=time.time(), reason=EndReason.CONNECT_ERROR)
+    )
+    assert rig.finished(SESSION_SPAN) == []
+    (span,) = rig.finished(CONNECT_SPAN)
+    a = dict(span.attributes or {})
+    assert a["pullwake.backoff.wait_s"] == 2.0 and a["pullwake.backoff.tries"] == 3
+    assert a["pullwake.backoff.after_reason"] == "connect_error"
+    assert span.status.status_code is StatusCode.ERROR
+    assert rig.sample("pullwake_reconnect_backoff_seconds_count") == 1
+
+
+def test_stopped_session_is_not_an_error(rig: Rig) -> None:
+    s = session(1, connected_at=time.time())
+    rig.obs.session_started(s)
+    rig.obs.session_ended(
+        session(
+            1,
+            started_at=s.started_at,
+            connected_at=s.connected_at,
+            ended_at=time.time(),
+            reason=EndReason.STOPPED,
+        )
+    )
+    (span,) = rig.finished(SESSION_SPAN)
+    assert span.status.status_code is not StatusCode.ERROR
+
+
+def test_heartbeat_span_links_to_session_and_counts_failures(rig: Rig) -> None:
+    rig.obs.session_started(session(1))
+    session_ctx = rig.obs._current.get_span_context()  # type: ignore[union-attr]
+    with rig.obs.span("heartbeat", {"attempt": 1}):
+        rig.obs.heartbeat(HeartbeatOutcome.FAILED, 0.004, HeartbeatErrorType.CONNECT)
+    with rig.obs.span("heartbeat", {}):
+        rig.obs.heartbeat(HeartbeatOutcome.OK, 0.002, None)
+    hb = rig.finished("pullwake.heartbeat")
+    assert len(hb) == 2
+    assert [link.context.span_id for link in hb[0].links] == [session_ctx.span_id]
+    assert hb[0].status.status_code is StatusCode.ERROR
+    assert dict(hb[0].attributes or {})["error.type"] == "connect"
+    assert rig.sample("pullwake_heartbeats_total", outcome="failed") == 1
+    assert rig.sample("pullwake_heartbeats_total", outcome="ok") == 1
+    assert rig.sample("pullwake_heartbeat_failures_total", error_type="connect") == 1
+    assert rig.sample("pullwake_heartbeat_duration_seconds_count", outcome="ok") == 1
+
+
+def test_wake_claim_handle_complete_share_one_trace(rig: Rig) -> None:
+    rig.obs.session_started(session(1))
+    rig.obs.wake(WakeOutcome.RECEIVED, "w1")
+    with rig.obs.span("claim", {"wake_id": "w1"}):
+        pass
+    rig.obs.claim(WakeOutcome.CLAIMED, 0.003)
+    with rig.obs.span("handle", {"wake_id": "w1"}):
+        rig.obs.handler(WakeOutcome.HANDLED, 0.01)
+    rig.obs.wake(WakeOutcome.HANDLED, "w1", 0.05)
+    with rig.obs.span("complete", {"wake_id": "w1"}):
+        pass
+    (root,) = rig.finished(WAKE_SPAN)
+    steps = {s.name: s for s in rig.finished() if s.name.startswith(WAKE_SPAN + ".")}
+    assert set(steps) == {f"{WAKE_SPAN}.claim", f"{WAKE_SPAN}.handle", f"{WAKE_SPAN}.complete"}
+    for s in steps.values():
+        assert s.parent is not None and s.parent.span_id == root.context.span_id
+        assert dict(s.attributes or {})["pullwake.wake.id"] == "w1"
+    assert root.links  # linked to the session that received it
+    assert rig.sample("pullwake_wakes_total", outcome="received") == 1
+    assert rig.sample("pullwake_wakes_total", outcome="handled") == 1
+    assert rig.sample("pullwake_wake_latency_seconds_count") == 1
+    assert rig.sample("pullwake_claim_duration_seconds_count", outcome="claimed") == 1
+    assert rig.sample("pullwake_handler_duration_seconds_count", outcome="handled") == 1
+    # a skipped wake ends its span too
+    rig.obs.wake(WakeOutcome.RECEIVED, "w2")
+    rig.obs.wake(WakeOutcome.SKIPPED, "w2")
+    assert len(rig.finished(WAKE_SPAN)) == 2
+
+
+def test_gauges_read_the_snapshot(rig: Rig) -> None:
+    assert rig.sample("pullwake_stream_connected") is None  # nothing bound yet
+    now = time.time()
+    snap = RunnerSnapshot(
+        runner_id="r1",
+        state=RunnerState.STREAMING,
+        stream_connected=True,
+        stream_connected_since=now - 12,
+        stream_age_s=12.0,
+        stream_idle_s=0.5,
+        idle_timeout_s=3.0,
+        reconnect_count=2,
+        consecutive_heartbeat_failures=3,
+        last_heartbeat_success_at=now - 30,
+        last_heartbeat_ok=False,
+        last_reconnect_reason=EndReason.ERROR,
+        session_number=3,
+        committed_offset="-1",
+    )
+    rig.obs.bind(lambda: snap)
+    assert rig.sample("pullwake_stream_connected", runner_id="r1") == 1
+    assert rig.sample("pullwake_stream_age_seconds") == 12
+    assert rig.sample("pullwake_stream_idle_seconds") == 0.5
+    assert rig.sample("pullwake_stream_idle_timeout_seconds") == 3
+    assert rig.sample("pullwake_heartbeat_consecutive_failures") == 3
+    assert rig.sample("pullwake_heartbeat_last_success_seconds") == pytest.approx(now - 30)
+    assert rig.sample("pullwake_runner_state", state="running.streaming") == 1
+    assert rig.sample("pullwake_runner_state", state="running.reconnecting") == 0
+
+
+def test_a_broken_snapshot_does_not_break_the_scrape(rig: Rig) -> None:
+    def boom() -> RunnerSnapshot:
+        raise RuntimeError("snapshot failed")
+
+    rig.obs.bind(boom)
+    rig.obs.heartbeat(HeartbeatOutcome.OK, 0.001, None)
+    assert rig.sample("pullwake_heartbeats_total", outcome="ok") == 1
+
+
+def test_observer_errors_never_reach_the_runner(rig: Rig) -> None:
+    fanout = Observers(rig.obs)
+    fanout.detector_fired(None, "idle_timeout", {})  # no session: ignored
+    fanout.session_ended(session(99, reason=EndReason.ERROR))  # unknown session: ignored
+    fanout.heartbeat(HeartbeatOutcome.FAILED, 0.1, None)
+    assert rig.sample("pullwake_heartbeat_failures_total", error_type="other") == 1
+
+
+async def test_traceparent_on_runner_requests(rig: Rig) -> None:
+    seen: list[str] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("traceparent", ""))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/x", echo)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        url = str(server.make_url("/x"))
+        async with ClientSession(trace_configs=[rig.obs.trace_config()]) as http:
+            rig.obs.session_started(session(1))
+            async with http.get(url) as resp:  # the stream GET: the session's context
+                await resp.read()
+            with rig.obs.span("heartbeat", {}):
+                async with http.get(url) as resp:
+                    await resp.read()
+    finally:
+        await server.close()
+    session_span = rig.obs._current
+    assert session_span is not None
+    (hb,) = rig.finished("pullwake.heartbeat")
+    tid = f"{session_span.get_span_context().trace_id:032x}"
+    assert seen[0].split("-")[1] == tid
+    assert seen[1].split("-")[1] == f"{hb.context.trace_id:032x}"
+    assert seen[1].split("-")[2] == f"{hb.context.span_id:016x}"
