@@ -350,5 +350,8 @@ def _killpg(pgid: int) -> None:
 
 
 def _tail(child: Child) -> str:
+    """The log's path on the first line (for one-line CLI errors), then its tail."""
+    if child.spec.log is None:
+        return ""
     tail = child.log_tail(10)
-    return f"; last output:\n{tail}" if tail else ""
+    return f", log {child.spec.log}" + (f"; last output:\n{tail}" if tail else "")
