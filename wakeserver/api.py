@@ -229,8 +229,9 @@ async def publish(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     p = RUNNERS_PREFIX
-    app.router.add_post(p, register)
-    app.router.add_get(p, list_runners)
+    for root in (p, p + "/"):
+        app.router.add_post(root, register)
+        app.router.add_get(root, list_runners)
     app.router.add_get(p + "/{runner_id}", get_runner)
     app.router.add_post(p + "/{runner_id}/heartbeat", heartbeat)
     app.router.add_post(p + "/{runner_id}/enable", enable)

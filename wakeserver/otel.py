@@ -24,7 +24,14 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from pullwake import catalog as c
 from pullwake.catalog import RUNNER_ID, Component
 from pullwake.protocol import ClaimOutcome, LiveMode
-from pullwake.telemetry import PROMETHEUS_CONTENT_TYPE, Instruments, Telemetry
+from pullwake.telemetry import (
+    PROMETHEUS_CONTENT_TYPE,
+    SERVICE_SERVER,
+    Instruments,
+    Telemetry,
+    build_telemetry,
+)
+from wakeserver.config import ServerConfig
 from wakeserver.observe import ServerSnapshot
 
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
@@ -199,7 +206,26 @@ def _finish(span: trace.Span, status: int) -> None:
 
 
 def instrument_app(app: web.Application, telemetry: Telemetry) -> None:
-    """Add the tracing middleware and `GET /metrics`; call before the app starts."""
+    """Add the tracing middleware (outermost: it sees final statuses) and `GET /metrics`.
+
+    Call before the app starts.
+    """
     if telemetry.enabled:
-        app.middlewares.append(tracing_middleware(telemetry))
+        app.middlewares.insert(0, tracing_middleware(telemetry))
     app.router.add_get("/metrics", metrics_handler(telemetry))
+
+
+def create_instrumented_app(config: ServerConfig) -> tuple[web.Application, Telemetry]:
+    """`create_app` with telemetry attached: what `pullwake server` runs.
+
+    Raises `TelemetryConfigError` for bad `OTEL_*` values.
+    """
+    from wakeserver.app import create_app, snapshot_source
+
+    telemetry = build_telemetry(SERVICE_SERVER, f"{config.host}:{config.port}")
+    observer = OtelServerObserver(telemetry) if telemetry.enabled else None
+    app = create_app(config, observer=observer)
+    if observer is not None:
+        observer.bind(snapshot_source(app).snapshot)
+    instrument_app(app, telemetry)
+    return app, telemetry

@@ -16,17 +16,20 @@ import sys
 from aiohttp import web
 
 from pullwake.cli import CLIError
-from wakeserver.app import create_app
+from pullwake.telemetry import TelemetryConfigError
 from wakeserver.config import ServerConfig
+from wakeserver.otel import create_instrumented_app
 
 log = logging.getLogger("wakeserver")
 
 
 async def _serve(config: ServerConfig) -> int:
     try:
-        app = create_app(config)
+        app, telemetry = create_instrumented_app(config)  # create_app + OTel + /metrics
     except sqlite3.Error as exc:
         raise CLIError(f"cannot open database {config.db}: {exc}") from None
+    except TelemetryConfigError as exc:
+        raise CLIError(f"telemetry: {exc}") from None
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -55,6 +58,7 @@ async def _serve(config: ServerConfig) -> int:
         print("pullwake server shutting down", flush=True)
     finally:
         await runner.cleanup()
+        telemetry.shutdown(3.0)  # bounded flush, even with the collector down
     return 0
 
 

@@ -71,13 +71,18 @@ def _body(events: list[str]) -> str:
 
 async def read_stream(request: web.Request) -> web.StreamResponse:
     st = state_of(request)
-    if request.method not in ("GET", "HEAD"):
-        raise not_found(f"no route {request.method} {request.path}")
     principal = authenticate(request, st.config)
     path = request.path
     runner_id = await st.db.call(Store.stream_runner, path)
     if runner_id is None:
-        raise not_found(f"no stream at {path}")
+        raise not_found(f"no route or stream at {request.method} {path}")
+    if request.method != "GET":
+        raise ApiError(
+            405,
+            ErrorCode.METHOD_NOT_ALLOWED,
+            f"wake streams are read with GET, not {request.method}",
+            headers={"Allow": "GET"},
+        )
     owner = await st.db.call(Store.get_runner, runner_id)
     if owner is not None:
         check_owner(principal, owner.owner, runner_id)

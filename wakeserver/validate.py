@@ -57,9 +57,14 @@ async def read_json_object(request: web.Request, *, required: bool) -> dict[str,
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
         raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await request.content.read(65536):  # chunked bodies have no length
+        total += len(chunk)
+        if total > MAX_BODY_BYTES:
+            raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw.strip():
         if required:
             raise bad_request("a JSON object body is required")
