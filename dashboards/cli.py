@@ -1,0 +1,69 @@
+"""`pullwake dashboards build [--out DIR] [--check]`: write or verify deploy/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pullwake.cli import CLIError
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "dashboards",
+        help="generate Grafana dashboards, Prometheus rules and Alertmanager config",
+        description="Dashboards and alerts as code: everything under deploy/ that is "
+        "generated from the dashboards/ package.",
+    )
+    sub = p.add_subparsers(dest="dashboards_command", metavar="ACTION", required=True)
+    b = sub.add_parser(
+        "build",
+        help="write the generated files (or check them with --check)",
+        description="Generate Grafana dashboards JSON and provisioning, Prometheus alerting "
+        "and recording rules with their promtool unit tests, and the Alertmanager config, "
+        "from the default dashboards.config.Config.",
+    )
+    b.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="deploy directory to write into (default: the repository's deploy/)",
+    )
+    b.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 naming every file that is missing or stale (default: off)",
+    )
+    b.set_defaults(func=run_build)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from dashboards.build import DEFAULT_OUT, generate, stale, write
+    from dashboards.config import DEFAULT
+
+    out: Path = args.out or DEFAULT_OUT
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is not a directory")
+    files = generate(DEFAULT)
+    if args.check:
+        bad = stale(out, files)
+        for rel in bad:
+            print(f"stale: {out / rel}", file=sys.stderr)
+        if bad:
+            print(
+                f"{len(bad)} generated file(s) out of date; run `pullwake dashboards build`",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{len(files)} generated files up to date in {out}")
+        return 0
+    try:
+        written = write(out, files)
+    except OSError as exc:
+        raise CLIError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    for path in written:
+        print(f"wrote {path}")
+    print(f"{len(files)} files, {len(written)} changed")
+    return 0

@@ -1,0 +1,189 @@
+"""The one config object every generator reads (kubernetes-mixin's `_config`).
+
+Everything a deployment may want to change lives here: datasource uids,
+label selectors, alert thresholds and `for:` durations, dashboard uids, the
+runbook base URL and the Alertmanager webhook.  It is frozen and typed; the
+generators never read a module global, so a test can build the whole output
+from `Config(...)` with durations scaled down (`Config.scaled`).
+
+Durations are Prometheus duration strings ("30s", "2m"); `__post_init__`
+checks every field, so a typo fails loudly when the object is made, not when
+Prometheus rejects the generated file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Final
+
+_DURATION_RE: Final = re.compile(r"^(\d+(ms|s|m|h|d))+$")
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Prometheus duration -> seconds; ValueError for anything else."""
+    if not _DURATION_RE.match(text):
+        raise ValueError(f"not a Prometheus duration: {text!r}")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"(\d+)(ms|s|m|h|d)", text))
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> the shortest exact Prometheus duration ("90s" -> "1m30s")."""
+    ms = round(seconds * 1000)
+    if ms <= 0:
+        raise ValueError(f"duration must be positive: {seconds}")
+    out = ""
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        n, ms = divmod(ms, size)
+        if n:
+            out += f"{n}{unit}"
+    return out
+
+
+@dataclass(frozen=True)
+class Datasources:
+    """Fixed Grafana datasource uids (and in-stack URLs for provisioning)."""
+
+    prometheus: str = "prometheus"
+    tempo: str = "tempo"
+    alertmanager: str = "alertmanager"
+    prometheus_url: str = "http://prometheus:9090"
+    tempo_url: str = "http://tempo:3200"
+    alertmanager_url: str = "http://alertmanager:9093"
+    # The span attribute exemplars carry the trace id under (Prometheus reader).
+    exemplar_trace_id_label: str = "trace_id"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Alert thresholds; see docs/runbooks.md for why each value."""
+
+    # Consecutive heartbeat failures that count as "heartbeats failing".  The
+    # default-profile runner resets its stream after 2; the critical alert
+    # fires when a runner stays connected past that.
+    heartbeat_failures: int = 2
+    # Seconds since the last successful heartbeat that count as failing too
+    # (covers a runner whose heartbeats hang instead of failing); 3 x the 30 s
+    # default heartbeat interval.
+    heartbeat_stale_seconds: float = 90.0
+    # Idle allowance when the runner's own watchdog is off (legacy profile).
+    stream_idle_seconds: float = 60.0
+    # Failure reconnects per runner within `reconnect_storm_window`.
+    reconnect_storm_count: int = 5
+    reconnect_storm_window: str = "10m"
+    # p99 wake latency in seconds.
+    wake_latency_p99_seconds: float = 5.0
+    # How long a silent runner is remembered by PullWakeRunnerTelemetryAbsent.
+    telemetry_absent_lookback: str = "1h"
+
+
+@dataclass(frozen=True)
+class ForDurations:
+    """`for:` of each alert: long enough to ride out a normal SSE rotation."""
+
+    stream_connected_while_heartbeats_failing: str = "1m"
+    heartbeats_failing: str = "1m"
+    runner_not_streaming: str = "2m"
+    reconnect_storm: str = "5m"
+    stream_stale: str = "1m"
+    telemetry_absent: str = "5m"
+    wake_latency_high: str = "10m"
+    server_sees_no_stream: str = "2m"
+
+
+@dataclass(frozen=True)
+class AlertmanagerTiming:
+    group_wait: str = "10s"
+    group_interval: str = "1m"
+    repeat_interval: str = "4h"
+    resolve_timeout: str = "5m"
+
+
+@dataclass(frozen=True)
+class DashboardUids:
+    fleet: str = "pullwake-fleet"
+    runner: str = "pullwake-runner"
+    server: str = "pullwake-server"
+
+
+@dataclass(frozen=True)
+class Config:
+    datasources: Datasources = field(default_factory=Datasources)
+    # Extra matchers put on every runner / server metric (e.g. 'job="runner"').
+    runner_selector: str = ""
+    server_selector: str = ""
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    for_: ForDurations = field(default_factory=ForDurations)
+    alertmanager: AlertmanagerTiming = field(default_factory=AlertmanagerTiming)
+    dashboard_uids: DashboardUids = field(default_factory=DashboardUids)
+    # Window of the rate() recording rules the dashboards read.
+    rate_window: str = "5m"
+    rule_evaluation_interval: str = "15s"
+    runbook_base_url: str = "https://github.com/pullwake/pullwake/blob/main/docs/runbooks.md"
+    alertmanager_webhook_url: str = "http://alert-sink:9095/"
+    # Where Grafana (in its container) reads the dashboards JSON from.
+    grafana_dashboards_path: str = "/var/lib/grafana/dashboards"
+    dashboard_refresh: str = "30s"
+
+    def __post_init__(self) -> None:
+        durations = [
+            ("rate_window", self.rate_window),
+            ("rule_evaluation_interval", self.rule_evaluation_interval),
+            ("thresholds.reconnect_storm_window", self.thresholds.reconnect_storm_window),
+            ("thresholds.telemetry_absent_lookback", self.thresholds.telemetry_absent_lookback),
+        ]
+        durations += [(f"for_.{f.name}", getattr(self.for_, f.name)) for f in _fields(self.for_)]
+        durations += [
+            (f"alertmanager.{f.name}", getattr(self.alertmanager, f.name))
+            for f in _fields(self.alertmanager)
+        ]
+        for name, value in durations:
+            try:
+                parse_duration(value)
+            except ValueError as exc:
+                raise ValueError(f"Config.{name}: {exc}") from None
+        for name, value in (
+            ("runbook_base_url", self.runbook_base_url),
+            ("alertmanager_webhook_url", self.alertmanager_webhook_url),
+        ):
+            if not value.startswith(("http://", "https://")):
+                raise ValueError(f"Config.{name} must be an http(s) URL, got {value!r}")
+        uids = list(dataclasses.astuple(self.dashboard_uids))
+        if len(set(uids)) != len(uids) or not all(uids):
+            raise ValueError(f"Config.dashboard_uids must be distinct and non-empty: {uids}")
+
+    def runbook_url(self, alertname: str) -> str:
+        """Each alert links to its own section: the anchor is the lowercased name."""
+        return f"{self.runbook_base_url}#{alertname.lower()}"
+
+    def scaled(self, factor: float, *, evaluation_interval: str = "1s") -> Config:
+        """The same config with every `for:` and Alertmanager wait times `factor`.
+
+        End-to-end tests run the real rules in seconds instead of minutes.
+        Thresholds stay as they are: tests pass their own when they need to.
+        """
+
+        def scale(text: str) -> str:
+            return format_duration(max(parse_duration(text) * factor, 1.0))
+
+        fors = ForDurations(
+            **{f.name: scale(getattr(self.for_, f.name)) for f in _fields(self.for_)}
+        )
+        am = AlertmanagerTiming(
+            **{
+                f.name: scale(getattr(self.alertmanager, f.name))
+                for f in _fields(self.alertmanager)
+            }
+        )
+        return dataclasses.replace(
+            self, for_=fors, alertmanager=am, rule_evaluation_interval=evaluation_interval
+        )
+
+
+def _fields(obj: object) -> tuple[dataclasses.Field[object], ...]:
+    return dataclasses.fields(obj)  # type: ignore[arg-type]
+
+
+DEFAULT: Final = Config()

@@ -1,0 +1,172 @@
+"""The "Pull-wake fleet" dashboard: every runner at once, and the seed's case first.
+
+The top answers "which runner is lying?": a table of every runner's state
+and stream/heartbeat signals side by side, then a table holding exactly the
+runners whose stream is connected while their heartbeats fail (empty when
+healthy).  Below: fleet rates from the recording rules, and the firing
+pullwake alerts straight from Alertmanager.
+"""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import alertgroups, table
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.models import dashboard as dm
+
+from dashboards import queries as q
+from dashboards.config import Config
+from dashboards.panels import (
+    REF_IDS,
+    table_panel,
+    target,
+    thresholds,
+    timeseries_panel,
+    transformation,
+    value_texts,
+)
+from dashboards.rules import recording_names
+from pullwake import catalog as c
+
+TITLE = "Pull-wake fleet"
+
+
+def _runner_table(config: Config) -> table.Panel:
+    rec = recording_names(config)
+    columns = [
+        ("state", q.current_state(config)),
+        ("stream connected", q.connected(config)),
+        (
+            "last heartbeat ok",
+            f"{q.per_runner(config, c.HEARTBEAT_CONSECUTIVE_FAILURES)} == bool 0",
+        ),
+        ("s since heartbeat ok", rec["heartbeat_age"]),
+        ("stream age (s)", q.per_runner(config, c.STREAM_AGE)),
+        ("reconnects 1h", f"round({rec['reconnects_1h']})"),
+    ]
+    targets = [
+        target(config, expr, ref=REF_IDS[i], instant=True, table_format=True)
+        for i, (_, expr) in enumerate(columns)
+    ]
+    rename = {f"Value #{REF_IDS[i]}": name for i, (name, _) in enumerate(columns)}
+    p = table_panel(
+        config,
+        "Runners",
+        "One row per runner: what it believes about its stream next to what its heartbeats "
+        "say.  A runner that shows connected with heartbeats failing is the seed bug.",
+        targets,
+        height=9,
+    )
+    return (
+        p.with_transformation(transformation("merge"))
+        .with_transformation(
+            transformation(
+                "organize",
+                {
+                    "excludeByName": {"Time": True, "Value #A": True},
+                    "renameByName": {k: v for k, v in rename.items() if k != "Value #A"},
+                    "indexByName": {},
+                },
+            )
+        )
+        .override_by_name(
+            "stream connected",
+            [_mappings({"1": ("connected", "green"), "0": ("not connected", "orange")})],
+        )
+        .override_by_name(
+            "last heartbeat ok", [_mappings({"1": ("ok", "green"), "0": ("failing", "red")})]
+        )
+    )
+
+
+def _mappings(mapping: dict[str, tuple[str, str]]) -> dm.DynamicConfigValue:
+    return dm.DynamicConfigValue(id_val="mappings", value=value_texts(mapping))
+
+
+def _lying_runners(config: Config) -> table.Panel:
+    rec = recording_names(config)
+    return (
+        table_panel(
+            config,
+            "Stream connected while heartbeats fail",
+            "Exactly the runners whose stream reports connected while their heartbeats keep "
+            "failing (PullWakeStreamConnectedWhileHeartbeatsFailing).  Empty when healthy.",
+            [
+                target(
+                    config, rec["connected_while_failing"], ref="A", instant=True, table_format=True
+                )
+            ],
+            height=6,
+        )
+        .with_transformation(
+            transformation("organize", {"excludeByName": {"Time": True, "Value": True}})
+        )
+        .no_value("none: every connected runner's heartbeats succeed")
+    )
+
+
+def build(config: Config) -> db.Dashboard:
+    rec = recording_names(config)
+    w = config.rate_window
+    return (
+        db.Dashboard(TITLE)
+        .uid(config.dashboard_uids.fleet)
+        .tags(["pullwake"])
+        .refresh(config.dashboard_refresh)
+        .time("now-1h", "now")
+        .timezone("utc")
+        .with_row(db.Row("Runners"))
+        .with_panel(_runner_table(config))
+        .with_panel(_lying_runners(config))
+        .with_row(db.Row("Streams and heartbeats"))
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Reconnect rate by reason",
+                f"Reconnects per second across the fleet by the reason the previous session "
+                f"ended ({w} rate).  `rotated` is the server's planned SSE rotation.",
+                [target(config, rec["reconnect_rate"], "{{" + q.REASON + "}}")],
+                unit="ops",
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Heartbeat failure rate by error type",
+                f"Failed heartbeats per second across the fleet ({w} rate).",
+                [target(config, rec["heartbeat_failure_rate"], "{{" + q.ERROR_TYPE + "}}")],
+                unit="ops",
+            )
+        )
+        .with_row(db.Row("Wakes and backoff"))
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Wake latency p50 / p99",
+                "From a wake's publication to its handler starting, across the fleet.",
+                [target(config, rec["wake_latency_quantile"], "p{{quantile}}")],
+                unit="s",
+            ).thresholds(
+                thresholds((None, "green"), (config.thresholds.wake_latency_p99_seconds, "red"))
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Backoff waits p50 / p99",
+                "Backoff drawn before each reconnect attempt, across the fleet.",
+                [target(config, rec["backoff_quantile"], "p{{quantile}}")],
+                unit="s",
+            )
+        )
+        .with_row(db.Row("Alerts"))
+        .with_panel(
+            alertgroups.Panel()
+            .title("Firing pullwake alerts")
+            .description("Alert groups from Alertmanager, pullwake alerts only.")
+            .alertmanager(config.datasources.alertmanager)
+            .labels('alertname=~"PullWake.*"')
+            .expand_all(True)
+            .span(24)
+            .height(8)
+        )
+    )

@@ -1,0 +1,166 @@
+"""Small helpers shared by the three dashboards: datasource refs, targets, panels.
+
+Layout only; every expression comes from `dashboards.queries` or a recording
+rule name from `dashboards.rules`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from grafana_foundation_sdk.builders import common, prometheus, table, tempo, timeseries
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import prometheus as pm
+
+from dashboards.config import Config
+
+REF_IDS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def prom_ds(config: Config) -> dm.DataSourceRef:
+    return dm.DataSourceRef(type_val="prometheus", uid=config.datasources.prometheus)
+
+
+def tempo_ds(config: Config) -> dm.DataSourceRef:
+    return dm.DataSourceRef(type_val="tempo", uid=config.datasources.tempo)
+
+
+def target(
+    config: Config,
+    expr: str,
+    legend: str = "",
+    *,
+    ref: str = "A",
+    instant: bool = False,
+    table_format: bool = False,
+    exemplar: bool = False,
+) -> prometheus.Dataquery:
+    t = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(prom_ds(config))
+    if legend:
+        t = t.legend_format(legend)
+    t = t.instant() if instant else t.range()
+    if table_format:
+        t = t.format(pm.PromQueryFormat.TABLE)
+    if exemplar:
+        t = t.exemplar(True)
+    return t
+
+
+def traceql(config: Config, query: str, limit: int = 20) -> tempo.TempoQuery:
+    return (
+        tempo.TempoQuery()
+        .ref_id("A")
+        .datasource(tempo_ds(config))
+        .query_type("traceql")
+        .query(query)
+        .limit(limit)
+    )
+
+
+def timeseries_panel(
+    config: Config,
+    title: str,
+    description: str,
+    targets: Sequence[prometheus.Dataquery],
+    *,
+    unit: str = "short",
+    span: int = 12,
+    height: int = 8,
+) -> timeseries.Panel:
+    p = (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(prom_ds(config))
+        .unit(unit)
+        .span(span)
+        .height(height)
+        .legend(legend())
+        .line_width(1)
+        .fill_opacity(10)
+        .span_nulls(False)
+        .tooltip(
+            common.VizTooltipOptions()
+            .mode(cm.TooltipDisplayMode.MULTI)
+            .sort(cm.SortOrder.DESCENDING)
+        )
+    )
+    for t in targets:
+        p = p.with_target(t)
+    return p
+
+
+def legend() -> common.VizLegendOptions:
+    return (
+        common.VizLegendOptions()
+        .show_legend(True)
+        .display_mode(cm.LegendDisplayMode.LIST)
+        .placement(cm.LegendPlacement.BOTTOM)
+    )
+
+
+def table_panel(
+    config: Config,
+    title: str,
+    description: str,
+    targets: Sequence[prometheus.Dataquery],
+    *,
+    span: int = 24,
+    height: int = 8,
+) -> table.Panel:
+    p = (
+        table.Panel()
+        .title(title)
+        .description(description)
+        .datasource(prom_ds(config))
+        .span(span)
+        .height(height)
+        .show_header(True)
+        .cell_height(cm.TableCellHeight.SM)
+    )
+    for t in targets:
+        p = p.with_target(t)
+    return p
+
+
+def transformation(id_: str, options: dict[str, Any] | None = None) -> dm.DataTransformerConfig:
+    return dm.DataTransformerConfig(id_val=id_, options=options or {})
+
+
+def thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
+    return (
+        db.ThresholdsConfig()
+        .mode(dm.ThresholdsMode.ABSOLUTE)
+        .steps([dm.Threshold(value=v, color=c) for v, c in steps])
+    )
+
+
+def value_texts(mapping: dict[str, tuple[str, str]]) -> list[dm.ValueMapping]:
+    """Value -> (text, color) mappings (e.g. 1 -> "connected", green)."""
+    return [
+        dm.ValueMap(
+            options={
+                k: dm.ValueMappingResult(text=text, color=color, index=i)
+                for i, (k, (text, color)) in enumerate(mapping.items())
+            }
+        )
+    ]
+
+
+def render(builder: cogbuilder.Builder[dm.Dashboard]) -> str:
+    """Build, number the panels (ids must be unique and stable), serialise."""
+    model = builder.build()
+    next_id = 1
+    for panel in model.panels or []:
+        panel.id_val = next_id
+        next_id += 1
+        for inner in getattr(panel, "panels", None) or []:
+            inner.id_val = next_id
+            next_id += 1
+    return json.dumps(model, cls=JSONEncoder, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,227 @@
+"""Prometheus alerting and recording rules, as plain data ready for YAML.
+
+Alerts are declared as `Alert` values (expression, severity, `for:` field,
+static summary, description); `alert_rules` adds `for`, `severity`,
+`summary`, `description` and `runbook_url` to every one of them in one place.
+Descriptions are written once with `{runner}` and `{value}` placeholders:
+`Alert.annotations` renders them as Go templates for Prometheus, and
+`Alert.rendered` renders them as Prometheus would for a given label set, so
+the generated `promtool test rules` cases can assert exact annotations.
+
+Recording rules follow `level:metric:operation`; the dashboards read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from dashboards import queries as q
+from dashboards.config import Config
+from pullwake import catalog as c
+
+Severity = Literal["critical", "warning"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    expr: str
+    severity: Severity
+    for_field: str  # attribute of `ForDurations`
+    summary: str
+    description: str  # `{runner}` and `{value}` placeholders
+
+    def annotations(self, config: Config) -> dict[str, str]:
+        return {
+            "summary": self.summary,
+            "description": self.description.format(
+                runner="{{ $labels." + q.RUNNER + " }}", value="{{ $value | humanize }}"
+            ),
+            "runbook_url": config.runbook_url(self.name),
+        }
+
+    def rendered(self, config: Config, runner: str, value: float = 0.0) -> dict[str, str]:
+        """The annotations Prometheus will render for this runner and value."""
+        out = self.annotations(config)
+        out["description"] = self.description.format(runner=runner, value=humanize(value))
+        return out
+
+
+def humanize(value: float) -> str:
+    """Go template `humanize` for the plain range tests use (1 <= |v| < 1000, or 0)."""
+    if value != 0 and not 1 <= abs(value) < 1000:
+        raise ValueError(f"humanize() here covers 1..1000 only, got {value}")
+    return f"{value:.4g}"
+
+
+def alerts(config: Config) -> tuple[Alert, ...]:
+    t = config.thresholds
+    return (
+        Alert(
+            "PullWakeStreamConnectedWhileHeartbeatsFailing",
+            q.connected_while_heartbeats_failing(config),
+            "critical",
+            "stream_connected_while_heartbeats_failing",
+            "A runner reports its wake stream connected while its heartbeats fail.",
+            "Runner {runner} says its wake stream is connected, but its heartbeats have "
+            f"failed {t.heartbeat_failures} or more times in a row (or none succeeded for "
+            f"{t.heartbeat_stale_seconds:g}s): the stream is almost certainly dead and wakes "
+            "are not being delivered.",
+        ),
+        Alert(
+            "PullWakeHeartbeatsFailing",
+            q.heartbeats_failing(config),
+            "warning",
+            "heartbeats_failing",
+            "A runner's heartbeats are failing.",
+            f"Runner {{runner}} has failed {t.heartbeat_failures} or more heartbeats in a row "
+            f"(or none succeeded for {t.heartbeat_stale_seconds:g}s); its lease will expire.",
+        ),
+        Alert(
+            "PullWakeRunnerNotStreaming",
+            q.not_streaming(config),
+            "warning",
+            "runner_not_streaming",
+            "A runner is stuck connecting or reconnecting.",
+            "Runner {runner} has been connecting or reconnecting to its wake stream without "
+            "getting through; it receives no wakes.",
+        ),
+        Alert(
+            "PullWakeReconnectStorm",
+            f"{q.failure_reconnects(config, t.reconnect_storm_window)}"
+            f" >= {t.reconnect_storm_count}",
+            "warning",
+            "reconnect_storm",
+            "A runner's wake stream keeps failing and reconnecting.",
+            "Runner {runner} reconnected {value} times after failures in the last "
+            f"{t.reconnect_storm_window} (planned rotations not counted).",
+        ),
+        Alert(
+            "PullWakeStreamStale",
+            q.stream_stale(config),
+            "warning",
+            "stream_stale",
+            "A runner's connected wake stream has gone silent.",
+            "Runner {runner} reports its wake stream connected but has read no byte for "
+            "{value}s, longer than the keepalive allows.",
+        ),
+        Alert(
+            "PullWakeRunnerTelemetryAbsent",
+            q.telemetry_absent(config),
+            "warning",
+            "telemetry_absent",
+            "A runner stopped reporting metrics.",
+            f"Runner {{runner}} reported metrics within the last "
+            f"{t.telemetry_absent_lookback} but reports none now.",
+        ),
+        Alert(
+            "PullWakeWakeLatencyHigh",
+            f"{q.wake_latency_p99_by_runner(config)} > {t.wake_latency_p99_seconds:g}",
+            "warning",
+            "wake_latency_high",
+            "Wakes take too long to reach their runner's handler.",
+            "p99 wake latency of runner {runner} is {value}s "
+            f"(threshold {t.wake_latency_p99_seconds:g}s).",
+        ),
+        Alert(
+            "PullWakeServerSeesNoStream",
+            q.server_sees_no_stream(config),
+            "critical",
+            "server_sees_no_stream",
+            "A runner says its stream is connected but the server has no open read.",
+            "The server holds no open read of runner {runner}'s wake stream although the "
+            "runner's last diagnostics say stream_connected: wakes published now wait.",
+        ),
+    )
+
+
+def alert_rules(config: Config) -> list[dict[str, Any]]:
+    """Every alert with for/severity/annotations added in exactly one place."""
+    return [
+        {
+            "alert": a.name,
+            "expr": a.expr,
+            "for": getattr(config.for_, a.for_field),
+            "labels": {"severity": a.severity},
+            "annotations": a.annotations(config),
+        }
+        for a in alerts(config)
+    ]
+
+
+# --- recording rules (level:metric:operation) ---------------------------------------
+def _rec(level: str, metric: c.Metric, operation: str) -> str:
+    return f"{level}:{metric.prom_name}:{operation}"
+
+
+def recording_names(config: Config) -> dict[str, str]:
+    """Short keys -> recorded series names, for the dashboards."""
+    w = config.rate_window
+    return {
+        "reconnect_rate": _rec(q.REASON, c.STREAM_RECONNECTS, f"rate{w}"),
+        "reconnects_1h": _rec(q.RUNNER, c.STREAM_RECONNECTS, "increase1h"),
+        "heartbeat_failure_rate": _rec(q.ERROR_TYPE, c.HEARTBEAT_FAILURES, f"rate{w}"),
+        "wake_latency_quantile": _rec("quantile", c.WAKE_LATENCY, f"histogram_quantile{w}"),
+        "backoff_quantile": _rec("quantile", c.RECONNECT_BACKOFF, f"histogram_quantile{w}"),
+        "heartbeat_age": _rec(q.RUNNER, c.HEARTBEAT_LAST_SUCCESS, "age"),
+        "connected_while_failing": _rec(q.RUNNER, c.STREAM_CONNECTED, "heartbeats_failing"),
+    }
+
+
+def recording_rules(config: Config) -> list[dict[str, Any]]:
+    w = config.rate_window
+    n = recording_names(config)
+    rules: list[dict[str, Any]] = [
+        {
+            "record": n["reconnect_rate"],
+            "expr": q.rate_by(config, c.STREAM_RECONNECTS, w, (q.REASON,)),
+        },
+        {
+            "record": n["reconnects_1h"],
+            "expr": q.increase_by(config, c.STREAM_RECONNECTS, "1h", (q.RUNNER,)),
+        },
+        {
+            "record": n["heartbeat_failure_rate"],
+            "expr": q.rate_by(config, c.HEARTBEAT_FAILURES, w, (q.ERROR_TYPE,)),
+        },
+        {"record": n["heartbeat_age"], "expr": q.seconds_since_heartbeat_success(config)},
+        {
+            "record": n["connected_while_failing"],
+            "expr": q.connected_while_heartbeats_failing(config),
+        },
+    ]
+    for key, metric in (
+        ("wake_latency_quantile", c.WAKE_LATENCY),
+        ("backoff_quantile", c.RECONNECT_BACKOFF),
+    ):
+        for quant in (0.5, 0.99):
+            rules.append(
+                {
+                    "record": n[key],
+                    "expr": q.quantile(config, quant, metric, w),
+                    "labels": {"quantile": f"{quant:g}"},
+                }
+            )
+    return rules
+
+
+def rule_files(config: Config) -> dict[str, dict[str, Any]]:
+    """File name -> rule file content (`deploy/prometheus/rules/`)."""
+    interval = config.rule_evaluation_interval
+    return {
+        "pullwake-alerts.yml": {
+            "groups": [
+                {"name": "pullwake-alerts", "interval": interval, "rules": alert_rules(config)}
+            ]
+        },
+        "pullwake-recording.yml": {
+            "groups": [
+                {
+                    "name": "pullwake-recording",
+                    "interval": interval,
+                    "rules": recording_rules(config),
+                }
+            ]
+        },
+    }

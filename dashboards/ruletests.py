@@ -1,0 +1,274 @@
+"""`promtool test rules` cases, generated with the rules they test.
+
+Each alert gets a named positive case (it fires on its condition, with every
+label and rendered annotation asserted, and not before its `for:`), and
+every alert is asserted silent on two negative cases: a healthy fleet, and a
+healthy default-profile runner whose SSE session is rotated by the server
+every minute (a session ending `rotated`, a reconnect at once).
+
+Series carry `job`/`instance` labels on purpose: the alerts aggregate
+`by (runner_id)`, and the expected labels prove nothing else leaks through.
+Eval times and rendered values are derived from the config, so the cases
+follow a change of threshold or `for:`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dashboards import queries as q
+from dashboards.config import Config, format_duration, parse_duration
+from dashboards.rules import Alert, alerts
+from pullwake import catalog as c
+from pullwake.protocol import EndReason, RunnerState
+
+STEP = 15  # seconds between input samples (and rule evaluations)
+SAMPLES = 120  # 30 minutes of data per case
+HEALTHY_EVALS = ("5m", "10m", "29m")
+
+
+def _series(metric: c.Metric, runner: str, suffix: str = "", **labels: str) -> str:
+    component = "runner" if metric.component is c.Component.RUNNER else "server"
+    name = metric.prom_name + (f"_{suffix}" if suffix else "")
+    all_labels = {q.RUNNER: runner, **labels, "job": f"pullwake-{component}"}
+    all_labels["instance"] = f"{runner}:9464" if component == "runner" else "server:8080"
+    inner = ", ".join(f'{k}="{v}"' for k, v in all_labels.items())
+    return f"{name}{{{inner}}}"
+
+
+def _const(value: float, n: int = SAMPLES) -> str:
+    return f"{value:g}+0x{n}"
+
+
+def _pattern(cycle: list[float], n: int = SAMPLES) -> str:
+    """Repeat `cycle` to n+1 samples."""
+    return " ".join(f"{cycle[i % len(cycle)]:g}" for i in range(n + 1))
+
+
+def _then(first: list[float], rest: str) -> str:
+    return " ".join(f"{v:g}" for v in first) + " " + rest
+
+
+def healthy_runner(runner: str) -> dict[str, str]:
+    """A runner streaming happily: heartbeats 10 s old, stream fresh, fast wakes."""
+    s: dict[str, str] = {
+        _series(c.STREAM_CONNECTED, runner): _const(1),
+        _series(c.STREAM_AGE, runner): f"30+{STEP}x{SAMPLES}",
+        _series(c.STREAM_IDLE, runner): _const(0.5),
+        _series(c.STREAM_IDLE_TIMEOUT, runner): _const(20),
+        _series(c.HEARTBEAT_CONSECUTIVE_FAILURES, runner): _const(0),
+        _series(c.HEARTBEAT_LAST_SUCCESS, runner): f"-10+{STEP}x{SAMPLES}",
+        _series(c.STREAM_RECONNECTS, runner, reason=EndReason.ROTATED.value): _const(3),
+        _series(c.WAKE_LATENCY, runner, "bucket", le="0.1"): f"0+1x{SAMPLES}",
+        _series(c.WAKE_LATENCY, runner, "bucket", le="5"): f"0+1x{SAMPLES}",
+        _series(c.WAKE_LATENCY, runner, "bucket", le="10"): f"0+1x{SAMPLES}",
+        _series(c.WAKE_LATENCY, runner, "bucket", le="+Inf"): f"0+1x{SAMPLES}",
+        _series(c.SERVER_STREAM_MISMATCH, runner): _const(0),
+    }
+    for state in RunnerState:
+        value = 1 if state is RunnerState.STREAMING else 0
+        s[_series(c.RUNNER_STATE, runner, state=state.value)] = _const(value)
+    return s
+
+
+def rotating_runner(runner: str) -> dict[str, str]:
+    """Default profile, SSE rotated every 2 minutes: a `rotated` end, reconnect at once.
+
+    For two samples (30 s) in every eight it is reconnecting then connecting,
+    with `stream_connected` 0 and the server briefly seeing no read of it.
+    """
+    s = healthy_runner(runner)
+    cycle_states = ["s"] * 6 + ["r", "c"]
+    for state, tag in (
+        (RunnerState.STREAMING, "s"),
+        (RunnerState.RECONNECTING, "r"),
+        (RunnerState.CONNECTING, "c"),
+    ):
+        s[_series(c.RUNNER_STATE, runner, state=state.value)] = _pattern(
+            [1.0 if x == tag else 0.0 for x in cycle_states]
+        )
+    s[_series(c.STREAM_CONNECTED, runner)] = _pattern([1, 1, 1, 1, 1, 1, 0, 0])
+    s[_series(c.STREAM_AGE, runner)] = _pattern([15, 30, 45, 60, 75, 90, 0, 0])
+    s[_series(c.STREAM_IDLE, runner)] = _pattern([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 3, 0])
+    s[_series(c.SERVER_STREAM_MISMATCH, runner)] = _pattern([0, 0, 0, 0, 0, 0, 1, 0])
+    rotations = " ".join(f"{i // 8}" for i in range(SAMPLES + 1))
+    s[_series(c.STREAM_RECONNECTS, runner, reason=EndReason.ROTATED.value)] = rotations
+    return s
+
+
+def _when(config: Config, alert: Alert, onset_s: int) -> tuple[str, str]:
+    """(an eval time while still pending, an eval time when firing) for an onset."""
+    hold = parse_duration(getattr(config.for_, alert.for_field))
+    pending = onset_s + max(hold / 2, STEP)
+    firing = onset_s + hold + 2 * STEP
+    return format_duration(pending - pending % STEP), format_duration(firing - firing % STEP)
+
+
+def _case(
+    config: Config,
+    name: str,
+    alert: Alert,
+    series: dict[str, str],
+    onset_s: int,
+    value: float = 0.0,
+    runner: str = "r1",
+    silent: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    pending, firing = _when(config, alert, onset_s)
+    fired = {
+        "exp_labels": {q.RUNNER: runner, "severity": alert.severity},
+        "exp_annotations": alert.rendered(config, runner, value),
+    }
+    checks = [
+        {"eval_time": pending, "alertname": alert.name, "exp_alerts": []},
+        {"eval_time": firing, "alertname": alert.name, "exp_alerts": [fired]},
+    ]
+    checks += [{"eval_time": firing, "alertname": other, "exp_alerts": []} for other in silent]
+    return {
+        "name": name,
+        "interval": f"{STEP}s",
+        "input_series": [{"series": k, "values": v} for k, v in series.items()],
+        "alert_rule_test": checks,
+    }
+
+
+def _failing_heartbeats(s: dict[str, str], runner: str, onset_i: int) -> None:
+    """From sample onset_i heartbeats fail every sample; the last success stays put."""
+    s[_series(c.HEARTBEAT_CONSECUTIVE_FAILURES, runner)] = _then(
+        [0] * onset_i, f"1+1x{SAMPLES - onset_i}"
+    )
+    last = STEP * (onset_i - 1) - 10
+    s[_series(c.HEARTBEAT_LAST_SUCCESS, runner)] = _then(
+        [STEP * i - 10 for i in range(onset_i)], _const(last, SAMPLES - onset_i)
+    )
+
+
+def _state_from(s: dict[str, str], runner: str, onset_i: int, state: RunnerState) -> None:
+    for st in RunnerState:
+        before = 1 if st is RunnerState.STREAMING else 0
+        after = 1 if st is state else 0
+        s[_series(c.RUNNER_STATE, runner, state=st.value)] = _then(
+            [before] * onset_i, _const(after, SAMPLES - onset_i)
+        )
+
+
+def cases(config: Config) -> list[dict[str, Any]]:
+    a = {al.name: al for al in alerts(config)}
+    t = config.thresholds
+    out = []
+    fleet = healthy_runner("r2")  # every case has a healthy neighbour that must stay silent
+
+    # The seed: legacy profile, the stream stays "connected" while heartbeats fail.
+    s = {**fleet, **healthy_runner("r1")}
+    _failing_heartbeats(s, "r1", 4)
+    onset = STEP * (4 + t.heartbeat_failures - 1)
+    crit = a["PullWakeStreamConnectedWhileHeartbeatsFailing"]
+    out.append(_case(config, "seed: connected while heartbeats fail (legacy)", crit, s, onset))
+
+    # Heartbeats hang instead of failing: no failure counted, the last success ages.
+    s = {**fleet, **healthy_runner("r1")}
+    s[_series(c.HEARTBEAT_LAST_SUCCESS, "r1")] = _then([-10, 5], _const(5, SAMPLES - 2))
+    onset = int(5 + t.heartbeat_stale_seconds) // STEP * STEP + STEP
+    out.append(_case(config, "seed: connected, heartbeats hang (legacy)", crit, s, onset))
+
+    # Default profile: the runner drops the stream after K failures and says so.
+    s = {**fleet, **healthy_runner("r1")}
+    _failing_heartbeats(s, "r1", 4)
+    drop = 4 + t.heartbeat_failures
+    s[_series(c.STREAM_CONNECTED, "r1")] = _then([1] * drop, _const(0, SAMPLES - drop))
+    _state_from(s, "r1", drop, RunnerState.RECONNECTING)
+    onset = STEP * (4 + t.heartbeat_failures - 1)
+    out.append(
+        _case(
+            config,
+            "heartbeats failing, stream dropped (default profile)",
+            a["PullWakeHeartbeatsFailing"],
+            s,
+            onset,
+            silent=(crit.name,),
+        )
+    )
+    out.append(
+        _case(
+            config,
+            "stuck reconnecting (default profile)",
+            a["PullWakeRunnerNotStreaming"],
+            s,
+            STEP * drop,
+            silent=(crit.name,),
+        )
+    )
+
+    # Failure reconnects every 15 s: a storm.  Rotations alone never are (see negatives).
+    s = {**fleet, **healthy_runner("r1")}
+    s[_series(c.STREAM_RECONNECTS, "r1", reason=EndReason.ERROR.value)] = f"0+1x{SAMPLES}"
+    window = parse_duration(t.reconnect_storm_window)
+    storm = a["PullWakeReconnectStorm"]
+    case = _case(config, "reconnect storm", storm, s, STEP * t.reconnect_storm_count)
+    case["alert_rule_test"][1]["eval_time"] = format_duration(window + 2 * STEP)
+    case["alert_rule_test"][1]["exp_alerts"][0]["exp_annotations"] = storm.rendered(
+        config, "r1", window / STEP
+    )
+    out.append(case)
+
+    # Connected, watchdog limit 20 s, but idle climbs: the watchdog itself failed.
+    stale = a["PullWakeStreamStale"]
+    for label, timeout, limit in (
+        ("watchdog on", 20.0, 20.0),
+        ("legacy, watchdog off", 0.0, t.stream_idle_seconds),
+    ):
+        s = {**fleet, **healthy_runner("r1")}
+        s[_series(c.STREAM_IDLE, "r1")] = f"0+{STEP}x{SAMPLES}"
+        s[_series(c.STREAM_IDLE_TIMEOUT, "r1")] = _const(timeout)
+        onset = int(limit) // STEP * STEP + STEP
+        firing = parse_duration(_when(config, stale, onset)[1])
+        out.append(_case(config, f"stream stale ({label})", stale, s, onset, value=firing))
+
+    # r1 stops reporting after 10 samples.
+    s = {**fleet, **healthy_runner("r1")}
+    for key, values in list(s.items()):
+        if f'{q.RUNNER}="r1"' in key and c.RUNNER_STATE.prom_name in key:
+            s[key] = values.split("+")[0] + "+0x10 stale"
+    out.append(
+        _case(config, "runner telemetry absent", a["PullWakeRunnerTelemetryAbsent"], s, STEP * 11)
+    )
+
+    # Every wake lands between 5 s and 10 s: p99 interpolates to 9.95 s.
+    s = {**fleet, **healthy_runner("r1")}
+    s[_series(c.WAKE_LATENCY, "r1", "bucket", le="0.1")] = _const(0)
+    s[_series(c.WAKE_LATENCY, "r1", "bucket", le="5")] = _const(0)
+    out.append(
+        _case(config, "wake latency high", a["PullWakeWakeLatencyHigh"], s, 2 * STEP, value=9.95)
+    )
+
+    # The server sees no read of r1's stream while r1 says connected.
+    s = {**fleet, **healthy_runner("r1")}
+    s[_series(c.SERVER_STREAM_MISMATCH, "r1")] = _then([0] * 4, _const(1, SAMPLES - 4))
+    out.append(_case(config, "server sees no stream", a["PullWakeServerSeesNoStream"], s, 4 * STEP))
+
+    # Negatives: every alert silent on a healthy fleet and through SSE rotations.
+    for name, series in (
+        ("healthy fleet: no alert", {**fleet, **healthy_runner("r1")}),
+        ("default profile SSE rotation every 2m: no alert", {**fleet, **rotating_runner("r1")}),
+    ):
+        out.append(
+            {
+                "name": name,
+                "interval": f"{STEP}s",
+                "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                "alert_rule_test": [
+                    {"eval_time": when, "alertname": al.name, "exp_alerts": []}
+                    for al in alerts(config)
+                    for when in HEALTHY_EVALS
+                ],
+            }
+        )
+    return out
+
+
+def test_file(config: Config) -> dict[str, Any]:
+    return {
+        "rule_files": ["../rules/pullwake-alerts.yml"],
+        "evaluation_interval": f"{STEP}s",
+        "tests": cases(config),
+    }

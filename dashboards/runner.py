@@ -1,0 +1,181 @@
+"""The "Pull-wake runner" dashboard: one runner (variable `runner_id`) in depth.
+
+Its centre is the seed's picture: stream age climbing next to seconds since
+the last successful heartbeat.  A healthy runner shows both small (the age
+resets at every rotation); the seed bug shows the age climbing steadily while
+the heartbeat age climbs too.  Sessions link to their traces through
+exemplars (Prometheus datasource -> Tempo) and a TraceQL table.
+"""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import common, statetimeline, table
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+
+from dashboards import queries as q
+from dashboards.config import Config
+from dashboards.panels import prom_ds, target, tempo_ds, timeseries_panel, traceql, value_texts
+from pullwake import catalog as c
+
+TITLE = "Pull-wake runner"
+VAR = q.RUNNER
+RATE = "$__rate_interval"
+
+
+def _m() -> str:
+    return f'{q.RUNNER}="${VAR}"'
+
+
+def _state_timeline(config: Config) -> statetimeline.Panel:
+    return (
+        statetimeline.Panel()
+        .title("State")
+        .description("The runner's state machine over time (one row per state it was in).")
+        .datasource(prom_ds(config))
+        .with_target(target(config, q.current_state(config, _m()), "{{" + q.STATE + "}}"))
+        .mappings(value_texts({"1": ("in state", "blue")}))
+        .show_value(cm.VisibilityMode.NEVER)
+        .merge_values(True)
+        .line_width(0)
+        .fill_opacity(70)
+        .legend(common.VizLegendOptions().show_legend(False))
+        .span(24)
+        .height(6)
+    )
+
+
+def _sessions_table(config: Config) -> table.Panel:
+    return (
+        table.Panel()
+        .title("Recent sessions (traces)")
+        .description("Stream session traces of this runner in Tempo; click one to open it.")
+        .datasource(tempo_ds(config))
+        .with_target(traceql(config, f'{{ .{c.RUNNER_ID} = "${VAR}" }}'))
+        .span(12)
+        .height(8)
+        .show_header(True)
+    )
+
+
+def build(config: Config) -> db.Dashboard:
+    m = _m()
+    return (
+        db.Dashboard(TITLE)
+        .uid(config.dashboard_uids.runner)
+        .tags(["pullwake"])
+        .refresh(config.dashboard_refresh)
+        .time("now-1h", "now")
+        .timezone("utc")
+        .with_variable(
+            db.QueryVariable(VAR)
+            .label("runner")
+            .datasource(prom_ds(config))
+            .query(f"label_values({c.RUNNER_STATE.prom_name}, {q.RUNNER})")
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        )
+        .with_row(db.Row("Stream"))
+        .with_panel(_state_timeline(config))
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Stream age vs seconds since heartbeat success",
+                "The seed's picture: stream age climbing while the last successful "
+                "heartbeat falls further behind means the stream is dead but believed alive.",
+                [
+                    target(config, q.per_runner(config, c.STREAM_AGE, m), "stream age", ref="A"),
+                    target(
+                        config,
+                        q.seconds_since_heartbeat_success(config, m),
+                        "since heartbeat success",
+                        ref="B",
+                    ),
+                ],
+                unit="s",
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Idle vs idle timeout",
+                "Seconds since the last byte read, against the watchdog's limit "
+                "(0 = watchdog off).",
+                [
+                    target(config, q.per_runner(config, c.STREAM_IDLE, m), "idle", ref="A"),
+                    target(
+                        config,
+                        q.per_runner(config, c.STREAM_IDLE_TIMEOUT, m),
+                        "idle timeout",
+                        ref="B",
+                    ),
+                ],
+                unit="s",
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Reconnects by reason",
+                "Reconnects per interval by the reason the previous session ended.",
+                [
+                    target(
+                        config,
+                        q.increase_by(config, c.STREAM_RECONNECTS, RATE, (q.REASON,), m),
+                        "{{" + q.REASON + "}}",
+                    )
+                ],
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Session duration by end reason (exemplars -> traces)",
+                "Mean lifetime of ended sessions; exemplar dots open the session's trace.",
+                [
+                    target(
+                        config,
+                        q.mean_by(config, c.STREAM_SESSION_DURATION, RATE, (q.REASON,), m),
+                        "{{" + q.REASON + "}}",
+                        exemplar=True,
+                    )
+                ],
+                unit="s",
+            )
+        )
+        .with_panel(_sessions_table(config))
+        .with_row(db.Row("Heartbeats and wakes"))
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Heartbeat duration p50 / p99",
+                "Heartbeat request duration by outcome.",
+                [
+                    target(
+                        config,
+                        q.quantile(config, quant, c.HEARTBEAT_DURATION, RATE, m, by=(q.OUTCOME,)),
+                        f"p{quant:g} {{{{{q.OUTCOME}}}}}",
+                        ref=ref,
+                    )
+                    for ref, quant in (("A", 0.5), ("B", 0.99))
+                ],
+                unit="s",
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Wakes by outcome",
+                "Wakes seen by this runner per second, by outcome.",
+                [
+                    target(
+                        config,
+                        q.rate_by(config, c.WAKES, RATE, (q.OUTCOME,), m),
+                        "{{" + q.OUTCOME + "}}",
+                        exemplar=True,
+                    )
+                ],
+                unit="ops",
+            )
+        )
+    )

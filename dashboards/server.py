@@ -1,0 +1,174 @@
+"""The "Pull-wake server" dashboard: the server's side of every runner.
+
+Open streams, published wakes, heartbeats received, leases, and the one
+signal the runner cannot fake: runners whose diagnostics claim a connected
+stream while the server holds no open read of it.
+"""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import common, stat
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.models import common as cm
+
+from dashboards import queries as q
+from dashboards.config import Config
+from dashboards.panels import prom_ds, table_panel, target, thresholds, timeseries_panel
+from pullwake import catalog as c
+
+TITLE = "Pull-wake server"
+RATE = "$__rate_interval"
+
+
+def _mismatch_stat(config: Config) -> stat.Panel:
+    return (
+        stat.Panel()
+        .title("Client says connected, server sees no stream")
+        .description(
+            "Runners whose last diagnostics say stream_connected while the server has no open "
+            "read of their wake stream (PullWakeServerSeesNoStream).  0 when healthy."
+        )
+        .datasource(prom_ds(config))
+        .with_target(
+            target(config, f"sum({q.series(config, c.SERVER_STREAM_MISMATCH)}) or vector(0)")
+        )
+        .thresholds(thresholds((None, "green"), (1, "red")))
+        .color_mode(cm.BigValueColorMode.BACKGROUND)
+        .graph_mode(cm.BigValueGraphMode.AREA)
+        .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]))
+        .span(6)
+        .height(6)
+    )
+
+
+def build(config: Config) -> db.Dashboard:
+    return (
+        db.Dashboard(TITLE)
+        .uid(config.dashboard_uids.server)
+        .tags(["pullwake"])
+        .refresh(config.dashboard_refresh)
+        .time("now-1h", "now")
+        .timezone("utc")
+        .with_row(db.Row("Streams"))
+        .with_panel(_mismatch_stat(config))
+        .with_panel(
+            table_panel(
+                config,
+                "Runners the server sees no stream for",
+                "Exactly the mismatching runners; empty when healthy.",
+                [target(config, q.server_sees_no_stream(config), instant=True, table_format=True)],
+                span=6,
+                height=6,
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Open streams by live mode",
+                "Live reads of wake streams open right now.",
+                [
+                    target(
+                        config,
+                        f"sum by ({q.LIVE_MODE}) ({q.series(config, c.SERVER_STREAMS_OPEN)})",
+                        "{{" + q.LIVE_MODE + "}}",
+                    )
+                ],
+                span=12,
+                height=6,
+            )
+        )
+        .with_row(db.Row("Wakes, heartbeats, leases"))
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Published wakes",
+                "Wakes appended to runners' wake streams per second.",
+                [
+                    target(
+                        config,
+                        q.rate_by(config, c.SERVER_WAKES_PUBLISHED, RATE, (q.RUNNER,)),
+                        "{{" + q.RUNNER + "}}",
+                    )
+                ],
+                unit="ops",
+                span=8,
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Pending wakes",
+                "Wakes not yet completed, per runner.",
+                [
+                    target(
+                        config,
+                        q.per_runner(config, c.SERVER_WAKES_PENDING),
+                        "{{" + q.RUNNER + "}}",
+                    )
+                ],
+                span=8,
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Heartbeats received",
+                "Heartbeats accepted per second, per runner.",
+                [
+                    target(
+                        config,
+                        q.rate_by(config, c.SERVER_HEARTBEATS, RATE, (q.RUNNER,)),
+                        "{{" + q.RUNNER + "}}",
+                    )
+                ],
+                unit="ops",
+                span=8,
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Lease remaining",
+                "Seconds left on each runner's liveness lease; below 0 it has expired.",
+                [
+                    target(
+                        config,
+                        q.per_runner(config, c.SERVER_LEASE_REMAINING, agg="min"),
+                        "{{" + q.RUNNER + "}}",
+                    )
+                ],
+                unit="s",
+            ).thresholds(thresholds((None, "red"), (0, "green")))
+        )
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Claims by outcome",
+                "Claim answers per second.",
+                [
+                    target(
+                        config,
+                        q.rate_by(config, c.SERVER_CLAIMS, RATE, (q.OUTCOME,)),
+                        "{{" + q.OUTCOME + "}}",
+                    )
+                ],
+                unit="ops",
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                config,
+                "API request duration p99",
+                "Non-streaming API requests.",
+                [
+                    target(
+                        config,
+                        q.quantile(config, 0.99, c.SERVER_REQUEST_DURATION, RATE),
+                        "p99",
+                    )
+                ],
+                unit="s",
+                span=24,
+            )
+        )
+    )

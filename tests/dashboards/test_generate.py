@@ -1,0 +1,182 @@
+"""The generator: committed files current, dashboards round-trip, names from the catalog."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.cog.plugins import register_default_plugins
+from grafana_foundation_sdk.models.dashboard import Dashboard
+
+from dashboards import rules
+from dashboards.alertmanager import alertmanager_config
+from dashboards.build import DEFAULT_OUT, generate, stale
+from dashboards.config import DEFAULT, Config, ForDurations, format_duration, parse_duration
+from pullwake import catalog
+from tests.dashboards.dashjson import load, panels, prom_targets
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_committed_files_are_current() -> None:
+    assert stale(DEFAULT_OUT, generate(DEFAULT)) == []
+
+
+def test_check_names_each_stale_file(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "pullwake", "dashboards", "build", "--out", str(tmp_path)]
+    assert subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+    (tmp_path / "alertmanager/alertmanager.yml").write_text("# edited by hand\n")
+    (tmp_path / "prometheus/rules/pullwake-alerts.yml").unlink()
+    res = subprocess.run([*cmd, "--check"], capture_output=True, text=True, check=False)
+    assert res.returncode == 1
+    assert "alertmanager/alertmanager.yml" in res.stderr
+    assert "prometheus/rules/pullwake-alerts.yml" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+    res = subprocess.run([*cmd, "--check"], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+
+
+def test_out_that_is_a_file_is_a_one_line_error(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("")
+    res = subprocess.run(
+        [sys.executable, "-m", "pullwake", "dashboards", "build", "--out", str(f)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "not a directory" in res.stderr
+
+
+@pytest.mark.parametrize("text,seconds", [("15s", 15), ("1m30s", 90), ("2h", 7200), ("500ms", 0.5)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+    assert format_duration(seconds) == text
+
+
+def test_config_fails_loudly() -> None:
+    with pytest.raises(ValueError, match=r"for_\.heartbeats_failing"):
+        Config(for_=ForDurations(heartbeats_failing="1 minute"))
+    with pytest.raises(ValueError, match="alertmanager_webhook_url"):
+        Config(alertmanager_webhook_url="alert-sink:9095")
+
+
+def test_scaled_config_shrinks_every_wait() -> None:
+    fast = DEFAULT.scaled(0.1)
+    assert fast.for_.runner_not_streaming == "12s"
+    assert fast.for_.stream_connected_while_heartbeats_failing == "6s"
+    assert fast.alertmanager.group_wait == "1s"
+    assert fast.rule_evaluation_interval == "1s"
+    assert fast.thresholds == DEFAULT.thresholds
+
+
+def test_dashboards_round_trip_through_sdk_models() -> None:
+    register_default_plugins()
+    for key, data in load(DEFAULT_OUT, DEFAULT).items():
+        model = Dashboard.from_json(data)
+        again = json.loads(json.dumps(model, cls=JSONEncoder))
+        assert again == data, key
+        assert model.uid == getattr(DEFAULT.dashboard_uids, key)
+
+
+def test_panels_have_unique_ids_and_known_datasources() -> None:
+    uids = {DEFAULT.datasources.prometheus, DEFAULT.datasources.tempo}
+    for key, data in load(DEFAULT_OUT, DEFAULT).items():
+        ids = [p["id"] for p in panels(data)]
+        assert len(ids) == len(set(ids)), key
+        for p in panels(data):
+            for t in p.get("targets") or []:
+                assert t["refId"], (key, p["title"])
+                assert t["datasource"]["uid"] in uids, (key, p["title"])
+    fleet = load(DEFAULT_OUT, DEFAULT)["fleet"]
+    alert_panels = [p for p in panels(fleet) if p["type"] == "alertGroups"]
+    assert alert_panels[0]["options"]["alertmanager"] == DEFAULT.datasources.alertmanager
+
+
+def test_dashboards_have_the_issue_panels() -> None:
+    titles = {k: [p["title"] for p in panels(d)] for k, d in load(DEFAULT_OUT, DEFAULT).items()}
+    assert "Stream connected while heartbeats fail" in titles["fleet"]
+    assert "Stream age vs seconds since heartbeat success" in titles["runner"]
+    assert "Client says connected, server sees no stream" in titles["server"]
+    runner = load(DEFAULT_OUT, DEFAULT)["runner"]
+    assert [v["name"] for v in runner["templating"]["list"]] == ["runner_id"]
+    assert any(t.get("exemplar") for _, t in prom_targets(runner))
+
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def test_every_metric_name_comes_from_the_catalog() -> None:
+    known = {s for m in catalog.CATALOG for s in m.prom_series}
+    known |= set(rules.recording_names(DEFAULT).values())
+    exprs = [r["expr"] for r in rules.alert_rules(DEFAULT) + rules.recording_rules(DEFAULT)]
+    for data in load(DEFAULT_OUT, DEFAULT).values():
+        exprs += [t["expr"] for _, t in prom_targets(data)]
+    seen = set()
+    for expr in exprs:
+        for name in _NAME.findall(expr):
+            if "pullwake_" in name:
+                assert name in known, (name, expr)
+                seen.add(name)
+    assert len(seen) > 15
+    # ...and no module of the generator spells one.
+    for src in (ROOT / "dashboards").glob("*.py"):
+        assert "pullwake_" not in src.read_text(), src
+
+
+def test_alert_conventions() -> None:
+    for r in rules.alert_rules(DEFAULT):
+        assert re.fullmatch(r"PullWake[A-Z][A-Za-z]+", r["alert"])
+        assert parse_duration(r["for"]) > 0
+        assert r["labels"]["severity"] in ("critical", "warning")
+        assert set(r["annotations"]) == {"summary", "description", "runbook_url"}
+        assert "{{" not in r["annotations"]["summary"]
+        assert "{{ $labels.runner_id }}" in r["annotations"]["description"]
+    for r in rules.recording_rules(DEFAULT):
+        assert re.fullmatch(r"[a-z_]+:[a-z_]+:[a-z0-9_]+", r["record"]), r["record"]
+
+
+def _slug(heading: str) -> str:
+    return re.sub(r"[^a-z0-9 -]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_has_its_runbook_section() -> None:
+    text = (ROOT / "docs/runbooks.md").read_text()
+    pattern = re.compile(r"^## (\S+)\n(.*?)(?=^## |\Z)", re.M | re.S)
+    sections = {m.group(1): m.group(2) for m in pattern.finditer(text)}
+    names = [r["alert"] for r in rules.alert_rules(DEFAULT)]
+    assert sorted(sections) == sorted(names)
+    for r in rules.alert_rules(DEFAULT):
+        anchor = r["annotations"]["runbook_url"].split("#", 1)[1]
+        assert anchor == _slug(r["alert"])
+        body = sections[r["alert"]]
+        assert "Check:" in body and "Do:" in body, r["alert"]
+        assert r["labels"]["severity"] in body.lower()
+
+
+def test_alertmanager_routes_by_severity_to_the_webhook() -> None:
+    cfg = Config(alertmanager_webhook_url="http://127.0.0.1:1/hook")
+    am = alertmanager_config(cfg)
+    assert am["route"]["group_by"] == ["alertname", "runner_id"]
+    receivers = {r["name"]: r for r in am["receivers"]}
+    for route in am["route"]["routes"]:
+        hook = receivers[route["receiver"]]["webhook_configs"][0]
+        assert hook == {"url": "http://127.0.0.1:1/hook", "send_resolved": True}
+    severities = [m for r in am["route"]["routes"] for m in r["matchers"]]
+    assert severities == ['severity="critical"', 'severity="warning"']
+
+
+def test_provisioning_paths_and_uids() -> None:
+    out = DEFAULT_OUT / "grafana/provisioning"
+    ds = yaml.safe_load((out / "datasources/datasources.yml").read_text())
+    assert {d["uid"] for d in ds["datasources"]} == {"prometheus", "tempo", "alertmanager"}
+    prov = yaml.safe_load((out / "dashboards/dashboards.yml").read_text())
+    assert prov["providers"][0]["options"]["path"] == DEFAULT.grafana_dashboards_path

@@ -1,0 +1,77 @@
+"""The generated rules and Alertmanager config, checked by the real tools.
+
+`promtool test rules` runs the generated unit tests: every alert fires on its
+case with exact labels and rendered annotations, and none fires on a healthy
+fleet or through normal SSE rotations.  A mutated expectation must make it
+fail, so the cases cannot pass vacuously.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dashboards.build import DEFAULT_OUT
+from dashboards.config import DEFAULT
+from dashboards.rules import alerts
+from tests.dashboards.promstack import AMTOOL, PROMTOOL, needs_alertmanager, needs_prometheus
+
+pytestmark = pytest.mark.prometheus
+
+RULES = DEFAULT_OUT / "prometheus/rules"
+TESTS = DEFAULT_OUT / "prometheus/tests/pullwake-alerts.test.yml"
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+@needs_prometheus
+def test_promtool_check_rules() -> None:
+    assert PROMTOOL is not None
+    res = _run(PROMTOOL, "check", "rules", *map(str, sorted(RULES.glob("*.yml"))))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"SUCCESS: {len(alerts(DEFAULT))} rules found" in res.stdout
+
+
+@needs_prometheus
+def test_promtool_test_rules() -> None:
+    assert PROMTOOL is not None
+    res = _run(PROMTOOL, "test", "rules", str(TESTS))
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = TESTS.read_text()
+    for a in alerts(DEFAULT):  # each alert has a firing case and silent cases
+        assert f"alertname: {a.name}\n    exp_alerts:\n    - exp_labels:" in text, a.name
+
+
+@needs_prometheus
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        ("severity: critical", "severity: warning"),  # a label
+        ("p99 wake latency of runner r1 is 9.95s", "p99 wake latency of runner r1 is 9.96s"),
+        ("runner_id: r1\n", "runner_id: r2\n"),  # the neighbour must not fire
+    ],
+)
+def test_promtool_catches_a_wrong_expectation(tmp_path: Path, old: str, new: str) -> None:
+    assert PROMTOOL is not None
+    shutil.copytree(RULES, tmp_path / "rules")
+    (tmp_path / "tests").mkdir()
+    text = TESTS.read_text()
+    assert old in text
+    (tmp_path / "tests/t.yml").write_text(text.replace(old, new, 1))
+    res = _run(PROMTOOL, "test", "rules", str(tmp_path / "tests/t.yml"))
+    assert res.returncode != 0
+    assert "FAILED" in res.stdout + res.stderr
+
+
+@needs_alertmanager
+def test_amtool_check_config() -> None:
+    assert AMTOOL is not None
+    res = _run(AMTOOL, "check-config", str(DEFAULT_OUT / "alertmanager/alertmanager.yml"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout
+    assert "2 receivers" in res.stdout
