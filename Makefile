@@ -19,6 +19,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/pullwake dashboards build --check
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
