@@ -1,0 +1,239 @@
+"""`pullwake run`: the runner from the command line.
+
+Every option can also come from a `PULLWAKE_*` environment variable (the
+command line wins).  Values are parsed here, not by argparse, so a bad value
+gives one line (`pullwake: error: ...`, exit 2) and never a usage dump or a
+traceback.  SIGINT/SIGTERM stop the runner cleanly (exit 0).  An unreachable
+server at start is not an error: the runner stays `connecting` and backs off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pullwake.protocol import DEV_PRINCIPAL, LiveMode
+
+if TYPE_CHECKING:
+    from runner.config import RunnerConfig
+    from runner.core import Runner
+    from runner.observe import RunnerObserver
+
+# (flag, env var, default, help) - the single list behind parser, env and --help.
+OPTIONS: list[tuple[str, str, str | None, str]] = [
+    ("--server", "PULLWAKE_SERVER", None, "server base URL, e.g. http://127.0.0.1:4437 (required)"),
+    ("--runner-id", "PULLWAKE_RUNNER_ID", None, "this runner's id (required)"),
+    ("--label", "PULLWAKE_LABEL", "pullwake runner", "label sent at registration"),
+    ("--live", "PULLWAKE_LIVE", "sse", "live read mode: sse or long-poll"),
+    (
+        "--heartbeat-interval",
+        "PULLWAKE_HEARTBEAT_INTERVAL",
+        "10",
+        "seconds between heartbeats (lease = 3 x interval)",
+    ),
+    (
+        "--heartbeat-timeout",
+        "PULLWAKE_HEARTBEAT_TIMEOUT",
+        None,
+        "seconds one heartbeat may take (default: min(5, interval))",
+    ),
+    (
+        "--heartbeat-failure-threshold",
+        "PULLWAKE_HEARTBEAT_FAILURE_THRESHOLD",
+        "2",
+        "K: consecutive heartbeat failures in a session that reset the stream (heartbeat bridge)",
+    ),
+    (
+        "--idle-timeout",
+        "PULLWAKE_IDLE_TIMEOUT",
+        None,
+        "seconds without a byte before the stream"
+        " counts as dead (default: 3 x the server's Stream-Keepalive-Interval, else 15)",
+    ),
+    (
+        "--connect-timeout",
+        "PULLWAKE_CONNECT_TIMEOUT",
+        "5",
+        "seconds for connect and for the response headers of each attempt",
+    ),
+    (
+        "--long-poll-timeout",
+        "PULLWAKE_LONG_POLL_TIMEOUT",
+        "35",
+        "seconds one long-poll request may take before it counts as dead (long-poll mode)",
+    ),
+    (
+        "--backoff-max",
+        "PULLWAKE_BACKOFF_MAX",
+        "30",
+        "cap of the reconnect backoff in seconds (1 s doubling, full jitter)",
+    ),
+    (
+        "--offset-file",
+        "PULLWAKE_OFFSET_FILE",
+        None,
+        "file keeping the committed offset"
+        " (atomic writes); resumed at restart (default: none, start from -1)",
+    ),
+    (
+        "--handler",
+        "PULLWAKE_HANDLER",
+        None,
+        "shell command run once per wake: wake JSON on"
+        " stdin, PULLWAKE_WAKE_ID in env; non-zero exit leaves the claim to expire"
+        " (default: log the wake)",
+    ),
+    ("--concurrency", "PULLWAKE_CONCURRENCY", "4", "wakes handled at the same time"),
+    (
+        "--queue-size",
+        "PULLWAKE_QUEUE_SIZE",
+        "64",
+        "wakes waiting for a worker; when full, reading the stream pauses (nothing is dropped)",
+    ),
+    (
+        "--status-listen",
+        "PULLWAKE_STATUS_LISTEN",
+        None,
+        "HOST:PORT of the status listener (/healthz, /readyz, /status, /metrics); default: off",
+    ),
+    (
+        "--profile",
+        "PULLWAKE_PROFILE",
+        "default",
+        "default (every detector), upstream (heartbeat"
+        " bridge only) or legacy (the seed's runner, bug included)",
+    ),
+    ("--principal", "PULLWAKE_PRINCIPAL", DEV_PRINCIPAL, "electric-principal header (kind:name)"),
+    ("--log-level", "PULLWAKE_LOG_LEVEL", "info", "debug, info, warning or error"),
+]
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="run a pull-wake runner",
+        description="Register, stream the wake stream, heartbeat, claim and dispatch wakes. "
+        "Every option can also be set with the environment variable named in its help.",
+    )
+    for flag, env, default, text in OPTIONS:
+        shown = "none" if default is None else default
+        p.add_argument(flag, default=None, help=f"{text} [env {env}; default: {shown}]")
+    p.set_defaults(func=run)
+
+
+def _values(args: argparse.Namespace) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for flag, env, default, _ in OPTIONS:
+        key = flag[2:].replace("-", "_")
+        value = getattr(args, key, None)
+        if value is None:
+            value = os.environ.get(env) or default
+        out[key] = value
+    return out
+
+
+def _number(name: str, text: str | None, kind: Callable[[str], Any] = float) -> Any:
+    from pullwake.cli import CLIError
+
+    if text is None:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise CLIError(f"--{name.replace('_', '-')}: not a number: {text!r}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> RunnerConfig:
+    from pullwake.cli import CLIError
+    from runner.config import ConfigError, RunnerConfig, parse_listen, profile_named
+
+    v = _values(args)
+    for required in ("server", "runner_id"):
+        if not v[required]:
+            flag = required.replace("_", "-")
+            raise CLIError(f"--{flag} is required (or PULLWAKE_{required.upper()})")
+    try:
+        live = LiveMode(str(v["live"]))
+    except ValueError:
+        raise CLIError(f"--live: want sse or long-poll, got {v['live']!r}") from None
+    if (v["log_level"] or "").upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise CLIError(f"--log-level: want debug, info, warning or error, got {v['log_level']!r}")
+    try:
+        if v["status_listen"]:
+            parse_listen(v["status_listen"])
+        return RunnerConfig(
+            server=str(v["server"]),
+            runner_id=str(v["runner_id"]),
+            label=str(v["label"]),
+            live=live,
+            heartbeat_interval=_number("heartbeat_interval", v["heartbeat_interval"]),
+            heartbeat_timeout=_number("heartbeat_timeout", v["heartbeat_timeout"]),
+            heartbeat_failure_threshold=_number(
+                "heartbeat_failure_threshold", v["heartbeat_failure_threshold"], int
+            ),
+            idle_timeout=_number("idle_timeout", v["idle_timeout"]),
+            connect_timeout=_number("connect_timeout", v["connect_timeout"]),
+            long_poll_timeout=_number("long_poll_timeout", v["long_poll_timeout"]),
+            backoff_max=_number("backoff_max", v["backoff_max"]),
+            offset_file=v["offset_file"],
+            handler_cmd=v["handler"],
+            concurrency=_number("concurrency", v["concurrency"], int),
+            queue_size=_number("queue_size", v["queue_size"], int),
+            status_listen=v["status_listen"],
+            principal=str(v["principal"]),
+            profile=profile_named(str(v["profile"])),
+        )
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def build_runner(config: RunnerConfig, observer: RunnerObserver | None = None) -> Runner:
+    """The one place the CLI constructs a Runner.
+
+    The telemetry layer passes its observer here and may hang a `/metrics`
+    renderer on the returned runner's `metrics` attribute.
+    """
+    from runner.core import Runner
+
+    return Runner(config, observer=observer)
+
+
+async def serve(runner: Runner) -> None:
+    """Run `runner` with its status listener until SIGINT/SIGTERM."""
+    from pullwake.cli import CLIError
+    from runner.config import parse_listen
+    from runner.status import StatusServer
+
+    status = None
+    if runner.config.status_listen:
+        host, port = parse_listen(runner.config.status_listen)
+        status = StatusServer(runner, host, port)
+        try:
+            await status.start()
+        except OSError as exc:
+            raise CLIError(f"cannot listen on {runner.config.status_listen}: {exc}") from None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, runner.stop)
+    try:
+        await runner.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if status is not None:
+            await status.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    level = str(_values(args)["log_level"]).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    runner = build_runner(config)
+    asyncio.run(serve(runner))
+    return 0

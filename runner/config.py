@@ -1,0 +1,158 @@
+"""Runner configuration and the three profiles.
+
+Profiles only switch parts of the same machinery on or off; they never swap
+in different code:
+
+* ``default``  every detector: idle watchdog, heartbeat bridge, TCP keepalive,
+  connect/header timeouts; read errors end the session and are reported.
+* ``upstream`` the original's later mitigation alone: the heartbeat bridge
+  (K=2).  No idle watchdog, no TCP keepalive.
+* ``legacy``   the seed's runner: long-poll reads whose failures are retried
+  inside the stream layer (100 ms x1.3, cap 60 s) and never reported; no
+  watchdog, no bridge, no keepalive, no timeouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from pullwake.protocol import DEV_PRINCIPAL, PRINCIPAL_KINDS, RUNNER_ID_RE, LiveMode
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    idle_watchdog: bool
+    heartbeat_bridge: bool
+    tcp_keepalive: bool
+    timeouts: bool  # connect and response-header timeouts
+    hidden_retry: bool  # legacy: the stream layer swallows read failures and retries
+    forced_live: LiveMode | None = None
+
+
+PROFILES: dict[str, Profile] = {
+    "default": Profile("default", True, True, True, True, False),
+    "upstream": Profile("upstream", False, True, False, True, False),
+    "legacy": Profile("legacy", False, False, False, False, True, LiveMode.LONG_POLL),
+}
+
+
+@dataclass(frozen=True)
+class TcpKeepalive:
+    """Keepalive probes on the stream socket: a dead peer is noticed in idle + intvl * cnt."""
+
+    idle_s: int = 5
+    interval_s: int = 1
+    count: int = 3
+    user_timeout_ms: int = 10_000
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    server: str
+    runner_id: str
+    label: str = "pullwake runner"
+    live: LiveMode = LiveMode.SSE
+    heartbeat_interval: float = 10.0
+    heartbeat_timeout: float | None = None  # default: min(5, interval)
+    heartbeat_failure_threshold: int = 2
+    idle_timeout: float | None = None  # default: 3 x advertised keepalive, else 15 s
+    connect_timeout: float = 5.0
+    long_poll_timeout: float = 35.0  # bound of one long-poll request when timeouts are on
+    backoff_max: float = 30.0
+    healthy_after: float = 5.0  # a session this old (and connected) resets the backoff
+    offset_file: str | None = None
+    handler_cmd: str | None = None
+    concurrency: int = 4
+    queue_size: int = 64
+    status_listen: str | None = None
+    principal: str = DEV_PRINCIPAL
+    profile: Profile = field(default_factory=lambda: PROFILES["default"])
+    keepalive: TcpKeepalive = field(default_factory=TcpKeepalive)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def base_url(self) -> str:
+        return self.server.rstrip("/")
+
+    @property
+    def live_mode(self) -> LiveMode:
+        return self.profile.forced_live or self.live
+
+    @property
+    def hb_timeout(self) -> float:
+        return self.heartbeat_timeout or min(5.0, self.heartbeat_interval)
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.heartbeat_interval * 3 * 1000)
+
+    @property
+    def bridge_threshold(self) -> int | None:
+        return self.heartbeat_failure_threshold if self.profile.heartbeat_bridge else None
+
+
+def profile_named(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown profile {name!r} (choose from {', '.join(PROFILES)})"
+        ) from None
+
+
+def validate(c: RunnerConfig) -> None:
+    """Reject bad values with one line each; never a traceback at the user."""
+    u = urlsplit(c.server)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ConfigError(f"bad server URL {c.server!r} (want http://host:port)")
+    try:
+        _ = u.port
+    except ValueError:
+        raise ConfigError(f"bad port in server URL {c.server!r}") from None
+    if not RUNNER_ID_RE.match(c.runner_id):
+        raise ConfigError(f"bad runner id {c.runner_id!r}")
+    kind, _, name = c.principal.partition(":")
+    if kind not in PRINCIPAL_KINDS or not name:
+        raise ConfigError(f"bad principal {c.principal!r} (want kind:name)")
+    positive = {
+        "heartbeat interval": c.heartbeat_interval,
+        "connect timeout": c.connect_timeout,
+        "backoff max": c.backoff_max,
+        "long-poll timeout": c.long_poll_timeout,
+    }
+    if c.heartbeat_timeout is not None:
+        positive["heartbeat timeout"] = c.heartbeat_timeout
+    if c.idle_timeout is not None:
+        positive["idle timeout"] = c.idle_timeout
+    for what, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{what} must be > 0, got {value}")
+    for what, n in {
+        "heartbeat failure threshold": c.heartbeat_failure_threshold,
+        "concurrency": c.concurrency,
+        "queue size": c.queue_size,
+    }.items():
+        if n < 1:
+            raise ConfigError(f"{what} must be >= 1, got {n}")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `PORT` (loopback) for the status listener."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"bad listen address {text!r} (want 127.0.0.1:PORT)") from None
+    if not 0 <= number < 65536:
+        raise ConfigError(f"bad port in listen address {text!r}")
+    return host or "127.0.0.1", number
