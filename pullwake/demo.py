@@ -265,16 +265,22 @@ class Demo:
         with self.sup.handle_signals():
             try:
                 return self._run(a)
+            except SupervisorError:
+                if self.sup.stop_requested:  # Ctrl-C while a child was starting
+                    print("pullwake demo: stopped during start", flush=True)
+                    return 0
+                raise
             finally:
                 self.sup.stop_all()
 
     def _run(self, a: argparse.Namespace) -> int:
         self.sup.start(self.server_spec(), timeout=30)
-        _http(
-            "POST",
-            f"{self.server_url}{RUNNERS_PREFIX}",
-            {"id": a.runner_id, "label": "pullwake demo"},
-        )  # so publishing works at once
+        try:  # register up front so publishing works before the runner is up
+            _http(
+                "POST", f"{self.server_url}{RUNNERS_PREFIX}", {"id": a.runner_id, "label": "demo"}
+            )
+        except (OSError, ValueError) as exc:
+            raise SupervisorError(f"cannot register runner {a.runner_id!r}: {exc}") from None
         if self.with_runner:
             self.sup.start(self.runner_spec(), timeout=30)
         self.banner()
