@@ -42,7 +42,7 @@ async def timing_middleware(request: web.Request, handler: Handler) -> web.Strea
     if request.query.get("live") is None:
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
-        if name == "/{tail}":
+        if name.startswith("/{tail"):
             name = "stream"
         request.app[STATE].observer.request_finished(
             name, request.method, resp.status, time.perf_counter() - start

@@ -227,4 +227,4 @@ async def _sse(
 
 def add_routes(app: web.Application) -> None:
     """Last: every other path may be a wake stream."""
-    app.router.add_route("*", "/{tail:.*}", read_stream)
+    app.router.add_route("*", r"/{tail:(?!_electric(?:/|$)).*}", read_stream)
