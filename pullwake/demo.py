@@ -303,7 +303,7 @@ class Demo:
                     print(
                         f"chaos: SIGKILL server (pid {pid}), back in {a.chaos_down:g}s", flush=True
                     )
-                elif back_at is not None and now >= back_at:
+                elif back_at is not None and now >= back_at - 0.2:  # ticks jitter a little
                     child = self.sup.start(self.server_spec(), wait=False)
                     print(f"chaos: server restarted (pid {child.pid})", flush=True)
                     back_at, next_kill = None, now + a.chaos_interval
@@ -325,6 +325,7 @@ class Demo:
                         publisher.published,
                         server,
                         self.with_runner,
+                        publish_errors=publisher.failed,
                     ),
                     flush=True,
                 )

@@ -46,18 +46,24 @@ def format_status(
     server: str,
     with_runner: bool = True,
     now: datetime | None = None,
+    publish_errors: int = 0,
 ) -> str:
     """One line: state, stream age, idle, reconnects, last heartbeat, wakes delivered."""
     now = now or datetime.now(UTC)
     head = f"[{elapsed:5.0f}s]"
     tail = f"published={published} server={server}"
+    if publish_errors:  # publishes refused while the server was down (chaos)
+        tail = f"published={published} publish_errors={publish_errors} server={server}"
     if not with_runner:
         return f"{head} runner=absent {tail}"
     if status is None:
         return f"{head} state=? (runner status unavailable) {tail}"
     diag: dict[str, Any] = status.get("diagnostics") or {}
     connected = diag.get("stream_connected") is True
-    age = _age_s(diag.get("stream_connected_since"), now) if connected else None
+    age = status.get("stream_age_seconds")
+    if not isinstance(age, int | float):
+        age = _age_s(diag.get("stream_connected_since"), now)
+    age = float(age) if connected and age is not None else None
     idle = diag.get("stream_idle_seconds")
     hb_ok = diag.get("last_heartbeat_ok")
     hb_age = _age_s(diag.get("last_heartbeat_at"), now)
