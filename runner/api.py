@@ -26,9 +26,7 @@ class RequestFailed(Exception):
 def error_type_of(exc: BaseException) -> HeartbeatErrorType:
     if isinstance(exc, RequestFailed):
         return exc.error_type
-    if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
-        exc.os_error, TimeoutError
-    ):
+    if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(exc.os_error, TimeoutError):
         return HeartbeatErrorType.CONNECT
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return HeartbeatErrorType.TIMEOUT

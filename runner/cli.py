@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pullwake.protocol import DEV_PRINCIPAL, LiveMode
 
 if TYPE_CHECKING:
+    from pullwake.telemetry import Telemetry
     from runner.config import RunnerConfig
     from runner.core import Runner
     from runner.observe import RunnerObserver
@@ -235,5 +236,21 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     runner = build_runner(config)
-    asyncio.run(serve(runner))
+    telemetry = _telemetry(runner)
+    try:
+        asyncio.run(serve(runner))
+    finally:
+        telemetry.shutdown(3.0)  # bounded flush, even with the collector down
     return 0
+
+
+def _telemetry(runner: Runner) -> Telemetry:
+    """OTel observer, `/metrics` and traceparent from the `OTEL_*` environment."""
+    from pullwake.cli import CLIError
+    from pullwake.telemetry import TelemetryConfigError
+    from runner.otel import instrument_runner
+
+    try:
+        return instrument_runner(runner)
+    except TelemetryConfigError as exc:
+        raise CLIError(f"telemetry: {exc}") from None

@@ -103,9 +103,7 @@ def profile_named(name: str) -> Profile:
     try:
         return PROFILES[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown profile {name!r} (choose from {', '.join(PROFILES)})"
-        ) from None
+        raise ConfigError(f"unknown profile {name!r} (choose from {', '.join(PROFILES)})") from None
 
 
 def validate(c: RunnerConfig) -> None:

@@ -55,9 +55,7 @@ def shell_handler(cmd: str) -> Handler:
 
     async def handle(wake: dict[str, Any]) -> None:
         env = dict(os.environ, PULLWAKE_WAKE_ID=str(wake.get("wake_id", "")))
-        proc = await asyncio.create_subprocess_shell(
-            cmd, stdin=asyncio.subprocess.PIPE, env=env
-        )
+        proc = await asyncio.create_subprocess_shell(cmd, stdin=asyncio.subprocess.PIPE, env=env)
         try:
             await proc.communicate(json.dumps(wake).encode())
         except asyncio.CancelledError:

@@ -28,6 +28,7 @@ from runner.errors import SessionEnded
 
 log = logging.getLogger("runner.reconnect")
 
+
 def _resets_backoff(exc: Exception) -> bool:
     return isinstance(exc, SessionEnded) and exc.resets_backoff
 
@@ -41,6 +42,7 @@ class Reconnector:
         attempt: Callable[[], Coroutine[Any, Any, NoReturn]],
         *,
         backoff_max: float,
+        factor: float = 1.0,
         on_wait: BackoffHandler,
         on_reset: Callable[[SessionEnded], None],
     ) -> None:
@@ -53,7 +55,7 @@ class Reconnector:
         self._decorated = backoff.on_exception(
             backoff.expo,
             SessionEnded,
-            factor=1,
+            factor=factor,
             max_value=backoff_max,
             jitter=backoff.full_jitter,
             max_tries=None,

@@ -192,7 +192,7 @@ class Session:
                 delay = 0.1
                 live = True
             except SessionEnded as end:
-                if not (cfg.profile.hidden_retry and self.connected):
+                if not (cfg.profile.hidden_retry and self.connected and _retried_inside(end)):
                     raise
                 # legacy: swallow the failure, retry later, tell nobody
                 log.debug("legacy stream layer retries in %.2fs after %r", delay, end)
@@ -233,6 +233,13 @@ class Session:
             self._hooks.offset(next_offset)
             if resp.headers.get(H_CLOSED, "").lower() == "true":
                 self._end(EndReason.CLOSED, "Stream-Closed")
+
+
+def _retried_inside(end: SessionEnded) -> bool:
+    """What the original stream client retries silently: network errors, 5xx, 429."""
+    if end.reason is EndReason.HTTP_ERROR:
+        return end.status is not None and (end.status >= 500 or end.status == 429)
+    return end.reason not in (EndReason.CLOSED, EndReason.PROTOCOL_ERROR)
 
 
 async def _safe_text(resp: aiohttp.ClientResponse) -> str:

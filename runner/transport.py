@@ -10,6 +10,7 @@ its own overall timeout so none can hang.
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -82,7 +83,9 @@ def stream_timeout(config: RunnerConfig) -> aiohttp.ClientTimeout:
     )
 
 
-def open_stream_session(config: RunnerConfig) -> aiohttp.ClientSession:
+def open_stream_session(
+    config: RunnerConfig, trace_configs: Sequence[aiohttp.TraceConfig] = ()
+) -> aiohttp.ClientSession:
     factory = keepalive_socket_factory(config.keepalive) if config.profile.tcp_keepalive else None
     connector = aiohttp.TCPConnector(limit=4, force_close=True, socket_factory=factory)
     return aiohttp.ClientSession(
@@ -90,10 +93,13 @@ def open_stream_session(config: RunnerConfig) -> aiohttp.ClientSession:
         timeout=stream_timeout(config),
         headers=base_headers(config),
         auto_decompress=False,
+        trace_configs=list(trace_configs) or None,  # telemetry: W3C traceparent
     )
 
 
-def open_api_session(config: RunnerConfig) -> aiohttp.ClientSession:
+def open_api_session(
+    config: RunnerConfig, trace_configs: Sequence[aiohttp.TraceConfig] = ()
+) -> aiohttp.ClientSession:
     # Keep-alive pooling off: a pooled socket to a dead server would make the
     # next heartbeat wait for its own timeout instead of being refused at once.
     connector = aiohttp.TCPConnector(limit=32, force_close=True)
@@ -101,4 +107,5 @@ def open_api_session(config: RunnerConfig) -> aiohttp.ClientSession:
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=30, connect=config.connect_timeout),
         headers=base_headers(config),
+        trace_configs=list(trace_configs) or None,  # telemetry: W3C traceparent
     )
