@@ -28,7 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 from opentelemetry import context as otel_context
@@ -45,8 +45,17 @@ from pullwake.protocol import (
     RunnerState,
     WakeOutcome,
 )
-from pullwake.telemetry import Instruments, Telemetry
+from pullwake.telemetry import (
+    PROMETHEUS_CONTENT_TYPE,
+    SERVICE_RUNNER,
+    Instruments,
+    Telemetry,
+    build_telemetry,
+)
 from runner.observe import RunnerSnapshot, SessionInfo, Transition
+
+if TYPE_CHECKING:
+    from runner.core import Runner
 
 log = logging.getLogger("runner.otel")
 
@@ -55,6 +64,7 @@ CONNECT_SPAN: Final = "pullwake.stream.connect"
 WAKE_SPAN: Final = "pullwake.wake"
 _WAKE_STEPS: Final = frozenset({"claim", "handle", "complete"})
 _TERMINAL: Final = frozenset({WakeOutcome.SKIPPED, WakeOutcome.FAILED, WakeOutcome.DUPLICATE})
+_DETECTOR_REASONS: Final = frozenset({EndReason.IDLE_TIMEOUT, EndReason.HEARTBEAT_FAILURES})
 _MAX_OPEN_SESSIONS: Final = 8
 _MAX_OPEN_WAKES: Final = 1024
 _SNAPSHOT_TTL_S: Final = 0.2
@@ -71,6 +81,8 @@ def _attr_key(key: str) -> str:
     """Runner-side keys (`wake_id`) -> namespaced span attribute keys."""
     if key == "wake_id":
         return "pullwake.wake.id"
+    if key == "runner_id":
+        return RUNNER_ID
     return key if "." in key else f"pullwake.{key}"
 
 
@@ -98,6 +110,7 @@ class OtelRunnerObserver:
         self._cached: tuple[float, RunnerSnapshot] | None = None
         self._sessions: OrderedDict[int, Span] = OrderedDict()
         self._current: Span | None = None
+        self._fired: dict[int, set[str]] = {}  # detectors already on each open session
         self._wakes: OrderedDict[str, Span] = OrderedDict()
         self._pending_backoff: tuple[float, int, EndReason | None] | None = None
         self._ins = Instruments(
@@ -195,9 +208,11 @@ class OtelRunnerObserver:
             start_time=_ns(s.started_at),
         )
         self._sessions[s.number] = span
+        self._fired[s.number] = set()
         self._current = span
         while len(self._sessions) > _MAX_OPEN_SESSIONS:  # bounded even if ends go missing
-            _, stale = self._sessions.popitem(last=False)
+            number, stale = self._sessions.popitem(last=False)
+            self._fired.pop(number, None)
             stale.set_attribute("pullwake.session.abandoned", True)
             stale.end()
 
@@ -213,6 +228,7 @@ class OtelRunnerObserver:
 
     def session_ended(self, s: SessionInfo) -> None:
         span = self._sessions.pop(s.number, None)
+        fired = self._fired.pop(s.number, set())
         if self._current is span:
             self._current = None
         reason = s.reason or EndReason.ERROR
@@ -236,6 +252,9 @@ class OtelRunnerObserver:
         if s.error:
             span.set_attribute("error.type", reason.value)
             span.set_attribute("pullwake.error", s.error[:500])
+        if reason in _DETECTOR_REASONS and reason.value not in fired:
+            # the runner may report the firing only after the end: keep it on the span
+            span.add_event(f"detector.{reason.value}", {"pullwake.detector": reason.value})
         if reason.is_failure:
             span.set_status(Status(StatusCode.ERROR, f"{reason.value}: {s.error or ''}"[:200]))
         span.end(end_time=_ns(s.ended_at))
@@ -246,6 +265,8 @@ class OtelRunnerObserver:
         span = self._sessions.get(s.number) if s is not None else self._current
         if span is None:
             return
+        if s is not None and s.number in self._fired:
+            self._fired[s.number].add(detector)
         attributes = {_attr_key(k): _attr_value(v) for k, v in details.items()}
         span.add_event(f"detector.{detector}", {"pullwake.detector": detector, **attributes})
 
@@ -373,3 +394,19 @@ class OtelRunnerObserver:
             _, span = self._wakes.popitem(last=False)
             span.set_attribute("pullwake.wake.abandoned", True)
             span.end()
+
+
+def instrument_runner(runner: Runner, env: Mapping[str, str] | None = None) -> Telemetry:
+    """Build the runner's telemetry and attach it: observer, gauges, `/metrics`, traceparent.
+
+    Raises `TelemetryConfigError` for bad `OTEL_*` values.  With
+    `OTEL_SDK_DISABLED=true` nothing is attached (`/metrics` answers 404).
+    """
+    telemetry = build_telemetry(SERVICE_RUNNER, runner.config.runner_id, env=env)
+    if not telemetry.enabled:
+        return telemetry
+    observer = OtelRunnerObserver(telemetry, runner.config.runner_id, runner.snapshot)
+    runner.observer.add(observer)
+    runner.metrics = lambda: (telemetry.prometheus_text(), PROMETHEUS_CONTENT_TYPE)
+    runner.trace_configs.append(observer.trace_config())
+    return telemetry
