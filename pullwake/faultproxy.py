@@ -134,10 +134,8 @@ class FaultProxy:
         return len(self._conns)
 
     async def start(self) -> FaultProxy:
-        await self._listen()
-        self._flowing.set() if self._mode in (Mode.PASS, Mode.REFUSE) else self._flowing.clear()
-        if self._mode is Mode.REFUSE:
-            self._unlisten()
+        await self._listen()  # even in refuse mode: learn the port, then close it
+        await self.set_mode(self._mode)
         return self
 
     async def stop(self) -> None:
