@@ -1,0 +1,213 @@
+"""End to end: the generated rules, through real Prometheus and Alertmanager, to the sink.
+
+Real processes throughout: `pullwake server`, `pullwake run` behind the
+fault proxy, Prometheus scraping both, Alertmanager with the generated config,
+and `pullwake alerts sink` as its webhook.  Only the config is changed:
+`for:` and Alertmanager waits scaled down (`Config.scaled`), the heartbeat
+staleness threshold fitted to a 0.5 s heartbeat.
+
+The fault is the seed's: the server dies behind a proxy that keeps the
+runner's connections open (`half_open`).  The legacy runner keeps claiming
+its stream is connected and the critical alert must reach the webhook, then
+resolve once the server is back; the default runner never triggers it and
+its heartbeat / not-streaming alerts tell the truth instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dashboards.config import DEFAULT, Config
+from pullwake import catalog
+from tests.dashboards.promstack import (
+    AlertmanagerProcess,
+    PrometheusProcess,
+    SinkProcess,
+    needs_alertmanager,
+    needs_prometheus,
+    write_deploy,
+)
+from tests.support.procs import RunnerProcess, ServerProcess, http_json, running, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.prometheus, needs_prometheus, needs_alertmanager]
+
+CRITICAL = "PullWakeStreamConnectedWhileHeartbeatsFailing"
+TRUTHFUL = ("PullWakeRunnerNotStreaming", "PullWakeHeartbeatsFailing")
+OTEL_ON = {"OTEL_SDK_DISABLED": "false"}
+
+faultproxy = pytest.importorskip("pullwake.faultproxy", reason="pullwake.faultproxy missing")
+
+
+def fast_config(webhook: str) -> Config:
+    base = dataclasses.replace(
+        DEFAULT,
+        alertmanager_webhook_url=webhook,
+        thresholds=dataclasses.replace(DEFAULT.thresholds, heartbeat_stale_seconds=10.0),
+    )
+    return base.scaled(0.1, evaluation_interval="1s")
+
+
+class Stack:
+    """Server, proxy, runner, Prometheus, Alertmanager and sink for one profile."""
+
+    def __init__(self, tmp: Path, profile: str, stack: ExitStack) -> None:
+        self.tmp = tmp
+        self.sink = SinkProcess(tmp).start()
+        stack.enter_context(running(self.sink))
+        deploy = write_deploy(tmp, fast_config(self.sink.url))
+        self.server = ServerProcess(tmp, keepalive=0.5, env=OTEL_ON).start()
+        stack.callback(lambda: self.server.stop())  # whichever server runs by then
+        self.proxy = faultproxy.ThreadedFaultProxy(upstream=("127.0.0.1", self.server.port))
+        stack.enter_context(self.proxy)
+        self.runner = RunnerProcess(
+            tmp,
+            self.proxy.url,
+            "r1",
+            extra=[
+                "--profile",
+                profile,
+                "--heartbeat-interval",
+                "0.5",
+                "--connect-timeout",
+                "1",
+                "--backoff-max",
+                "2",
+            ],
+            env=OTEL_ON,
+        )
+        stack.enter_context(running(self.runner))
+        self.runner.start()
+        self.am = AlertmanagerProcess(tmp, deploy / "alertmanager/alertmanager.yml").start()
+        stack.enter_context(running(self.am))
+        self.prom = PrometheusProcess(
+            tmp,
+            rules_dir=deploy / "prometheus/rules",
+            scrape={
+                "pullwake-server": [f"127.0.0.1:{self.server.port}"],
+                "pullwake-runner": [f"127.0.0.1:{self.runner.status_port}"],
+            },
+            alertmanager=self.am.address,
+        ).start()
+        stack.enter_context(running(self.prom))
+
+    def runner_exports_metrics(self) -> bool:
+        code, _, body = http_json("GET", f"{self.runner.status_url}/metrics", timeout=2.0)
+        return code == 200 and catalog.STREAM_CONNECTED.prom_name in str(body)
+
+    def wait_healthy(self) -> None:
+        wait_until(
+            lambda: self.runner.status()["state"] == "running.streaming", 20, what="streaming"
+        )
+        connected = f"{catalog.STREAM_CONNECTED.prom_name} == 1"
+        wait_until(
+            lambda: self.prom.query(connected)["data"]["result"], 20, what="prometheus scrape"
+        )
+
+    def kill_server_behind_half_open_proxy(self) -> None:
+        self.proxy.set_mode("half_open")
+        self.server.stop(signal.SIGKILL)
+
+    def restore_server(self) -> None:
+        self.server = ServerProcess(
+            self.tmp, port=self.server.port, db=self.server.db, keepalive=0.5, env=OTEL_ON
+        ).start()
+        self.proxy.set_mode("pass")
+
+    def fired(self, alertname: str, status: str) -> list[dict[str, Any]]:
+        return [
+            a
+            for a in self.sink.received(alertname=alertname, status=status)
+            if a["labels"].get("runner_id") == "r1"
+        ]
+
+    def ever_firing(self, alertname: str) -> list[Any]:
+        expr = f'max_over_time(ALERTS{{alertname="{alertname}", alertstate="firing"}}[15m])'
+        return list(self.prom.query(expr)["data"]["result"])
+
+    def diagnose(self) -> str:
+        return (
+            f"sink: {self.sink.received()}\nprometheus alerts: {self.prom.alerts()}\n"
+            f"runner status: {self.runner.status()}\nrunner log tail:\n"
+            f"{self.runner.output()[-3000:]}"
+        )
+
+
+@pytest.fixture
+def stack_for(tmp_path: Path) -> Iterator[Any]:
+    with ExitStack() as es:
+
+        def make(profile: str) -> Stack:
+            s = Stack(tmp_path / profile, profile, es)
+            if not s.runner_exports_metrics():
+                pytest.skip("the runner's /metrics does not export the catalog metrics yet")
+            s.wait_healthy()
+            return s
+
+        yield make
+
+
+def test_legacy_runner_fires_the_critical_alert_and_resolves(stack_for: Any) -> None:
+    s: Stack = stack_for("legacy")
+    assert s.fired(CRITICAL, "firing") == []
+    s.kill_server_behind_half_open_proxy()
+    try:
+        [alert, *_] = wait_until(
+            lambda: s.fired(CRITICAL, "firing"),
+            60,
+            interval=0.5,
+            what="critical alert at the webhook",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{s.diagnose()}") from None
+    assert alert["labels"] == {"alertname": CRITICAL, "runner_id": "r1", "severity": "critical"}
+    assert alert["receiver"] == "pullwake-critical"
+    assert alert["annotations"]["runbook_url"].endswith("#" + CRITICAL.lower())
+    assert "Runner r1 says its wake stream is connected" in alert["annotations"]["description"]
+    # The runner's own view at that moment: the seed's lie.
+    assert s.runner.status()["diagnostics"]["stream_connected"] is True
+
+    s.restore_server()
+    try:
+        wait_until(
+            lambda: s.fired(CRITICAL, "resolved"),
+            60,
+            interval=0.5,
+            what="critical alert resolved at the webhook",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{s.diagnose()}") from None
+
+
+def test_default_runner_tells_the_truth_instead(stack_for: Any) -> None:
+    s: Stack = stack_for("default")
+    s.kill_server_behind_half_open_proxy()
+
+    def truthful_firing() -> list[str]:
+        return [name for name in TRUTHFUL if s.fired(name, "firing")]
+
+    try:
+        fired = wait_until(truthful_firing, 60, interval=0.5, what="a truthful alert")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{s.diagnose()}") from None
+    assert s.runner.status()["diagnostics"]["stream_connected"] is False
+
+    s.restore_server()
+    try:
+        wait_until(
+            lambda: all(s.fired(name, "resolved") for name in fired),
+            60,
+            interval=0.5,
+            what=f"{fired} resolved at the webhook",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{s.diagnose()}") from None
+    assert s.fired(CRITICAL, "firing") == []
+    assert s.ever_firing(CRITICAL) == [], "the critical alert fired for the default profile"
+    print(s.sink.output())  # what the webhook saw, for `pytest -s`
