@@ -9,7 +9,7 @@ SIGINT/SIGTERM never waits on an open SSE response.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -50,10 +50,22 @@ async def timing_middleware(request: web.Request, handler: Handler) -> web.Strea
     return resp
 
 
+AppSetup = Callable[[web.Application], None]
+
+
 def create_app(
-    config: ServerConfig, observer: ServerObserver | None = None, store: Store | None = None
+    config: ServerConfig,
+    observer: ServerObserver | None = None,
+    *,
+    setup: AppSetup | None = None,
+    store: Store | None = None,
 ) -> web.Application:
-    """Build the app; the store opens here (a bad --db fails before listening)."""
+    """Build the app; the store opens here (a bad --db fails before listening).
+
+    `setup(app)` runs before the catch-all stream route is added: the place
+    to add routes (`/metrics`), middlewares (trace continuation) or
+    `cleanup_ctx` entries (a meter provider's shutdown).
+    """
     store = store or Store(config.db, retain=config.retain)
     live = LiveReads(config.stream_grace_seconds)
     state = ServerState(
@@ -71,6 +83,8 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     api.add_routes(app)
     claims.add_routes(app)
+    if setup is not None:
+        setup(app)
     streams.add_routes(app)
 
     async def end_live_reads(app: web.Application) -> None:

@@ -225,6 +225,12 @@ async def _sse(
     return resp
 
 
+# Paths a wake stream can never have: the API and the operational endpoints,
+# so routes added after this catch-all (e.g. `/metrics`) still resolve.
+RESERVED_PREFIXES = ("_electric", "metrics", "healthz", "readyz")
+_RESERVED = "|".join(RESERVED_PREFIXES)
+
+
 def add_routes(app: web.Application) -> None:
     """Last: every other path may be a wake stream."""
-    app.router.add_route("*", r"/{tail:(?!_electric(?:/|$)).*}", read_stream)
+    app.router.add_route("*", rf"/{{tail:(?!(?:{_RESERVED})(?:/|$)).*}}", read_stream)

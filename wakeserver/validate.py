@@ -103,19 +103,21 @@ def opt_int(body: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
 
 
 def wake_stream_path(value: Any, default: str) -> str:
-    """A custom wake stream path: absolute, outside the API prefix, URL-safe."""
+    """A custom wake stream path: absolute, URL-safe, not a reserved path."""
     if value is None:
         return default
     if (
         not isinstance(value, str)
         or not value.startswith("/")
-        or value.startswith("/_electric")
+        or value.split("/")[1] in ("_electric", "metrics", "healthz", "readyz")
         or len(value) > 256
         or any(c in value for c in "?#&=, \\")
         or "//" in value
-        or value in ("/", "/healthz")
+        or value == "/"
     ):
-        raise bad_request("wake_stream must be an absolute path outside /_electric")
+        raise bad_request(
+            "wake_stream must be an absolute path outside /_electric, /metrics, /healthz, /readyz"
+        )
     return value
 
 
