@@ -194,7 +194,11 @@ def plan_steps(
 ) -> list[Step]:
     """Children in start order: sink, Alertmanager, Prometheus, server, runners, publisher."""
     server_url = url(ports.server)
-    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint} if otlp_endpoint else {}
+    # Telemetry is the point of this stack: an OTEL_SDK_DISABLED=true inherited from
+    # the caller's shell (or a test harness) would leave every /metrics empty.
+    otel = {"OTEL_SDK_DISABLED": "false"}
+    if otlp_endpoint:
+        otel["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint
     steps = [
         Step(
             "alert-sink",

@@ -1,0 +1,181 @@
+"""`pullwake stack up` for real: Debian's Prometheus and Alertmanager, the server,
+two runners (one legacy), the publisher and the alert sink as child processes.
+
+Checked from the outside, as a person would: Prometheus' own API shows every
+target up and the rules loaded, a published wake is handled by each runner
+(seen in Prometheus), a crashed child is restarted, chaos kills and restarts
+the server, and SIGINT leaves no process carrying the stack's id behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pullwake import catalog
+from pullwake.protocol import WakeOutcome
+from pullwake.stack import STACK_ID_ENV
+from tests.support.procs import Proc, http_json, wait_until
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.prometheus,
+    pytest.mark.skipif(
+        not (shutil.which("prometheus") and shutil.which("prometheus-alertmanager")),
+        reason="prometheus / prometheus-alertmanager not installed (.ci/run installs them)",
+    ),
+]
+
+
+def stack_proc(tmp: Path, *extra: str) -> Proc:
+    argv = [sys.executable, "-m", "pullwake", "stack", "up", "--workdir", str(tmp / "work")]
+    return Proc([*argv, *extra], tmp / "stack.log")
+
+
+def banner_value(proc: Proc, pattern: str) -> str:
+    m = re.search(pattern, proc.output())
+    assert m, f"{pattern!r} not in stack output:\n{proc.output()}"
+    return m.group(1)
+
+
+def wait_up(proc: Proc, timeout: float = 60.0) -> None:
+    wait_until(
+        lambda: "pullwake stack is up" in proc.output() or not proc.alive(),
+        timeout,
+        what="stack up banner",
+    )
+    assert proc.alive(), f"stack exited at start:\n{proc.output()}"
+
+
+def stack_pids(stack_id: str) -> list[int]:
+    """Every process whose environment carries this stack's id (children, grandchildren)."""
+    needle = f"{STACK_ID_ENV}={stack_id}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{entry}/environ").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in env.split(b"\0") and state not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+def prom(base: str, path: str, **params: str) -> Any:
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    status, _, body = http_json("GET", f"{base}{path}{query}", timeout=3.0)
+    assert status == 200, body
+    return body["data"]
+
+
+def test_stack_up_targets_up_wakes_flow_restart_and_clean_sigint(tmp_path: Path) -> None:
+    proc = stack_proc(tmp_path, "--runners", "2", "--publish-every", "0.5", "--duration", "300")
+    proc.start()
+    try:
+        wait_up(proc)
+        prom_url = banner_value(proc, r"Prometheus\s+(http://\S+)")
+        sink_url = banner_value(proc, r"alert sink\s+(http://\S+)")
+        stack_id = banner_value(proc, r"stack id (\S+);")
+        assert "grafana: skipped" in proc.output() or shutil.which("grafana")
+
+        # every scrape target up: Prometheus, Alertmanager, server, both runners
+        def all_up() -> list[Any] | None:
+            targets = prom(prom_url, "/api/v1/targets")["activeTargets"]
+            ok = len(targets) == 5 and all(t["health"] == "up" for t in targets)
+            return targets if ok else None
+
+        targets = wait_until(all_up, 30, interval=0.5, what="all 5 targets up")
+        jobs = sorted(t["labels"]["job"] for t in targets)
+        assert jobs == [
+            "alertmanager",
+            "prometheus",
+            "pullwake-runner",
+            "pullwake-runner",
+            "pullwake-server",
+        ]
+
+        # the generated rules are loaded and Alertmanager is wired
+        groups = prom(prom_url, "/api/v1/rules")["groups"]
+        alerts = {r["name"] for g in groups for r in g["rules"] if r["type"] == "alerting"}
+        assert "PullWakeStreamConnectedWhileHeartbeatsFailing" in alerts
+        ams = prom(prom_url, "/api/v1/alertmanagers")["activeAlertmanagers"]
+        assert len(ams) == 1
+        am_base = ams[0]["url"].split("/api/")[0]
+        _, _, am_status = http_json("GET", f"{am_base}/api/v2/status")
+        assert f"url: {sink_url}/" in am_status["config"]["original"]
+
+        # a wake flows end to end: publisher -> server -> stream -> claim -> handler,
+        # for both runners, as Prometheus saw it on the runners' /metrics
+        wakes = catalog.WAKES.prom_name
+        rid = catalog.prom_label(catalog.RUNNER_ID)
+        query = f'sum by ({rid}) ({wakes}{{outcome="{WakeOutcome.HANDLED}"}}) > 0'
+
+        def handled() -> set[str] | None:
+            result = prom(prom_url, "/api/v1/query", query=query)["result"]
+            got = {r["metric"][rid] for r in result}
+            return got if got == {"runner-1", "runner-2"} else None
+
+        wait_until(handled, 30, interval=0.5, what="handled wakes for both runners")
+
+        # a crashed child is restarted by the stack
+        runner_pid = int(banner_value(proc, r"runner-1\s+pid (\d+)"))
+        os.kill(runner_pid, signal.SIGKILL)
+        wait_until(
+            lambda: "runner-1 exited with -9; restarting" in proc.output(),
+            15,
+            what="crash restart line",
+        )
+        wait_until(lambda: len(stack_pids(stack_id)) == 7, 10, what="7 stack processes again")
+
+        # Ctrl-C: everything stops, exit 0, nothing carrying the stack id is left
+        proc.signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, proc.output()
+        assert "stopped 7 processes" in proc.output()
+        assert stack_pids(stack_id) == []
+    finally:
+        proc.stop(signal.SIGINT, timeout=30)
+
+
+def test_stack_up_chaos_kills_and_restarts_the_server(tmp_path: Path) -> None:
+    proc = stack_proc(
+        tmp_path,
+        "--runners",
+        "1",
+        "--legacy-runners",
+        "0",
+        "--chaos",
+        "--chaos-up",
+        "3",
+        "--chaos-down",
+        "1",
+        "--duration",
+        "120",
+    )
+    proc.start()
+    try:
+        wait_up(proc)
+        server = banner_value(proc, r"server\s+(http://\S+)")
+        stack_id = banner_value(proc, r"stack id (\S+);")
+        wait_until(lambda: "chaos: server restarted" in proc.output(), 20, what="a chaos cycle")
+        assert "chaos: server SIGKILLed (exit -9)" in proc.output()
+        wait_until(
+            lambda: http_json("GET", f"{server}/healthz", timeout=1.0)[0] == 200,
+            15,
+            what="restarted server healthy",
+        )
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.output()
+        assert stack_pids(stack_id) == []
+    finally:
+        proc.stop(signal.SIGINT, timeout=30)
