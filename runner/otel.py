@@ -111,6 +111,7 @@ class OtelRunnerObserver:
         self._sessions: OrderedDict[int, Span] = OrderedDict()
         self._current: Span | None = None
         self._fired: dict[int, set[str]] = {}  # detectors already on each open session
+        self._connected: set[int] = set()  # open sessions that got their response
         self._wakes: OrderedDict[str, Span] = OrderedDict()
         self._pending_backoff: tuple[float, int, EndReason | None] | None = None
         self._ins = Instruments(
@@ -185,6 +186,20 @@ class OtelRunnerObserver:
             self._current.add_event(
                 "state", {"pullwake.state.old": t.old.value, "pullwake.state.new": t.new.value}
             )
+        if t.new is RunnerState.STOPPED:
+            self._end_open_sessions()
+
+    def _end_open_sessions(self) -> None:
+        """A stop may cancel a session without reporting its end: end its span `stopped`."""
+        while self._sessions:
+            number, span = self._sessions.popitem(last=False)
+            self._fired.pop(number, None)
+            if number not in self._connected:
+                span.update_name(CONNECT_SPAN)
+            self._connected.discard(number)
+            span.set_attribute("pullwake.end.reason", EndReason.STOPPED.value)
+            span.end()
+        self._current = None
 
     def session_started(self, s: SessionInfo) -> None:
         attributes: dict[str, Any] = {
@@ -213,6 +228,7 @@ class OtelRunnerObserver:
         while len(self._sessions) > _MAX_OPEN_SESSIONS:  # bounded even if ends go missing
             number, stale = self._sessions.popitem(last=False)
             self._fired.pop(number, None)
+            self._connected.discard(number)
             stale.set_attribute("pullwake.session.abandoned", True)
             stale.end()
 
@@ -220,6 +236,7 @@ class OtelRunnerObserver:
         span = self._sessions.get(s.number)
         if span is None:
             return
+        self._connected.add(s.number)
         if s.connected_at is not None:
             span.set_attribute(
                 "pullwake.session.connect_s", max(0.0, s.connected_at - s.started_at)
@@ -229,6 +246,7 @@ class OtelRunnerObserver:
     def session_ended(self, s: SessionInfo) -> None:
         span = self._sessions.pop(s.number, None)
         fired = self._fired.pop(s.number, set())
+        self._connected.discard(s.number)
         if self._current is span:
             self._current = None
         reason = s.reason or EndReason.ERROR
@@ -247,8 +265,11 @@ class OtelRunnerObserver:
         span.set_attribute("pullwake.wakes.received", s.wakes_received)
         if s.end_offset is not None:
             span.set_attribute("pullwake.offset.end", s.end_offset)
-        if s.first_byte_at is not None:
-            span.set_attribute("pullwake.session.ttfb_s", max(0.0, s.first_byte_at - s.started_at))
+        # Time to first byte: of the body when the runner reports it, else of the
+        # response (its headers are the first bytes the server sends).
+        first_byte = s.first_byte_at if s.first_byte_at is not None else s.connected_at
+        if first_byte is not None:
+            span.set_attribute("pullwake.session.ttfb_s", max(0.0, first_byte - s.started_at))
         if s.error:
             span.set_attribute("error.type", reason.value)
             span.set_attribute("pullwake.error", s.error[:500])

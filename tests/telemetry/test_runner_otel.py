@@ -268,3 +268,36 @@ async def test_traceparent_on_runner_requests(rig: Rig) -> None:
     assert seen[0].split("-")[1] == tid
     assert seen[1].split("-")[1] == f"{hb.context.trace_id:032x}"
     assert seen[1].split("-")[2] == f"{hb.context.span_id:016x}"
+
+
+def test_stop_ends_sessions_the_runner_did_not_report(rig: Rig) -> None:
+    s = session(1)
+    rig.obs.session_started(s)
+    rig.obs.session_connected(session(1, started_at=s.started_at, connected_at=time.time()))
+    rig.obs.session_started(session(2))  # an attempt in flight, never connected
+    rig.obs.transition(Transition(RunnerState.STREAMING, RunnerState.STOPPING, "Stop"))
+    assert rig.finished() == []
+    rig.obs.transition(Transition(RunnerState.STOPPING, RunnerState.STOPPED, "StopComplete"))
+    (streamed,) = rig.finished(SESSION_SPAN)
+    (attempt,) = rig.finished(CONNECT_SPAN)
+    for span in (streamed, attempt):
+        assert dict(span.attributes or {})["pullwake.end.reason"] == "stopped"
+        assert span.status.status_code is not StatusCode.ERROR
+
+
+def test_detector_reported_after_the_end_still_marks_the_span(rig: Rig) -> None:
+    s = session(1, connected_at=time.time())
+    rig.obs.session_started(s)
+    rig.obs.session_ended(
+        session(
+            1,
+            started_at=s.started_at,
+            connected_at=s.connected_at,
+            ended_at=time.time(),
+            reason=EndReason.IDLE_TIMEOUT,
+        )
+    )
+    rig.obs.detector_fired(s, "idle_timeout", {"idle_timeout_s": 1.5})  # late: ignored
+    (span,) = rig.finished(SESSION_SPAN)
+    assert [e.name for e in span.events].count("detector.idle_timeout") == 1
+    assert rig.obs._fired == {}  # nothing kept for ended sessions
