@@ -373,6 +373,10 @@ class Runner:
         await self._cancel_tasks(keep=me)
         if self._dispatcher is not None:
             await self._dispatcher.stop()
+        if self._heartbeater is not None:  # tell the server we are gone, best effort
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(min(1.0, self.config.hb_timeout)):
+                    await self._heartbeater.beat()
         self.feed(StopComplete())
         self._done.set()
 

@@ -1,0 +1,217 @@
+"""The runner process against the real server process: delivery, offsets, handler
+failures, status endpoints, signals, config errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.runner.harness import (
+    Handled,
+    publish,
+    start_runner,
+    wait_state,
+    wait_streaming,
+)
+from tests.support.procs import (
+    RunnerProcess,
+    ServerProcess,
+    free_port,
+    http_json,
+    running,
+    wait_until,
+)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> ServerProcess:
+    s = ServerProcess(tmp_path, keepalive=0.5).start()
+    yield s
+    s.stop()
+
+
+def test_wakes_are_handled_once_and_the_offset_survives_a_restart(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    handled = Handled(tmp_path)
+    offset_file = tmp_path / "offset"
+    server.register("r1")
+    before = publish(server, "r1", 3)  # published before the runner ever ran
+    r = start_runner(tmp_path, server.url, "r1", handled, "--offset-file", str(offset_file))
+    with running(r):
+        wait_streaming(r)
+        live = publish(server, "r1", 5)
+        handled.wait_for(before + live, 10)
+        s = wait_state(
+            r, lambda s: s["committed_offset"] == s["read_offset"], 5, "offset committed"
+        )
+        assert offset_file.read_text().strip() == s["committed_offset"]
+        d = s["diagnostics"]
+        assert d["events_received"] == 8 and d["claims_succeeded"] == 8
+        assert d["last_claim_result"] == "claimed" and d["reconnect_count"] == 0
+        assert r.stop(signal.SIGTERM) == 0
+    committed = offset_file.read_text().strip()
+
+    # the server's view of the runner: diagnostics arrived with each heartbeat
+    code, _, health = server.api("GET", "/_electric/runners/r1/health")
+    assert code == 200 and health["client"]["events_received"] == 8
+
+    after = publish(server, "r1", 2)  # while the runner is down
+    r2 = start_runner(tmp_path, server.url, "r1", handled, "--offset-file", str(offset_file))
+    with running(r2):
+        s = wait_streaming(r2)
+        handled.wait_for(after, 10)
+        handled.assert_exactly_once(before + live + after)
+        s = wait_state(r2, lambda s: s["committed_offset"] > committed, 5, "offset moves on")
+        assert s["diagnostics"]["events_received"] == 2  # resumed at the committed offset
+
+
+def test_failed_handler_leaves_the_claim_to_expire_and_the_wake_comes_again(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(tmp_path, keepalive=0.5, extra=["--claim-lease", "1"]).start()
+    marker = tmp_path / "failed-once"
+    log = tmp_path / "handled.txt"
+    cmd = (
+        f"cat >/dev/null; if [ ! -e {marker} ]; then touch {marker}; exit 3; fi; "
+        f'echo "$PULLWAKE_WAKE_ID" >> {log}'
+    )
+    r = RunnerProcess(
+        tmp_path, server.url, "r1", extra=["--heartbeat-interval", "1", "--handler", cmd]
+    )
+    with running(server, r):
+        server.register("r1")
+        r.start()
+        wait_streaming(r)
+        [wake] = publish(server, "r1")
+        wait_until(
+            lambda: log.exists() and log.read_text().split() == [wake], 15, what="redelivery"
+        )
+        assert marker.exists()
+        s = r.status()
+        assert s["diagnostics"]["claims_succeeded"] >= 2  # claimed, failed, claimed again
+
+
+def test_status_endpoints_and_python_observer_free_metrics_hook(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    r = start_runner(tmp_path, server.url, "r1", Handled(tmp_path))
+    with running(r):
+        wait_streaming(r)
+        base = r.status_url
+        assert http_json("GET", base + "/healthz")[0] == 200
+        wait_until(lambda: http_json("GET", base + "/readyz")[0] == 200, 5, what="ready")
+        code = http_json("GET", base + "/metrics")[0]
+        assert code in (200, 404)  # 404 until the telemetry layer hangs its hook
+        s = r.status()
+        assert s["runner_id"] == "r1" and s["profile"] == "default"
+        assert s["detectors"]["idle_timeout_s"] == pytest.approx(1.5)
+        assert s["detectors"]["heartbeat_failure_threshold"] == 2
+        assert s["detectors"]["tcp_keepalive"]["count"] == 3
+        assert {"at", "reason", "wait_s"} <= set().union(*(e.keys() for e in s["reconnects"])) or (
+            s["reconnects"] == []
+        )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signals_stop_cleanly_with_exit_0(
+    tmp_path: Path, server: ServerProcess, sig: signal.Signals
+) -> None:
+    r = start_runner(tmp_path, server.url, "r1", Handled(tmp_path))
+    with running(r):
+        wait_streaming(r)
+        r.signal(sig)
+        assert r.wait(timeout=10) == 0, r.output()[-2000:]
+        assert "Traceback" not in r.output()
+
+
+def test_unreachable_server_at_start_means_connecting_with_backoff(tmp_path: Path) -> None:
+    port = free_port()
+    r = start_runner(tmp_path, f"http://127.0.0.1:{port}", "r1", Handled(tmp_path))
+    with running(r):
+        s = wait_state(
+            r, lambda s: s["diagnostics"]["reconnect_count"] >= 2, 15, "reconnect attempts"
+        )
+        assert s["state"] in ("running.connecting", "running.reconnecting")
+        assert s["diagnostics"]["last_reconnect_reason"] == "connect_error"
+        assert all(e["wait_s"] is None or e["wait_s"] <= 2.0 for e in s["reconnects"])
+        assert http_json("GET", r.status_url + "/readyz")[0] == 503
+        # the server appears: the runner gets there by itself
+        server = ServerProcess(tmp_path, port=port, keepalive=0.5).start()
+        with running(server):
+            wait_streaming(r, timeout=10)
+        assert r.alive()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--profile", "nope"], {}, "unknown profile"),
+        (["--server", "not-a-url"], {}, "bad server URL"),
+        (["--heartbeat-interval", "ten"], {}, "not a number"),
+        ([], {"PULLWAKE_IDLE_TIMEOUT": "-3"}, "idle timeout must be > 0"),
+        (["--live", "websocket"], {}, "--live"),
+        (["--status-listen", "127.0.0.1:http"], {}, "listen address"),
+    ],
+)
+def test_bad_config_is_one_line_exit_2(args: list[str], env: dict[str, str], message: str) -> None:
+    argv = [sys.executable, "-m", "pullwake", "run", "--runner-id", "r1"]
+    if "--server" not in args:
+        argv += ["--server", "http://127.0.0.1:9"]
+    proc = subprocess.run(
+        argv + args, capture_output=True, text=True, timeout=30, env=os.environ | env
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert lines[0].startswith("pullwake: error:")
+
+
+def test_options_come_from_env_and_help_names_them(tmp_path: Path, server: ServerProcess) -> None:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "pullwake", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    for env in (
+        "PULLWAKE_SERVER",
+        "PULLWAKE_RUNNER_ID",
+        "PULLWAKE_HEARTBEAT_INTERVAL",
+        "PULLWAKE_PROFILE",
+        "PULLWAKE_OFFSET_FILE",
+        "PULLWAKE_HANDLER",
+    ):
+        assert env in help_text
+    port = free_port()
+    env = {
+        "PULLWAKE_SERVER": server.url,
+        "PULLWAKE_RUNNER_ID": "from-env",
+        "PULLWAKE_PROFILE": "upstream",
+        "PULLWAKE_HEARTBEAT_INTERVAL": "0.5",
+        "PULLWAKE_STATUS_LISTEN": f"127.0.0.1:{port}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pullwake", "run"],
+        env=os.environ | env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def status() -> dict[str, object] | None:
+            code, _, body = http_json("GET", f"http://127.0.0.1:{port}/status", timeout=1)
+            return body if code == 200 and body["state"] == "running.streaming" else None
+
+        s = wait_until(status, 15, what="runner configured from env")
+        assert s["runner_id"] == "from-env" and s["profile"] == "upstream"
+        assert s["detectors"]["heartbeat_interval_s"] == 0.5
+        assert s["detectors"]["idle_watchdog"] is False
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0

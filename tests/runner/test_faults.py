@@ -1,0 +1,269 @@
+"""The fault matrix: every way a stream dies, against the real server and signals.
+
+For each fault (default profile) the runner must leave `streaming` within its
+bound (FIN/RST/EOF: 1 s; silent faults: idle_timeout + 1 s; plus
+`LOAD_MARGIN_S` for a shared machine), count reconnects, say
+`stream_connected: false` for the whole outage, come back with a new
+`stream_connected_since` within the backoff wait + 1 s, and handle every wake
+published during a partition exactly once.  The legacy profile must show the
+seed's lie under a kill -9 behind the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from pullwake.faultproxy import ThreadedFaultProxy
+from tests.runner.harness import (
+    IDLE_TIMEOUT_S,
+    STREAMING,
+    Handled,
+    Outage,
+    publish,
+    start_runner,
+    wait_state,
+    wait_streaming,
+)
+from tests.support.procs import ServerProcess, free_port, http_json, running
+
+pytestmark = pytest.mark.slow
+
+EOF_BOUND_S = 1.0
+SILENT_BOUND_S = IDLE_TIMEOUT_S + 1.0
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    s = ServerProcess(tmp_path, keepalive=0.5).start()
+    s.register("r1")
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"]
+)
+def test_server_death_and_restart_on_the_same_db(
+    tmp_path: Path, server: ServerProcess, sig: signal.Signals
+) -> None:
+    handled = Handled(tmp_path)
+    r = start_runner(tmp_path, server.url, "r1", handled)
+    with running(r):
+        outage = Outage(r)
+        first = publish(server, "r1", 2)
+        handled.wait_for(first, 10)
+        outage.inject()
+        server.signal(sig)
+        outage.wait_left_streaming(EOF_BOUND_S)
+        server.wait(timeout=10)
+        outage.assert_down_for(1.5)
+        restarted = ServerProcess(tmp_path, port=server.port, db=server.db, keepalive=0.5)
+        healed_at = time.time()
+        restarted.start()
+        with running(restarted):
+            outage.wait_recovered(healed_at)
+            later = publish(restarted, "r1", 3)
+            handled.wait_for(later, 10)
+            handled.assert_exactly_once(first + later)
+
+
+def test_server_frozen_sigstop_then_sigcont(tmp_path: Path, server: ServerProcess) -> None:
+    handled = Handled(tmp_path)
+    r = start_runner(tmp_path, server.url, "r1", handled)
+    with running(r):
+        outage = Outage(r)
+        outage.inject()
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            s = outage.wait_left_streaming(SILENT_BOUND_S)
+            assert outage.first_reason == "idle_timeout"
+            outage.assert_down_for(1.0)
+        finally:
+            healed_at = time.time()
+            os.kill(server.pid, signal.SIGCONT)
+        outage.wait_recovered(healed_at)
+        wakes = publish(server, "r1", 3)
+        handled.wait_for(wakes, 10)
+        handled.assert_exactly_once(wakes)
+        assert s["diagnostics"]["last_reconnect_reason"] == "idle_timeout"
+
+
+@pytest.mark.parametrize("mode", ["half_open", "blackhole"])
+def test_proxy_partition_loses_no_wake(tmp_path: Path, server: ServerProcess, mode: str) -> None:
+    handled = Handled(tmp_path)
+    with ThreadedFaultProxy(upstream=("127.0.0.1", server.port)) as proxy:
+        r = start_runner(tmp_path, proxy.url, "r1", handled)
+        with running(r):
+            outage = Outage(r)
+            before = publish(server, "r1", 2)
+            handled.wait_for(before, 10)
+            outage.inject()
+            proxy.set_mode(mode)
+            s = outage.wait_left_streaming(SILENT_BOUND_S)
+            assert outage.first_reason in ("idle_timeout", "heartbeat_failures")
+            during = publish(server, "r1", 4)  # straight to the server: the runner cannot see
+            outage.assert_down_for(1.5)
+            assert not set(during) & set(handled.ids())
+            healed_at = time.time()
+            proxy.set_mode("pass")
+            outage.wait_recovered(healed_at)
+            handled.wait_for(during, 15)
+            after = publish(server, "r1", 2)
+            handled.wait_for(after, 10)
+            handled.assert_exactly_once(before + during + after)
+            assert s["diagnostics"]["stream_connected"] is False
+
+
+class _StubServer:
+    """A server whose runners API works but whose stream answers `status`."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.stream_requests = 0
+        self.port = free_port()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+
+    async def _main(self) -> None:
+        async def api(request: web.Request) -> web.Response:
+            return web.json_response({"id": "r1", "wake_stream": "/runners/r1/wake"})
+
+        async def stream(request: web.Request) -> web.Response:
+            self.stream_requests += 1
+            return web.json_response({"error": {"code": "INTERNAL"}}, status=self.status)
+
+        app = web.Application()
+        app.router.add_post("/_electric/runners{tail:.*}", api)
+        app.router.add_get("/runners/r1/wake", stream)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[_StubServer]:
+        loop = asyncio.new_event_loop()
+        t = threading.Thread(target=loop.run_until_complete, args=(self._main(),), daemon=True)
+        t.start()
+        assert self._ready.wait(10)
+        try:
+            yield self
+        finally:
+            assert self._stop is not None
+            loop.call_soon_threadsafe(self._stop.set)
+            t.join(10)
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_stream_answering_5xx_backs_off_and_never_claims_streaming(
+    tmp_path: Path, status: int
+) -> None:
+    with _StubServer(status).running() as stub:
+        r = start_runner(tmp_path, f"http://127.0.0.1:{stub.port}", "r1", Handled(tmp_path))
+        with running(r):
+            s = wait_state(
+                r, lambda s: s["diagnostics"]["reconnect_count"] >= 3, 20, "3 reconnects"
+            )
+            assert s["state"] != STREAMING
+            assert s["diagnostics"]["stream_connected"] is False
+            assert s["diagnostics"]["last_reconnect_reason"] == "http_error"
+            assert s["diagnostics"]["last_heartbeat_ok"] is True  # the API works; the stream not
+            assert str(status) in s["diagnostics"]["last_error"]
+            assert http_json("GET", r.status_url + "/readyz")[0] == 503
+            waits = [e["wait_s"] for e in s["reconnects"] if e["wait_s"] is not None]
+            assert waits and all(0 <= w <= 2.0 for w in waits)
+            # backoff, not a storm: a few attempts per second at most
+            assert stub.stream_requests <= s["diagnostics"]["reconnect_count"] + 1
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("iptables"), reason="needs root")
+def test_kernel_blackhole_with_iptables(tmp_path: Path, server: ServerProcess) -> None:
+    """DROP on loopback between runner and proxy; the server stays reachable for publish."""
+    handled = Handled(tmp_path)
+    with ThreadedFaultProxy(upstream=("127.0.0.1", server.port)) as proxy:
+        rules = [
+            ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(proxy.port), "-j", "DROP"],
+            ["INPUT", "-i", "lo", "-p", "tcp", "--sport", str(proxy.port), "-j", "DROP"],
+        ]
+        r = start_runner(tmp_path, proxy.url, "r1", handled)
+        with running(r):
+            outage = Outage(r)
+            outage.inject()
+            added: list[list[str]] = []
+            try:
+                for rule in rules:
+                    subprocess.run(["iptables", "-I", *rule], check=True, timeout=10)
+                    added.append(rule)
+                outage.wait_left_streaming(SILENT_BOUND_S)
+                during = publish(server, "r1", 3)
+                outage.assert_down_for(1.0)
+            finally:
+                for rule in added:
+                    subprocess.run(["iptables", "-D", *rule], check=False, timeout=10)
+                healed_at = time.time()
+            outage.wait_recovered(healed_at)
+            handled.wait_for(during, 15)
+            handled.assert_exactly_once(during)
+
+
+def test_legacy_profile_reproduces_the_seed_under_kill_9(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """The seed's runner, on purpose: the server dies, the runner says all is well."""
+    handled = Handled(tmp_path)
+    with ThreadedFaultProxy(upstream=("127.0.0.1", server.port)) as proxy:
+        r = start_runner(
+            tmp_path, proxy.url, "r1", handled, "--profile", "legacy", "--heartbeat-interval", "0.5"
+        )
+        with running(r):
+            before = wait_streaming(r)
+            assert before["live_mode"] == "long-poll"
+            server.signal(signal.SIGKILL)
+            server.wait(10)
+            s = wait_state(
+                r,
+                lambda s: s["diagnostics"]["consecutive_heartbeat_failures"] >= 3,
+                15,
+                "heartbeats failing",
+            )
+            time.sleep(1.0)  # an outage the runner should have noticed by now, and does not
+            s = r.status()
+            d = s["diagnostics"]
+            assert s["state"] == STREAMING
+            assert d["stream_connected"] is True
+            assert d["reconnect_count"] == 0
+            assert d["stream_connected_since"] == before["diagnostics"]["stream_connected_since"]
+            assert s["stream_age_seconds"] > before["stream_age_seconds"] + 1.0
+            assert d["last_heartbeat_ok"] is False
+            assert d["consecutive_heartbeat_failures"] >= 3
+            assert s["reconnects"] == []
+            # and when the server returns, the read resumes silently: nothing happened
+            restarted = ServerProcess(tmp_path, port=server.port, db=server.db, keepalive=0.5)
+            with running(restarted.start()):
+                wait_state(
+                    r, lambda s: s["diagnostics"]["last_heartbeat_ok"] is True, 15, "heartbeat ok"
+                )
+                wake = publish(restarted, "r1")
+                handled.wait_for(wake, 70)  # the hidden retry may sit in a long sleep
+                s = r.status()
+                assert s["diagnostics"]["reconnect_count"] == 0
+                assert (
+                    s["diagnostics"]["stream_connected_since"]
+                    == (before["diagnostics"]["stream_connected_since"])
+                )
