@@ -196,6 +196,7 @@ async def _sse(
             if up_to_date:
                 now = time.monotonic()
                 if now >= rotate_at:
+                    await resp.write(b": rotate\n\n")  # planned: the runner says `rotated`
                     break
                 timeout = min(last_write + cfg.keepalive_interval, rotate_at) - now
                 with contextlib.suppress(TimeoutError):
