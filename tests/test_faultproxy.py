@@ -161,7 +161,7 @@ def test_half_open_closes_upstream_and_keeps_client_silent(
             late.sendall(b"x")
             assert silent(late)
             assert echo.opened == 1  # nothing forwarded upstream
-            assert proxy.connection_count() == 2
+            wait_until(lambda: proxy.connection_count() == 2, 5, what="late one held")
         proxy.set_mode("pass")
         assert silent(s)  # a half-open connection stays dead after healing
         with connect(proxy) as fresh:
