@@ -215,3 +215,31 @@ def test_options_come_from_env_and_help_names_them(tmp_path: Path, server: Serve
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+
+
+def test_planned_rotation_reconnects_at_once_and_is_not_counted(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, keepalive=0.5, extra=["--sse-rotate-seconds", "1"]).start()
+    handled = Handled(tmp_path)
+    r = start_runner(tmp_path, server.url, "r1", handled)
+    with running(server, r):
+        wait_streaming(r)
+        s = wait_state(r, lambda s: len(s["reconnects"]) >= 2, 10, "two rotations")
+        assert {e["reason"] for e in s["reconnects"]} == {"rotated"}
+        assert all(e["wait_s"] == 0.0 for e in s["reconnects"] if e["wait_s"] is not None)
+        assert s["diagnostics"]["reconnect_count"] == 0
+        wakes = publish(server, "r1", 3)
+        handled.wait_for(wakes, 10)
+        handled.assert_exactly_once(wakes)
+
+
+def test_long_poll_mode_delivers_and_notices_a_kill(tmp_path: Path, server: ServerProcess) -> None:
+    handled = Handled(tmp_path)
+    r = start_runner(tmp_path, server.url, "r1", handled, "--live", "long-poll")
+    with running(r):
+        wait_streaming(r)
+        wakes = publish(server, "r1", 3)
+        handled.wait_for(wakes, 10)
+        server.signal(signal.SIGKILL)
+        s = wait_state(r, lambda s: s["state"] != "running.streaming", 5, "left streaming")
+        assert s["live_mode"] == "long-poll"
+        assert s["diagnostics"]["stream_connected"] is False

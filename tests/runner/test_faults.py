@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -28,11 +29,13 @@ from aiohttp import web
 from pullwake.faultproxy import ThreadedFaultProxy
 from tests.runner.harness import (
     IDLE_TIMEOUT_S,
+    LOAD_MARGIN_S,
     STREAMING,
     Handled,
     Outage,
     publish,
     start_runner,
+    unix,
     wait_state,
     wait_streaming,
 )
@@ -267,3 +270,84 @@ def test_legacy_profile_reproduces_the_seed_under_kill_9(
                     s["diagnostics"]["stream_connected_since"]
                     == (before["diagnostics"]["stream_connected_since"])
                 )
+
+
+def test_upstream_profile_detects_by_heartbeat_bridge_only(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """No idle watchdog: a half-open proxy is noticed only when K=2 heartbeats fail."""
+    with ThreadedFaultProxy(upstream=("127.0.0.1", server.port)) as proxy:
+        r = start_runner(
+            tmp_path, proxy.url, "r1", Handled(tmp_path), "--profile", "upstream",
+            "--heartbeat-interval", "0.5",
+        )  # fmt: skip
+        with running(r):
+            outage = Outage(r)
+            assert outage.before["detectors"]["idle_watchdog"] is False
+            outage.inject()
+            proxy.set_mode("half_open")
+            # K=2 heartbeats of 0.5 s interval, each bounded by a 0.5 s timeout
+            s = outage.wait_left_streaming(2 * 0.5 + 0.5 + 1.0)
+            assert outage.first_reason == "heartbeat_failures"
+            assert s["diagnostics"]["consecutive_heartbeat_failures"] >= 2
+            healed_at = time.time()
+            proxy.set_mode("pass")
+            outage.wait_recovered(healed_at)
+
+
+def test_a_heartbeat_that_gets_through_cuts_a_long_backoff_wait_short(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    r = start_runner(
+        tmp_path, server.url, "r1", Handled(tmp_path), "--backoff-max", "30",
+        "--heartbeat-interval", "0.5",
+    )  # fmt: skip
+    with running(r):
+        wait_streaming(r)
+        server.signal(signal.SIGKILL)
+        server.wait(10)
+
+        def long_wait(s: dict[str, Any]) -> bool:
+            last = s["reconnects"][-1] if s["reconnects"] else {}
+            return (last.get("wait_s") or 0) >= 3.0
+
+        s = wait_state(r, long_wait, 40, "a backoff wait of 3 s or more")
+        wait_ends = unix(s["reconnects"][-1]["at"]) + s["reconnects"][-1]["wait_s"]
+        restarted = ServerProcess(tmp_path, port=server.port, db=server.db, keepalive=0.5)
+        with running(restarted.start()):
+            back = time.time()
+            if back > wait_ends - 1.0:
+                pytest.skip("server restart took most of the drawn wait; nothing to cut")
+            s = wait_streaming(r, timeout=30)
+            took = time.time() - back
+            assert time.time() < wait_ends, "waited the backoff out instead of cutting it"
+            assert took <= 0.5 + 0.5 + 1.0 + LOAD_MARGIN_S  # next heartbeat + connect
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("iptables"), reason="needs root")
+def test_tcp_keepalive_alone_catches_a_dead_path(tmp_path: Path, server: ServerProcess) -> None:
+    """Idle watchdog pushed out to 60 s: TCP keepalive (5 s + 3 x 1 s) must end the stream."""
+    with ThreadedFaultProxy(upstream=("127.0.0.1", server.port)) as proxy:
+        r = start_runner(
+            tmp_path, proxy.url, "r1", Handled(tmp_path), "--idle-timeout", "60",
+            "--heartbeat-failure-threshold", "1000",
+        )  # fmt: skip
+        rules = [
+            ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(proxy.port), "-j", "DROP"],
+            ["INPUT", "-i", "lo", "-p", "tcp", "--sport", str(proxy.port), "-j", "DROP"],
+        ]
+        with running(r):
+            outage = Outage(r)
+            added: list[list[str]] = []
+            try:
+                outage.inject()
+                for rule in rules:
+                    subprocess.run(["iptables", "-I", *rule], check=True, timeout=10)
+                    added.append(rule)
+                outage.wait_left_streaming(5 + 3 * 1 + 1.0)
+                assert outage.first_reason == "error"  # ETIMEDOUT from the kernel
+                assert outage.detected_s >= 4.0  # not the watchdog, not the bridge
+            finally:
+                for rule in added:
+                    subprocess.run(["iptables", "-D", *rule], check=False, timeout=10)
