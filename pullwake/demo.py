@@ -251,6 +251,16 @@ class Demo:
         ready = HttpReady(f"{self.server_url}/healthz", timeout=_STATUS_TIMEOUT_S)
         return "up" if ready.check() else "starting"
 
+    def server_health(self) -> str | None:
+        """The server's verdict on the runner (it knows whether a stream is really open)."""
+        url = f"{self.server_url}{RUNNERS_PREFIX}/{self.args.runner_id}/health"
+        try:
+            status, body = _http("GET", url, timeout=_STATUS_TIMEOUT_S)
+        except (OSError, ValueError):
+            return None
+        health = body.get("health") if status == 200 and isinstance(body, dict) else None
+        return str(health.get("status")) if isinstance(health, dict) else None
+
     def runner_status(self) -> dict[str, Any] | None:
         if not self.with_runner:
             return None
@@ -326,6 +336,7 @@ class Demo:
                         server,
                         self.with_runner,
                         publish_errors=publisher.failed,
+                        health=self.server_health() if server == "up" else None,
                     ),
                     flush=True,
                 )

@@ -47,8 +47,10 @@ def format_status(
     with_runner: bool = True,
     now: datetime | None = None,
     publish_errors: int = 0,
+    health: str | None = None,
 ) -> str:
-    """One line: state, stream age, idle, reconnects, last heartbeat, wakes delivered."""
+    """One line: state, stream age, idle, reconnects, last heartbeat, wakes delivered,
+    then the server's health verdict on the runner and the publisher's counts."""
     now = now or datetime.now(UTC)
     head = f"[{elapsed:5.0f}s]"
     tail = f"published={published} server={server}"
@@ -79,6 +81,7 @@ def format_status(
             f"reconnects={diag.get('reconnect_count', 0)}" + (f"({reason})" if reason else ""),
             f"heartbeat={hb}",
             f"delivered={wakes_delivered(status)}",
+            f"health={health or '-'}",  # the server's view, e.g. degraded on a stream mismatch
             tail,
         ]
     )

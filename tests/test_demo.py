@@ -111,10 +111,10 @@ def test_status_line_reads_the_runner_status() -> None:
             "claims_succeeded": 5,
         },
     }
-    line = format_status(3.0, status, 6, "up", now=now)
+    line = format_status(3.0, status, 6, "up", now=now, health="healthy")
     assert line == (
         "[    3s] state=running.streaming connected=yes age=7.5s idle=0.4s reconnects=2(eof) "
-        "heartbeat=ok/1.2s delivered=5 published=6 server=up"
+        "heartbeat=ok/1.2s delivered=5 health=healthy published=6 server=up"
     )
     assert wakes_delivered({"wakes": {"handled": 9}, "diagnostics": {"claims_succeeded": 5}}) == 9
     down = format_status(4.0, None, 6, "DOWN", now=now)
