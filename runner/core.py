@@ -335,7 +335,7 @@ class Runner:
             f"stream {end.reason.value}: {end.detail}" if end.detail else end.reason.value
         )
         self.feed(StreamEnded(number, end.reason))
-        if self._info is not None and self._info.number == number:
+        if self._info is not None and self._info.number == number and self._info.ended_at is None:
             self._info = replace(
                 self._info,
                 ended_at=time.time(),
@@ -371,6 +371,9 @@ class Runner:
     async def _shutdown(self) -> None:
         me = asyncio.current_task()
         await self._cancel_tasks(keep=me)
+        if self._info is not None and self._info.ended_at is None:  # every session ends once
+            self._info = replace(self._info, ended_at=time.time(), reason=EndReason.STOPPED)
+            self.observer.session_ended(self._info)
         if self._dispatcher is not None:
             await self._dispatcher.stop()
         if self._heartbeater is not None:  # tell the server we are gone, best effort

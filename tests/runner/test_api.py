@@ -1,0 +1,58 @@
+"""The embedding API: `runner.Runner` in-process with an async handler, real server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from pullwake.protocol import EndReason, RunnerState
+from runner import RecordingObserver, Runner
+from tests.support.procs import ServerProcess
+
+
+async def test_in_process_runner_with_an_async_handler(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, keepalive=0.5).start()
+    try:
+        got: list[str] = []
+
+        async def handle(wake: dict[str, Any]) -> None:
+            got.append(wake["wake_id"])
+
+        obs = RecordingObserver()
+        r = Runner(
+            server=server.url, runner_id="embedded", handler=handle, observer=obs,
+            heartbeat_interval=0.5, offset_file=str(tmp_path / "offset"),
+        )  # fmt: skip
+        task = asyncio.create_task(r.run())
+        async with asyncio.timeout(15):
+            while r.phase is not RunnerState.STREAMING:
+                await asyncio.sleep(0.02)
+        wakes = [
+            (await asyncio.to_thread(server.publish, "embedded"))["wake_id"] for _ in range(3)
+        ]
+        async with asyncio.timeout(10):
+            while sorted(got) != sorted(wakes) or r.committed_offset == "-1":
+                await asyncio.sleep(0.02)
+        snap = r.snapshot()
+        assert snap.state is RunnerState.STREAMING and snap.stream_connected
+        assert snap.stream_age_s >= 0 and snap.idle_timeout_s == 1.5
+        assert snap.session_number == 1 and snap.reconnect_count == 0
+        assert (tmp_path / "offset").read_text().strip() == r.committed_offset
+        assert r.diagnostics()["claims_succeeded"] == 3
+        r.stop()
+        async with asyncio.timeout(10):
+            await task
+        assert r.phase is RunnerState.STOPPED
+        states = [t[0].new for t in obs.of("transition")]
+        assert states == [
+            RunnerState.CONNECTING, RunnerState.STREAMING, RunnerState.STOPPING,
+            RunnerState.STOPPED,
+        ]  # fmt: skip
+        assert len(obs.of("session_started")) == 1 and len(obs.of("session_connected")) == 1
+        [(ended,)] = obs.of("session_ended")  # every session ends exactly once, stop included
+        assert ended.reason is EndReason.STOPPED and ended.wakes_received == 3
+        assert [w[0].value for w in obs.of("wake")].count("handled") == 3
+        assert obs.of("heartbeat") and obs.of("heartbeat")[0][0].value == "ok"
+    finally:
+        server.stop()
