@@ -87,6 +87,15 @@ CASES: list[tuple[str, str, bytes | None, dict[str, str], int, str]] = [
     ("POST", "{p}", b"", JSON, 400, "INVALID_REQUEST"),
     ("POST", "{p}", b'{"id": "x", "admin_status": "maybe"}', JSON, 400, "INVALID_REQUEST"),
     ("POST", "{p}", b'{"id": "x", "wake_stream": "/_electric/x"}', JSON, 400, "INVALID_REQUEST"),
+    ("POST", "{p}", b'{"id": "x", "wake_stream": "/metrics"}', JSON, 400, "INVALID_REQUEST"),
+    (
+        "POST",
+        "{p}",
+        b'{"id": "y", "wake_stream": "/runners/{r}/wake"}',
+        JSON,
+        400,
+        "INVALID_REQUEST",
+    ),
     ("POST", "{p}/{r}/claim", b'{"wake_id": 5}', JSON, 400, "INVALID_REQUEST"),
     ("POST", "{p}/{r}/claim", b'{"lease_ms": 0}', JSON, 400, "INVALID_REQUEST"),
     ("GET", "{p}/ghost", None, {}, 404, "NOT_FOUND"),
@@ -111,6 +120,8 @@ def test_bad_input_matrix(
     code: str,
 ) -> None:
     before = stream_state(server, known)
+    if body is not None:
+        body = body.replace(b"{r}", known.encode())
     got, out = raw(server, method, path.format(p=P, r=known), body, headers)
     assert_error(got, out, status, code)
     assert stream_state(server, known) == before  # nothing changed

@@ -180,3 +180,16 @@ def test_sse_rotates_cleanly_and_resumes_without_gap(server: ServerProcess, rid:
     got += [w["wake_id"] for w in rest]
     assert status == 200 and len(rest) == 1
     assert len(got) == len(set(got)) == 4
+
+
+def test_custom_wake_stream_path(server: ServerProcess, rid: str) -> None:
+    path = f"/custom/{rid}/inbox"
+    status, _, body = server.api("POST", "/_electric/runners", {"id": rid, "wake_stream": path})
+    assert (status, body["wake_stream"]) == (201, path)
+    wake = server.publish(rid)
+    assert wake["stream"] == path
+    status, _, events = server.api("GET", f"{path}?offset=-1")
+    assert status == 200 and [e["wake_id"] for e in events] == [wake["wake_id"]]
+    assert events[0]["stream"] == path
+    status, _, _ = server.api("GET", f"/runners/{rid}/wake?offset=-1")
+    assert status == 404
