@@ -25,8 +25,9 @@ from wakeserver.auth import authenticate, check_owner
 from wakeserver.errors import ApiError, bad_request, not_found
 from wakeserver.health import derive_health, liveness_status, stream_mismatch
 from wakeserver.live import ServerView
+from wakeserver.records import NotOwner, Runner, StreamTaken, iso, now_ms
 from wakeserver.state import ServerState, state_of
-from wakeserver.store import NotOwner, Runner, Store, StreamTaken, iso, now_ms
+from wakeserver.store import Store
 
 ADMIN_STATUSES = ("enabled", "disabled")
 

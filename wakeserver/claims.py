@@ -22,8 +22,9 @@ from pullwake.protocol import RUNNERS_PREFIX, ClaimOutcome, ErrorCode
 from wakeserver import validate
 from wakeserver.api import owned_runner
 from wakeserver.errors import ApiError, bad_request, not_found
+from wakeserver.records import iso, now_ms
 from wakeserver.state import STATE, ServerState
-from wakeserver.store import Store, iso, now_ms
+from wakeserver.store import Store
 
 log = logging.getLogger("wakeserver.claims")
 MAX_CLAIM_LEASE_MS = 3600 * 1000

@@ -19,12 +19,11 @@ import json
 import secrets
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from pullwake.protocol import (
@@ -34,6 +33,27 @@ from pullwake.protocol import (
     ClaimOutcome,
     format_offset,
     parse_offset,
+)
+from wakeserver.records import (
+    CLAIMED,
+    COMPLETED,
+    PENDING,
+    BadOffset,
+    ClaimResult,
+    NotOwner,
+    OffsetGone,
+    Published,
+    ReadResult,
+    Runner,
+    RunnerFacts,
+    StreamTaken,
+    UnknownRunner,
+    UnknownStream,
+    Wake,
+    iso,
+    now_ms,
+    runner_from_row,
+    wake_from_row,
 )
 
 P = ParamSpec("P")
@@ -65,141 +85,6 @@ CREATE INDEX IF NOT EXISTS wakes_by_runner ON wakes (runner_id, status, created_
 CREATE INDEX IF NOT EXISTS wakes_by_lease ON wakes (status, lease_expires_at);
 """
 
-PENDING, CLAIMED, COMPLETED = "pending", "claimed", "completed"
-
-
-class StoreError(Exception):
-    """Base of the domain errors the API maps to HTTP answers."""
-
-
-class UnknownRunner(StoreError):
-    pass
-
-
-class UnknownStream(StoreError):
-    pass
-
-
-class NotOwner(StoreError):
-    def __init__(self, owner: str) -> None:
-        super().__init__(owner)
-        self.owner = owner
-
-
-class StreamTaken(StoreError):
-    pass
-
-
-class BadOffset(StoreError):
-    pass
-
-
-class OffsetGone(StoreError):
-    pass
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    t = time.gmtime(ms // 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ms % 1000:03d}Z"
-
-
-@dataclass(frozen=True)
-class Runner:
-    id: str
-    label: str
-    kind: str
-    owner: str
-    admin_status: str
-    wake_stream: str
-    created_at: int
-    updated_at: int
-    last_seen_at: int | None
-    lease_expires_at: int | None
-    wake_stream_offset: str | None
-    diagnostics: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class RunnerFacts:
-    """What the telemetry snapshot needs, kept in memory (thread-safe copies)."""
-
-    runner_id: str
-    admin_status: str
-    lease_expires_at: int | None
-    stream_connected: bool | None
-    pending: int
-
-
-@dataclass(frozen=True)
-class ReadResult:
-    events: list[str]  # raw JSON texts, in order
-    next_offset: str
-    up_to_date: bool
-    epoch: int
-
-
-@dataclass(frozen=True)
-class Wake:
-    wake_id: str
-    runner_id: str
-    payload: Any
-    created_at: int
-    status: str
-    claim_token: str | None
-    lease_expires_at: int | None
-    claimed_at: int | None
-
-
-@dataclass(frozen=True)
-class ClaimResult:
-    outcome: ClaimOutcome
-    wake: Wake | None = None
-
-
-@dataclass(frozen=True)
-class Published:
-    wake_id: str
-    offset: str
-    stream: str
-
-
-def _runner(row: sqlite3.Row) -> Runner:
-    diag = row["diagnostics"]
-    return Runner(
-        id=row["id"],
-        label=row["label"],
-        kind=row["kind"],
-        owner=row["owner"],
-        admin_status=row["admin_status"],
-        wake_stream=row["wake_stream"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        last_seen_at=row["last_seen_at"],
-        lease_expires_at=row["lease_expires_at"],
-        wake_stream_offset=row["wake_stream_offset"],
-        diagnostics=None if diag is None else json.loads(diag),
-    )
-
-
-def _wake(row: sqlite3.Row) -> Wake:
-    payload = row["payload"]
-    return Wake(
-        wake_id=row["wake_id"],
-        runner_id=row["runner_id"],
-        payload=None if payload is None else json.loads(payload),
-        created_at=row["created_at"],
-        status=row["status"],
-        claim_token=row["claim_token"],
-        lease_expires_at=row["lease_expires_at"],
-        claimed_at=row["claimed_at"],
-    )
-
 
 class Store:
     """Synchronous storage; every write method commits before returning."""
@@ -215,7 +100,7 @@ class Store:
         self._lock = threading.Lock()
         self._facts: dict[str, RunnerFacts] = {}
         for row in self.db.execute("SELECT * FROM runners"):
-            self._remember(_runner(row))
+            self._remember(runner_from_row(row))
 
     def close(self) -> None:
         self.db.close()
@@ -255,7 +140,7 @@ class Store:
     # --- runners ---------------------------------------------------------------
     def get_runner(self, runner_id: str) -> Runner | None:
         row = self.db.execute("SELECT * FROM runners WHERE id=?", (runner_id,)).fetchone()
-        return None if row is None else _runner(row)
+        return None if row is None else runner_from_row(row)
 
     def require_runner(self, runner_id: str) -> Runner:
         r = self.get_runner(runner_id)
@@ -265,7 +150,7 @@ class Store:
 
     def list_runners(self, owner: str) -> list[Runner]:
         rows = self.db.execute("SELECT * FROM runners WHERE owner=? ORDER BY id", (owner,))
-        return [_runner(r) for r in rows]
+        return [runner_from_row(r) for r in rows]
 
     def register(
         self,
@@ -457,7 +342,7 @@ class Store:
     # --- claims -------------------------------------------------------------------
     def get_wake(self, wake_id: str) -> Wake | None:
         row = self.db.execute("SELECT * FROM wakes WHERE wake_id=?", (wake_id,)).fetchone()
-        return None if row is None else _wake(row)
+        return None if row is None else wake_from_row(row)
 
     def claim(self, runner_id: str, wake_id: str | None, lease_ms: int, now: int) -> ClaimResult:
         """Claim a given wake (or the oldest claimable one) for `lease_ms`."""
@@ -477,7 +362,7 @@ class Store:
                 if row is None or row["status"] == COMPLETED:
                     return ClaimResult(ClaimOutcome.EMPTY)
                 if row["status"] == CLAIMED and row["lease_expires_at"] > now:
-                    return ClaimResult(ClaimOutcome.CONFLICT, _wake(row))
+                    return ClaimResult(ClaimOutcome.CONFLICT, wake_from_row(row))
             token = secrets.token_urlsafe(18)
             db.execute(
                 "UPDATE wakes SET status=?, claim_token=?, lease_expires_at=?, claimed_at=?"
@@ -534,7 +419,7 @@ class Store:
             " ORDER BY claimed_at",
             (runner_id, CLAIMED, now),
         )
-        return [_wake(r) for r in rows]
+        return [wake_from_row(r) for r in rows]
 
 
 class AsyncStore:

@@ -27,8 +27,9 @@ from pullwake.protocol import (
 )
 from wakeserver.auth import authenticate, check_owner
 from wakeserver.errors import ApiError, bad_request, not_found
+from wakeserver.records import BadOffset, OffsetGone, ReadResult, UnknownStream
 from wakeserver.state import ServerState, state_of
-from wakeserver.store import BadOffset, OffsetGone, ReadResult, Store, UnknownStream
+from wakeserver.store import Store
 
 MAX_PARAM = 128
 
