@@ -7,6 +7,7 @@ a rejected request changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -25,7 +26,7 @@ from wakeserver.auth import authenticate, check_owner
 from wakeserver.errors import ApiError, bad_request, not_found
 from wakeserver.health import derive_health, liveness_status, stream_mismatch
 from wakeserver.live import ServerView
-from wakeserver.records import NotOwner, Runner, StreamTaken, iso, now_ms
+from wakeserver.records import NotOwner, Published, Runner, StreamTaken, iso, now_ms
 from wakeserver.state import ServerState, state_of
 from wakeserver.store import Store
 
@@ -219,9 +220,16 @@ async def health(request: web.Request) -> web.Response:
 async def publish(request: web.Request) -> web.Response:
     st, r = await owned_runner(request)
     body = await validate.read_json_object(request, required=False)
-    published = await st.db.call(Store.publish, r.id, body or None, now_ms())
-    st.notifier.notify(published.stream)
-    st.observer.wake_published(r.id)
+
+    async def append_and_notify() -> Published:
+        p = await st.db.call(Store.publish, r.id, body or None, now_ms())
+        st.notifier.notify(p.stream)
+        st.observer.wake_published(r.id)
+        return p
+
+    # Shielded: a client that hangs up mid-publish must not leave a committed
+    # wake un-notified (live readers only re-read when notified).
+    published = await asyncio.shield(append_and_notify())
     return web.json_response(
         {"wake_id": published.wake_id, "offset": published.offset, "stream": published.stream},
         status=201,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -175,3 +176,25 @@ def test_publish_cli_reports_http_errors(server: ServerProcess) -> None:
 def test_port_in_use_is_a_one_line_error(server: ServerProcess) -> None:
     out = _cli("server", "--port", str(server.port), "--db", ":memory:")
     assert out.returncode == 2 and "cannot listen" in out.stderr
+
+
+def test_a_client_hanging_up_closes_its_live_read_at_once(tmp_path: Path) -> None:
+    """A dead long-poll client must not count as an open stream until the poll times out."""
+    srv = ServerProcess(tmp_path, long_poll_timeout=60)
+    with running(srv):
+        srv.start()
+        srv.register("r")
+
+        def open_reads() -> dict[str, int]:
+            return dict(srv.api("GET", f"{P}/r/health")[2]["server_view"]["open_reads"])
+
+        for query in ("live=long-poll", "live=sse"):
+            sock = socket.create_connection(("127.0.0.1", srv.port))
+            sock.sendall(
+                f"GET /runners/r/wake?offset=now&{query} HTTP/1.1\r\nHost: x\r\n"
+                "electric-principal: system:dev-local\r\n\r\n".encode()
+            )
+            mode = query.split("=")[1]
+            wait_until(lambda m=mode: open_reads()[m] == 1, 5, what=f"{mode} open")
+            sock.close()
+            wait_until(lambda m=mode: open_reads()[m] == 0, 3, what=f"{mode} closed")
