@@ -183,6 +183,7 @@ def test_legacy_runner_fires_the_critical_alert_and_resolves(stack_for: Any) -> 
         )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{s.diagnose()}") from None
+    print(s.sink.output())  # what the webhook saw, for `pytest -s`
 
 
 def test_default_runner_tells_the_truth_instead(stack_for: Any) -> None:
