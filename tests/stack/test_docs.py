@@ -24,7 +24,9 @@ def test_documented_localhost_ports_are_published() -> None:
 def test_documented_stack_up_command_lines_parse() -> None:
     from pullwake.cli import build_parser
 
-    lines = [ln.split("#")[0].split() for ln in DOC.splitlines() if ln.startswith("pullwake stack")]
+    lines = [
+        ln.split("#")[0].split() for ln in DOC.splitlines() if ln.startswith("pullwake stack up")
+    ]
     assert len(lines) >= 2
     for argv in lines:
         build_parser().parse_args(argv[1:])  # SystemExit fails the test
