@@ -88,7 +88,7 @@ async def test_snapshot_pending_lease_and_mismatch(harness: Harness) -> None:
         await h.post(f"{P}/r2/wakes", {})
     g = h.gauges("r2")
     assert g.pending_wakes == 2
-    assert g.lease_remaining_s is not None and 4.0 < g.lease_remaining_s <= 5.0
+    assert g.lease_remaining_s is not None and 3.0 < g.lease_remaining_s <= 5.0
     for _ in range(100):  # the 0.3 s grace after server start runs out
         if h.gauges("r2").stream_mismatch:
             break

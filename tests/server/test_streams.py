@@ -149,7 +149,7 @@ def test_sse_data_control_and_keepalives(server: ServerProcess, rid: str) -> Non
         # keepalive comments flow while idle, at about the advertised interval
         comments = [sse.events_until(lambda e: e.kind == "comment") for _ in range(3)]
         gaps = [b[-1].at - a[-1].at for a, b in itertools.pairwise(comments)]
-        assert all(0.2 < g < 1.5 for g in gaps), gaps
+        assert all(0.2 < g < 2.5 for g in gaps), gaps
         second = server.publish(rid)
         seen = sse.events_until(lambda e: e.kind == "control")
         assert [w["wake_id"] for e in seen if e.kind == "data" for w in e.data] == [
@@ -174,7 +174,7 @@ def test_sse_rotates_cleanly_and_resumes_without_gap(server: ServerProcess, rid:
                     if len(got) == 1:
                         server.publish(rid)  # lands during the first connection
             # the fixture rotates SSE responses every 2 s: a clean end, not an error
-            assert 1.5 < time.monotonic() - t0 < 4.5
+            assert 1.5 < time.monotonic() - t0 < 6.0
         server.publish(rid)  # between connections: must arrive on the next one
     status, _, rest = server.api("GET", stream(rid, f"offset={offset}"))
     got += [w["wake_id"] for w in rest]
