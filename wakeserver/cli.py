@@ -78,7 +78,9 @@ def register(subparsers: Any) -> None:
         type=float,
         default=2.0,
         metavar="SECONDS",
-        help=f"a long-poll client counts as connected this long between polls {DEFAULTS_NOTE}",
+        help="a live read that ended less than this ago still counts as open (the gap "
+        "between two long-polls, a quick reconnect); the stream-mismatch health issue waits "
+        f"this long too {DEFAULTS_NOTE}",
     )
     s.add_argument(
         "--shutdown-timeout",
