@@ -104,6 +104,7 @@ class OtelRunnerObserver:
         self.telemetry = telemetry
         self.runner_id = runner_id
         self._rid = {RUNNER_ID: runner_id}
+        self._attr_cache: dict[tuple[str, str], Mapping[str, str]] = {}
         self._tracer = telemetry.tracer()
         self._snapshot = snapshot
         self._snap_lock = threading.Lock()
@@ -162,6 +163,13 @@ class OtelRunnerObserver:
         ]
 
     # --- context helpers ---
+    def _attrs(self, key: str, value: str) -> Mapping[str, str]:
+        """Metric attributes, built once per (key, closed-enum value): the hot path."""
+        attrs = self._attr_cache.get((key, value))
+        if attrs is None:
+            attrs = self._attr_cache[(key, value)] = {RUNNER_ID: self.runner_id, key: value}
+        return attrs
+
     def _metric_context(self) -> otel_context.Context | None:
         """The active span's context, else the session's: exemplars link to a trace."""
         if trace.get_current_span().get_span_context().is_valid:
@@ -180,7 +188,7 @@ class OtelRunnerObserver:
         if t.new is RunnerState.RECONNECTING:
             reason = (t.reason or EndReason.ERROR).value
             self._ins.add(
-                c.STREAM_RECONNECTS, 1, {**self._rid, "reason": reason}, self._metric_context()
+                c.STREAM_RECONNECTS, 1, self._attrs("reason", reason), self._metric_context()
             )
         if self._current is not None and self._current.is_recording():
             self._current.add_event(
@@ -254,7 +262,7 @@ class OtelRunnerObserver:
             self._ins.record(
                 c.STREAM_SESSION_DURATION,
                 max(0.0, s.ended_at - s.connected_at),
-                {**self._rid, "reason": reason.value},
+                self._attrs("reason", reason.value),
                 None if span is None else trace.set_span_in_context(span),
             )
         if span is None:
@@ -299,15 +307,15 @@ class OtelRunnerObserver:
         self, outcome: HeartbeatOutcome, duration_s: float, error_type: HeartbeatErrorType | None
     ) -> None:
         ctx = self._metric_context()
-        self._ins.add(c.HEARTBEATS, 1, {**self._rid, "outcome": outcome.value}, ctx)
+        self._ins.add(c.HEARTBEATS, 1, self._attrs("outcome", outcome.value), ctx)
         self._ins.record(
-            c.HEARTBEAT_DURATION, duration_s, {**self._rid, "outcome": outcome.value}, ctx
+            c.HEARTBEAT_DURATION, duration_s, self._attrs("outcome", outcome.value), ctx
         )
         current = trace.get_current_span()
         current.set_attribute("pullwake.heartbeat.outcome", outcome.value)
         if outcome is HeartbeatOutcome.FAILED:
             etype = (error_type or HeartbeatErrorType.OTHER).value
-            self._ins.add(c.HEARTBEAT_FAILURES, 1, {**self._rid, "error.type": etype}, ctx)
+            self._ins.add(c.HEARTBEAT_FAILURES, 1, self._attrs("error.type", etype), ctx)
             current.set_attribute("error.type", etype)
             current.set_status(Status(StatusCode.ERROR, etype))
 
@@ -315,7 +323,7 @@ class OtelRunnerObserver:
         self, outcome: WakeOutcome, wake_id: str | None, latency_s: float | None = None
     ) -> None:
         ctx = self._metric_context()
-        self._ins.add(c.WAKES, 1, {**self._rid, "outcome": outcome.value}, ctx)
+        self._ins.add(c.WAKES, 1, self._attrs("outcome", outcome.value), ctx)
         if latency_s is not None:
             self._ins.record(c.WAKE_LATENCY, latency_s, self._rid, ctx)
         if wake_id is None:
@@ -352,7 +360,7 @@ class OtelRunnerObserver:
         self._ins.record(
             c.CLAIM_DURATION,
             duration_s,
-            {**self._rid, "outcome": outcome.value},
+            self._attrs("outcome", outcome.value),
             self._metric_context(),
         )
 
@@ -360,7 +368,7 @@ class OtelRunnerObserver:
         self._ins.record(
             c.HANDLER_DURATION,
             duration_s,
-            {**self._rid, "outcome": outcome.value},
+            self._attrs("outcome", outcome.value),
             self._metric_context(),
         )
 
