@@ -65,6 +65,23 @@ def write(out: Path, files: Mapping[str, str]) -> list[Path]:
     return written
 
 
+# Directories holding nothing but generated files: anything else there is left over
+# from an earlier config (a renamed dashboard uid would otherwise stay provisioned).
+GENERATED_DIRS = ("grafana/dashboards", "prometheus/rules", "prometheus/tests")
+
+
+def leftovers(out: Path, files: Mapping[str, str]) -> list[str]:
+    """Files in the generated-only directories that are not generated any more."""
+    extra = []
+    for d in GENERATED_DIRS:
+        if (out / d).is_dir():
+            for path in sorted((out / d).iterdir()):
+                rel = path.relative_to(out).as_posix()
+                if path.is_file() and rel not in files:
+                    extra.append(rel)
+    return extra
+
+
 def stale(out: Path, files: Mapping[str, str]) -> list[str]:
     """Paths (relative to `out`) that are missing or differ from what would be generated."""
     bad = []

@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from dashboards.build import DEFAULT_OUT, generate, stale, write
+    from dashboards.build import DEFAULT_OUT, generate, leftovers, stale, write
     from dashboards.config import DEFAULT
 
     out: Path = args.out or DEFAULT_OUT
@@ -49,11 +49,15 @@ def run_build(args: argparse.Namespace) -> int:
     files = generate(DEFAULT)
     if args.check:
         bad = stale(out, files)
+        extra = leftovers(out, files)
         for rel in bad:
             print(f"stale: {out / rel}", file=sys.stderr)
-        if bad:
+        for rel in extra:
+            print(f"not generated any more (delete it): {out / rel}", file=sys.stderr)
+        if bad or extra:
             print(
-                f"{len(bad)} generated file(s) out of date; run `pullwake dashboards build`",
+                f"{len(bad) + len(extra)} generated file(s) out of date; "
+                "run `pullwake dashboards build`",
                 file=sys.stderr,
             )
             return 1
@@ -65,5 +69,7 @@ def run_build(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot write to {out}: {exc.strerror or exc}") from None
     for path in written:
         print(f"wrote {path}")
+    for rel in leftovers(out, files):
+        print(f"warning: not generated any more, delete it: {out / rel}", file=sys.stderr)
     print(f"{len(files)} files, {len(written)} changed")
     return 0

@@ -150,6 +150,10 @@ class Config:
         ):
             if not value.startswith(("http://", "https://")):
                 raise ValueError(f"Config.{name} must be an http(s) URL, got {value!r}")
+        ds = self.datasources
+        ds_uids = [ds.prometheus, ds.tempo, ds.alertmanager]
+        if len(set(ds_uids)) != 3 or not all(ds_uids):
+            raise ValueError(f"Config.datasources uids must be distinct and non-empty: {ds_uids}")
         uids = list(dataclasses.astuple(self.dashboard_uids))
         if len(set(uids)) != len(uids) or not all(uids):
             raise ValueError(f"Config.dashboard_uids must be distinct and non-empty: {uids}")

@@ -205,7 +205,9 @@ def cases(config: Config) -> list[dict[str, Any]]:
     window = parse_duration(t.reconnect_storm_window)
     storm = a["PullWakeReconnectStorm"]
     case = _case(config, "reconnect storm", storm, s, STEP * t.reconnect_storm_count)
-    case["alert_rule_test"][1]["eval_time"] = format_duration(window + 2 * STEP)
+    # Evaluate once the window is full, so the value is exactly window / STEP.
+    firing = max(window, parse_duration(case["alert_rule_test"][1]["eval_time"])) + 2 * STEP
+    case["alert_rule_test"][1]["eval_time"] = format_duration(firing)
     case["alert_rule_test"][1]["exp_alerts"][0]["exp_annotations"] = storm.rendered(
         config, "r1", window / STEP
     )

@@ -41,6 +41,10 @@ def test_check_names_each_stale_file(tmp_path: Path) -> None:
     assert subprocess.run(cmd, capture_output=True, check=False).returncode == 0
     res = subprocess.run([*cmd, "--check"], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
+    # A dashboard left over from an earlier uid would stay provisioned: named too.
+    (tmp_path / "grafana/dashboards/old-uid.json").write_text("{}")
+    res = subprocess.run([*cmd, "--check"], capture_output=True, text=True, check=False)
+    assert res.returncode == 1 and "grafana/dashboards/old-uid.json" in res.stderr
 
 
 def test_out_that_is_a_file_is_a_one_line_error(tmp_path: Path) -> None:

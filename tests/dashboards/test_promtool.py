@@ -8,6 +8,7 @@ fail, so the cases cannot pass vacuously.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,9 +16,15 @@ from pathlib import Path
 import pytest
 
 from dashboards.build import DEFAULT_OUT
-from dashboards.config import DEFAULT
+from dashboards.config import DEFAULT, Config, ForDurations, Thresholds
 from dashboards.rules import alerts
-from tests.dashboards.promstack import AMTOOL, PROMTOOL, needs_alertmanager, needs_prometheus
+from tests.dashboards.promstack import (
+    AMTOOL,
+    PROMTOOL,
+    needs_alertmanager,
+    needs_prometheus,
+    write_deploy,
+)
 
 pytestmark = pytest.mark.prometheus
 
@@ -75,3 +82,30 @@ def test_amtool_check_config() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "SUCCESS" in res.stdout
     assert "2 receivers" in res.stdout
+
+
+@needs_prometheus
+@pytest.mark.parametrize(
+    "config",
+    [
+        dataclasses.replace(
+            DEFAULT,
+            thresholds=Thresholds(
+                heartbeat_failures=4,
+                heartbeat_stale_seconds=200,
+                stream_idle_seconds=120,
+                reconnect_storm_count=8,
+                reconnect_storm_window="5m",
+                wake_latency_p99_seconds=2,
+            ),
+        ),
+        Config(for_=ForDurations(**{f.name: "3m" for f in dataclasses.fields(ForDurations)})),
+    ],
+    ids=["other-thresholds", "longer-for"],
+)
+def test_generated_cases_follow_the_config(tmp_path: Path, config: Config) -> None:
+    """The cases are derived from the config, not hand-tuned to the defaults."""
+    assert PROMTOOL is not None
+    out = write_deploy(tmp_path, config)
+    res = _run(PROMTOOL, "test", "rules", str(out / "prometheus/tests/pullwake-alerts.test.yml"))
+    assert res.returncode == 0, res.stdout + res.stderr
