@@ -1,0 +1,106 @@
+"""The store on its own (SQLite in memory, no sockets): offsets, retention, claims."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pullwake.protocol import ClaimOutcome, format_offset, parse_offset
+from wakeserver.records import BadOffset, NotOwner, OffsetGone, StreamTaken, UnknownRunner
+from wakeserver.store import Store
+
+NOW = 1_700_000_000_000
+
+
+def make(retain: int = 0) -> Store:
+    s = Store(":memory:", retain=retain)
+    s.register(
+        "r",
+        owner="user:a",
+        label="r",
+        kind="k",
+        admin_status=None,
+        wake_stream="/runners/r/wake",
+        now=NOW,
+    )
+    return s
+
+
+def test_offsets_are_sortable_and_reads_resume_exactly() -> None:
+    s = make()
+    pubs = [s.publish("r", {"i": i}, NOW) for i in range(5)]
+    offsets = [p.offset for p in pubs]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 5
+    res = s.read("/runners/r/wake", offsets[1])
+    assert [json.loads(e)["payload"]["i"] for e in res.events] == [2, 3, 4]
+    assert res.next_offset == offsets[-1] and res.up_to_date
+    tail = s.read("/runners/r/wake", "now")
+    assert (tail.events, tail.next_offset) == ([], offsets[-1])
+    empty = make().read("/runners/r/wake", "-1")
+    assert empty.events == [] and parse_offset(empty.next_offset)[1] == 0
+
+
+def test_bad_and_gone_offsets() -> None:
+    s = make(retain=2)
+    pubs = [s.publish("r", None, NOW) for _ in range(4)]
+    epoch, _ = parse_offset(pubs[0].offset)
+    with pytest.raises(BadOffset):
+        s.read("/runners/r/wake", "x")
+    with pytest.raises(BadOffset):
+        s.read("/runners/r/wake", format_offset(epoch, 9))  # beyond the tail
+    with pytest.raises(OffsetGone):
+        s.read("/runners/r/wake", format_offset(epoch - 1, 0))  # earlier incarnation
+    with pytest.raises(OffsetGone):
+        s.read("/runners/r/wake", pubs[0].offset)  # event 2 was compacted away
+    assert len(s.read("/runners/r/wake", pubs[1].offset).events) == 2
+    assert len(s.read("/runners/r/wake", "-1").events) == 2
+
+
+def test_ownership_and_stream_uniqueness() -> None:
+    s = make()
+    with pytest.raises(NotOwner):
+        s.register(
+            "r",
+            owner="user:b",
+            label="r",
+            kind="k",
+            admin_status=None,
+            wake_stream="/runners/r/wake",
+            now=NOW,
+        )
+    with pytest.raises(StreamTaken):
+        s.register(
+            "q",
+            owner="user:a",
+            label="q",
+            kind="k",
+            admin_status=None,
+            wake_stream="/runners/r/wake",
+            now=NOW,
+        )
+    with pytest.raises(UnknownRunner):
+        s.publish("ghost", None, NOW)
+
+
+def test_claim_lifecycle_and_expiry_reannounces() -> None:
+    s = make()
+    w = s.publish("r", None, NOW)
+    assert s.facts()["r"].pending == 1
+    first = s.claim("r", w.wake_id, 1000, NOW)
+    assert first.outcome is ClaimOutcome.CLAIMED and first.wake is not None
+    assert s.claim("r", w.wake_id, 1000, NOW + 10).outcome is ClaimOutcome.CONFLICT
+    assert s.claim("r", None, 1000, NOW + 10).outcome is ClaimOutcome.EMPTY
+    assert s.expire_claims(NOW + 999) == []
+    assert s.expire_claims(NOW + 1000) == [("r", "/runners/r/wake")]
+    events = s.read("/runners/r/wake", "-1").events
+    assert [json.loads(e)["wake_id"] for e in events] == [w.wake_id, w.wake_id]
+    token = first.wake.claim_token
+    assert token is not None
+    assert not s.complete("r", w.wake_id, token, NOW + 1001)  # that claim is gone
+    second = s.claim("r", None, 1000, NOW + 1001)  # the oldest claimable one
+    assert second.wake is not None and second.wake.wake_id == w.wake_id
+    assert second.wake.claim_token is not None
+    assert s.complete("r", w.wake_id, second.wake.claim_token, NOW + 1002)
+    assert s.claim("r", w.wake_id, 1000, NOW + 1003).outcome is ClaimOutcome.EMPTY
+    assert s.facts()["r"].pending == 0
