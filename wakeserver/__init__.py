@@ -13,6 +13,7 @@ Modules, one concern each:
 - `validate`  request bodies and fields (pure), diagnostics whitelist
 - `errors`    the JSON error shape and the middleware that guarantees it
 - `observe`   the telemetry seam: ServerObserver, ServerSnapshotSource
+- `otel`      OpenTelemetry observer, /metrics, trace continuation (telemetry's part)
 - `app`       create_app(config, observer=..., setup=...)
 - `serve`     run until SIGINT/SIGTERM, fast shutdown
 - `cli`       `pullwake server`, `pullwake publish`
