@@ -109,3 +109,22 @@ def test_generated_cases_follow_the_config(tmp_path: Path, config: Config) -> No
     out = write_deploy(tmp_path, config)
     res = _run(PROMTOOL, "test", "rules", str(out / "prometheus/tests/pullwake-alerts.test.yml"))
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@needs_alertmanager
+@pytest.mark.parametrize(
+    "labels,receiver",
+    [
+        (["severity=critical", f"alertname={alerts(DEFAULT)[0].name}"], "pullwake-critical"),
+        (["severity=warning", "alertname=PullWakeHeartbeatsFailing"], "pullwake-warning"),
+        (["alertname=SomethingElse"], "pullwake-warning"),  # the root route catches the rest
+    ],
+)
+def test_amtool_routes_by_severity(labels: list[str], receiver: str) -> None:
+    assert AMTOOL is not None
+    config = str(DEFAULT_OUT / "alertmanager/alertmanager.yml")
+    res = _run(
+        AMTOOL, "config", "routes", "test", f"--config.file={config}", *labels, "runner_id=r1"
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == receiver
