@@ -5,8 +5,9 @@ in different code:
 
 * ``default``  every detector: idle watchdog, heartbeat bridge, TCP keepalive,
   connect/header timeouts; read errors end the session and are reported.
-* ``upstream`` the original's later mitigation alone: the heartbeat bridge
-  (K=2).  No idle watchdog, no TCP keepalive.
+* ``upstream`` the original's later mitigation alone: the legacy stream layer
+  (hidden retries, no timeouts) plus the heartbeat bridge (K=2), which is its
+  only detector.  No idle watchdog, no TCP keepalive.
 * ``legacy``   the seed's runner: long-poll reads whose failures are retried
   inside the stream layer (100 ms x1.3, cap 60 s) and never reported; no
   watchdog, no bridge, no keepalive, no timeouts.
@@ -37,7 +38,7 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "default": Profile("default", True, True, True, True, False),
-    "upstream": Profile("upstream", False, True, False, True, False),
+    "upstream": Profile("upstream", False, True, False, False, True, LiveMode.LONG_POLL),
     "legacy": Profile("legacy", False, False, False, False, True, LiveMode.LONG_POLL),
 }
 

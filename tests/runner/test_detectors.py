@@ -8,6 +8,7 @@ within its bound, without the real server.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import struct
 import time
@@ -194,11 +195,12 @@ async def test_refused_is_a_connect_error() -> None:
     assert info.value.reason is EndReason.CONNECT_ERROR
 
 
-async def test_upstream_profile_has_no_idle_watchdog() -> None:
+async def test_without_the_watchdog_only_the_server_ends_a_silent_stream() -> None:
     async def silent(request: web.Request) -> web.StreamResponse:
         return await sse_then(request, lambda r: asyncio.sleep(1.5))
 
-    end, hooks, took = await end_of(silent, profile=PROFILES["upstream"])
+    no_watchdog = dataclasses.replace(PROFILES["default"], idle_watchdog=False)
+    end, hooks, took = await end_of(silent, profile=no_watchdog)
     assert hooks.connected_with is None  # no bound: only the server's EOF ends it
     assert end.reason is EndReason.EOF and took >= 1.4
 

@@ -129,6 +129,7 @@ def test_profiles_only_configure_the_same_machinery() -> None:
     d, u, legacy = (profile_named(n) for n in ("default", "upstream", "legacy"))
     assert d.idle_watchdog and d.heartbeat_bridge and d.tcp_keepalive and not d.hidden_retry
     assert u.heartbeat_bridge and not u.idle_watchdog and not u.tcp_keepalive
+    assert u.hidden_retry and u.forced_live is LiveMode.LONG_POLL  # legacy + the bridge
     assert legacy.hidden_retry and not (
         legacy.idle_watchdog or legacy.heartbeat_bridge or legacy.tcp_keepalive
     )
