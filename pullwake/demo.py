@@ -29,6 +29,16 @@ from pullwake.supervise import ChildSpec, HttpReady, Supervisor, SupervisorError
 _STATUS_TIMEOUT_S = 0.8
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except where the help already words them or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default:" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo",
@@ -38,7 +48,7 @@ def register(subparsers: Any) -> None:
             "status listener and a publisher thread, prints the URLs, then one status line "
             "per second from the runner's /status. Ctrl-C stops everything (exit 0)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
         "--workdir",
@@ -53,7 +63,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--profile",
         default="default",
-        help="runner profile passed to `pullwake run` (default, upstream, legacy)",
+        help="runner profile for `pullwake run`: default, upstream or legacy (the seed's bug)",
     )
     p.add_argument("--publish-interval", type=float, default=2.0, help="seconds between wakes")
     p.add_argument(
@@ -107,6 +117,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             raise CLIError(f"--{name.replace('_', '-')} must be > 0")
     if args.duration < 0:
         raise CLIError("--duration must be >= 0")
+    if importlib.util.find_spec("runner.config") is not None:
+        from runner.config import PROFILES
+
+        if args.profile not in PROFILES:
+            raise CLIError(f"unknown profile {args.profile!r} (choose from {', '.join(PROFILES)})")
     try:
         return Demo(args).run()
     except SupervisorError as exc:

@@ -421,17 +421,24 @@ def register(subparsers: Any) -> None:
             "connection count as JSON. Or with signals: SIGUSR1 switches to --usr1-mode, "
             "SIGUSR2 back to pass. SIGINT/SIGTERM stop the proxy (exit 0)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to accept clients on")
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        help="HOST:PORT to accept clients on; port 0 picks a free one (default: %(default)s)",
+    )
     p.add_argument("--upstream", required=True, help="HOST:PORT to forward to (required)")
-    p.add_argument("--mode", default="pass", help="initial mode")
+    p.add_argument("--mode", default="pass", help="initial mode (default: %(default)s)")
     p.add_argument(
         "--control",
         default=None,
         help="HOST:PORT of the HTTP control endpoint (off unless given)",
     )
-    p.add_argument("--usr1-mode", default="blackhole", help="mode that SIGUSR1 switches to")
+    p.add_argument(
+        "--usr1-mode",
+        default="blackhole",
+        help="mode that SIGUSR1 switches to (default: %(default)s)",
+    )
     p.set_defaults(func=_cmd_proxy)
 
 
