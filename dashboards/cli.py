@@ -29,6 +29,7 @@ def register(subparsers: Any) -> None:
         "--out",
         type=Path,
         default=None,
+        metavar="DIR",
         help="deploy directory to write into (default: the repository's deploy/)",
     )
     b.add_argument(

@@ -184,3 +184,14 @@ def test_provisioning_paths_and_uids() -> None:
     assert {d["uid"] for d in ds["datasources"]} == {"prometheus", "tempo", "alertmanager"}
     prov = yaml.safe_load((out / "dashboards/dashboards.yml").read_text())
     assert prov["providers"][0]["options"]["path"] == DEFAULT.grafana_dashboards_path
+
+
+def test_selectors_reach_every_series() -> None:
+    cfg = Config(runner_selector='job="pullwake-runner"', server_selector='job="pullwake-server"')
+    exprs = [r["expr"] for r in rules.alert_rules(cfg) + rules.recording_rules(cfg)]
+    for expr in exprs:
+        for name in _NAME.findall(expr):
+            if name.startswith("pullwake_server"):
+                assert f'{name}{{job="pullwake-server"' in expr, expr
+            elif name.startswith("pullwake_"):
+                assert f'{name}{{job="pullwake-runner"' in expr, expr

@@ -100,8 +100,9 @@ def test_amtool_check_config() -> None:
             ),
         ),
         Config(for_=ForDurations(**{f.name: "3m" for f in dataclasses.fields(ForDurations)})),
+        Config(runner_selector='job="pullwake-runner"', server_selector='job="pullwake-server"'),
     ],
-    ids=["other-thresholds", "longer-for"],
+    ids=["other-thresholds", "longer-for", "selectors"],
 )
 def test_generated_cases_follow_the_config(tmp_path: Path, config: Config) -> None:
     """The cases are derived from the config, not hand-tuned to the defaults."""
