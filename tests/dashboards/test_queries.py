@@ -8,13 +8,16 @@ every panel that must show something on a healthy system does.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dashboards import queries as q
 from dashboards.config import DEFAULT
 from pullwake import catalog
+from pullwake.protocol import EndReason
 from tests.dashboards.dashjson import concrete, load, prom_targets
 from tests.dashboards.promstack import PrometheusProcess, needs_prometheus, write_deploy
 from tests.support.procs import (
@@ -71,6 +74,11 @@ def _runner_exports_metrics(runner: RunnerProcess) -> bool:
 
 @pytest.mark.slow
 def test_panels_return_data_from_a_live_runner_and_server(tmp_path: Path, deploy: Path) -> None:
+    """...and the rules, `for:` scaled down, stay silent through its SSE rotations."""
+    fast = dataclasses.replace(
+        DEFAULT, thresholds=dataclasses.replace(DEFAULT.thresholds, heartbeat_stale_seconds=10.0)
+    ).scaled(0.1, evaluation_interval="1s")
+    fast_rules = write_deploy(tmp_path / "fast", fast) / "prometheus/rules"
     env = {"OTEL_SDK_DISABLED": "false"}
     server = ServerProcess(tmp_path, keepalive=0.5, extra=["--sse-rotate-seconds", "3"], env=env)
     server.start()
@@ -89,7 +97,7 @@ def test_panels_return_data_from_a_live_runner_and_server(tmp_path: Path, deploy
             pytest.skip("the runner's /metrics does not export the catalog metrics yet")
         prom = PrometheusProcess(
             tmp_path,
-            rules_dir=deploy / "prometheus/rules",
+            rules_dir=fast_rules,
             scrape={
                 "pullwake-server": [f"127.0.0.1:{server.port}"],
                 "pullwake-runner": [f"127.0.0.1:{runner.status_port}"],
@@ -119,3 +127,20 @@ def test_panels_return_data_from_a_live_runner_and_server(tmp_path: Path, deploy
                 wait_until(all_have_data, 45, interval=1.0, what="every panel to have data")
             except AssertionError:
                 raise AssertionError(f"panels without data: {last}") from None
+
+            # A healthy default runner rotated every 3 s: no alert may fire.
+            rotated = (
+                f"sum({catalog.STREAM_RECONNECTS.prom_name}"
+                f'{{{q.REASON}="{EndReason.ROTATED.value}"}})'
+            )
+
+            def rotations() -> float:
+                result = prom.query(rotated)["data"]["result"]
+                return float(result[0]["value"][1]) if result else 0.0
+
+            # Four more rotations: longer than any rule's scaled `for:` that one could trip.
+            seen = rotations()
+            wait_until(lambda: rotations() >= seen + 4, 40, interval=1.0, what="4 rotations")
+            firing = prom.query('max_over_time(ALERTS{alertstate="firing"}[10m])')
+            assert firing["data"]["result"] == [], firing
+            assert [a for a in prom.alerts() if a["state"] == "firing"] == []
