@@ -117,7 +117,7 @@ def fmt(values: list[float | None]) -> str:
     got = [v for v in values if v is not None]
     if not got:
         return "-"
-    text = f"{statistics.median(got):6.2f}s"
+    text = f"{statistics.median(got):7.3f}s"
     if len(got) < len(values):
         text += f" ({len(values) - len(got)} missed)"
     return text

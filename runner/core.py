@@ -4,6 +4,13 @@ The runner is the machine's `EffectPort`: it feeds events to the `Driver`
 and carries out the effects it gets back.  It never sets the phase itself.
 Diagnostics, `/status` and gauges all read the same fields, so what the
 runner says about its stream is what its code did.
+
+Two offsets: the *read* offset (the last `streamNextOffset` seen) is where a
+reconnect resumes within this process - wakes read but not yet handled are
+still queued in memory; the *committed* offset (everything before it handled,
+see `runner.offsets`) is what heartbeats report and `--offset-file` keeps, so
+a restarted process resumes there.  Wakes handled between the two are
+announced again after a restart and come back as claim 409/204 skips.
 """
 
 from __future__ import annotations
