@@ -17,6 +17,8 @@ from dashboards import queries as q
 from dashboards.config import Config
 from dashboards.panels import (
     REF_IDS,
+    link_to,
+    nav_links,
     table_panel,
     target,
     thresholds,
@@ -75,7 +77,14 @@ def _runner_table(config: Config) -> table.Panel:
         .override_by_name(
             "last heartbeat ok", [_mappings({"1": ("ok", "green"), "0": ("failing", "red")})]
         )
+        .override_by_name(q.RUNNER, [_runner_link(config)])
     )
+
+
+def _runner_link(config: Config) -> dm.DynamicConfigValue:
+    uid = config.dashboard_uids.runner
+    field = "${__data.fields." + q.RUNNER + "}"
+    return link_to("Runner dashboard", f"/d/{uid}?var-{q.RUNNER}={field}&${{__url_time_range}}")
 
 
 def _mappings(mapping: dict[str, tuple[str, str]]) -> dm.DynamicConfigValue:
@@ -97,6 +106,7 @@ def _lying_runners(config: Config) -> table.Panel:
             ],
             height=6,
         )
+        .override_by_name(q.RUNNER, [_runner_link(config)])
         .with_transformation(
             transformation("organize", {"excludeByName": {"Time": True, "Value": True}})
         )
@@ -114,6 +124,7 @@ def build(config: Config) -> db.Dashboard:
         .refresh(config.dashboard_refresh)
         .time("now-1h", "now")
         .timezone("utc")
+        .link(nav_links())
         .with_row(db.Row("Runners"))
         .with_panel(_runner_table(config))
         .with_panel(_lying_runners(config))

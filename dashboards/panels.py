@@ -164,3 +164,24 @@ def render(builder: cogbuilder.Builder[dm.Dashboard]) -> str:
             inner.id_val = next_id
             next_id += 1
     return json.dumps(model, cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
+
+
+def nav_links() -> db.DashboardLink:
+    """A dashboard-level dropdown to the other pullwake dashboards (by tag)."""
+    return (
+        db.DashboardLink("pullwake")
+        .type(dm.DashboardLinkType.DASHBOARDS)
+        .tags(["pullwake"])
+        .as_dropdown(True)
+        .include_vars(False)
+        .keep_time(True)
+        .target_blank(False)
+        .icon("external link")
+        .tooltip("")
+        .url("")
+    )
+
+
+def link_to(title: str, url: str) -> dm.DynamicConfigValue:
+    """A field override value making each cell a link (e.g. runner -> its dashboard)."""
+    return dm.DynamicConfigValue(id_val="links", value=[{"title": title, "url": url}])

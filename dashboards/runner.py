@@ -16,7 +16,15 @@ from grafana_foundation_sdk.models import dashboard as dm
 
 from dashboards import queries as q
 from dashboards.config import Config
-from dashboards.panels import prom_ds, target, tempo_ds, timeseries_panel, traceql, value_texts
+from dashboards.panels import (
+    nav_links,
+    prom_ds,
+    target,
+    tempo_ds,
+    timeseries_panel,
+    traceql,
+    value_texts,
+)
 from pullwake import catalog as c
 
 TITLE = "Pull-wake runner"
@@ -68,6 +76,7 @@ def build(config: Config) -> db.Dashboard:
         .refresh(config.dashboard_refresh)
         .time("now-1h", "now")
         .timezone("utc")
+        .link(nav_links())
         .with_variable(
             db.QueryVariable(VAR)
             .label("runner")

@@ -13,7 +13,14 @@ from grafana_foundation_sdk.models import common as cm
 
 from dashboards import queries as q
 from dashboards.config import Config
-from dashboards.panels import prom_ds, table_panel, target, thresholds, timeseries_panel
+from dashboards.panels import (
+    nav_links,
+    prom_ds,
+    table_panel,
+    target,
+    thresholds,
+    timeseries_panel,
+)
 from pullwake import catalog as c
 
 TITLE = "Pull-wake server"
@@ -49,6 +56,7 @@ def build(config: Config) -> db.Dashboard:
         .refresh(config.dashboard_refresh)
         .time("now-1h", "now")
         .timezone("utc")
+        .link(nav_links())
         .with_row(db.Row("Streams"))
         .with_panel(_mismatch_stat(config))
         .with_panel(
