@@ -65,9 +65,9 @@ class Thresholds:
     # fires when a runner stays connected past that.
     heartbeat_failures: int = 2
     # Seconds since the last successful heartbeat that count as failing too
-    # (covers a runner whose heartbeats hang instead of failing); 3 x the 30 s
-    # default heartbeat interval.
-    heartbeat_stale_seconds: float = 90.0
+    # (covers a runner whose heartbeats hang instead of failing): past the 30 s
+    # lease of the runner's 10 s default heartbeat interval, plus a timeout.
+    heartbeat_stale_seconds: float = 45.0
     # Idle allowance when the runner's own watchdog is off (legacy profile).
     stream_idle_seconds: float = 60.0
     # Failure reconnects per runner within `reconnect_storm_window`.
