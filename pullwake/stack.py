@@ -73,8 +73,16 @@ def register(subparsers: Any) -> None:
         help="SIGKILL the server every --chaos-up seconds, restart it --chaos-down "
         "seconds later (default: off)",
     )
-    up.add_argument("--chaos-up", type=float, default=60.0, metavar="S", help=f"{D}")
-    up.add_argument("--chaos-down", type=float, default=20.0, metavar="S", help=f"{D}")
+    up.add_argument(
+        "--chaos-up", type=float, default=60.0, metavar="S", help=f"seconds between kills {D}"
+    )
+    up.add_argument(
+        "--chaos-down",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help=f"seconds the server stays down; over ~90 s fires the seed's alert {D}",
+    )
     up.add_argument(
         "--publish-every", type=float, default=2.0, metavar="S", help=f"seconds between wakes {D}"
     )
@@ -112,9 +120,15 @@ def register(subparsers: Any) -> None:
     )
     wait.add_argument("urls", nargs="*", metavar="URL", help="URLs that must answer 200")
     wait.add_argument(
-        "--tcp", action="append", default=[], metavar="HOST:PORT", help="(repeatable)"
+        "--tcp",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a TCP port that must accept a connection (repeatable; default: none)",
     )
-    wait.add_argument("--timeout", type=float, default=30.0, metavar="S", help=f"{D}")
+    wait.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help=f"give up after S seconds {D}"
+    )
     wait.set_defaults(func=run_wait)
 
     trickle = sub.add_parser(
@@ -128,7 +142,9 @@ def register(subparsers: Any) -> None:
     trickle.add_argument(
         "--runner-id", action="append", required=True, help="runner to wake (repeatable, required)"
     )
-    trickle.add_argument("--every", type=float, default=5.0, metavar="S", help=f"{D}")
+    trickle.add_argument(
+        "--every", type=float, default=5.0, metavar="S", help=f"seconds between rounds {D}"
+    )
     trickle.add_argument(
         "--count", type=int, default=0, help="rounds before exiting; 0 = forever (default: 0)"
     )

@@ -185,36 +185,43 @@ class StackRun:
     # --- running -----------------------------------------------------------------------
     def run(self) -> int:
         workdir, ours = make_workdir(self.args.workdir)
+        sup = Supervisor(grace=5.0)
         try:
-            steps = self.prepare(workdir)
-            return self._supervise(steps, workdir)
+            # Signals count from here on: a Ctrl-C while configs are written still stops
+            # cleanly, and no child is started after it.
+            with sup.handle_signals():
+                say(
+                    f"stack id {self.stack_id} (in every child's {STACK_ID_ENV}), workdir {workdir}"
+                )
+                steps = self.prepare(workdir)
+                return self._supervise(sup, steps, workdir)
         finally:
             if ours and not self.args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
             else:
                 say(f"kept {workdir}")
 
-    def _supervise(self, steps: list[sp.Step], workdir: Path) -> int:
-        sup = Supervisor(grace=5.0)
-        with sup.handle_signals():
-            try:
-                for step in steps:
-                    child = sup.start(self._spec(step, workdir), timeout=self.args.ready_timeout)
-                    say(f"{step.name:<14} pid {child.pid:<7} {step.show or ''}".rstrip())
-                self._banner(steps, workdir)
-                self._watch(sup)
-            except SupervisorError as exc:
-                if sup.stop_requested:  # Ctrl-C while a child was getting ready
-                    code = 0
-                else:
-                    say(f"error: {exc}")
-                    code = 1
-            else:
+    def _supervise(self, sup: Supervisor, steps: list[sp.Step], workdir: Path) -> int:
+        try:
+            for step in steps:
+                if sup.stop_requested:
+                    raise SupervisorError("stop requested during start")
+                child = sup.start(self._spec(step, workdir), timeout=self.args.ready_timeout)
+                say(f"{step.name:<14} pid {child.pid:<7} {step.show or ''}".rstrip())
+            self._banner(steps, workdir)
+            self._watch(sup)
+        except SupervisorError as exc:
+            if sup.stop_requested:  # Ctrl-C while a child was getting ready
                 code = 0
-            finally:
-                n = len(sup.pids())
-                sup.stop_all()
-                say(f"stopped {n} processes")
+            else:
+                say(f"error: {exc}")
+                code = 1
+        else:
+            code = 0
+        finally:
+            n = len(sup.pids())
+            sup.stop_all()
+            say(f"stopped {n} processes")
         return code
 
     def _banner(self, steps: list[sp.Step], workdir: Path) -> None:

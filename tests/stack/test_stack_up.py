@@ -86,7 +86,7 @@ def test_stack_up_targets_up_wakes_flow_restart_and_clean_sigint(tmp_path: Path)
         wait_up(proc)
         prom_url = banner_value(proc, r"Prometheus\s+(http://\S+)")
         sink_url = banner_value(proc, r"alert sink\s+(http://\S+)")
-        stack_id = banner_value(proc, r"stack id (\S+);")
+        stack_id = banner_value(proc, r"stack id (\S+) ")
         assert "grafana: skipped" in proc.output() or shutil.which("grafana")
 
         # every scrape target up: Prometheus, Alertmanager, server, both runners
@@ -166,7 +166,7 @@ def test_stack_up_chaos_kills_and_restarts_the_server(tmp_path: Path) -> None:
     try:
         wait_up(proc)
         server = banner_value(proc, r"server\s+(http://\S+)")
-        stack_id = banner_value(proc, r"stack id (\S+);")
+        stack_id = banner_value(proc, r"stack id (\S+) ")
         wait_until(lambda: "chaos: server restarted" in proc.output(), 20, what="a chaos cycle")
         assert "chaos: server SIGKILLed (exit -9)" in proc.output()
         wait_until(
@@ -176,6 +176,21 @@ def test_stack_up_chaos_kills_and_restarts_the_server(tmp_path: Path) -> None:
         )
         proc.signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, proc.output()
+        assert stack_pids(stack_id) == []
+    finally:
+        proc.stop(signal.SIGINT, timeout=30)
+
+
+def test_sigint_during_start_stops_what_was_started(tmp_path: Path) -> None:
+    proc = stack_proc(tmp_path, "--duration", "120")
+    proc.start()
+    try:
+        wait_until(lambda: "alertmanager   pid" in proc.output(), 30, what="alertmanager started")
+        stack_id = banner_value(proc, r"stack id (\S+) ")
+        proc.signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, proc.output()
+        assert "pullwake stack is up" not in proc.output()
+        assert "error" not in proc.output()
         assert stack_pids(stack_id) == []
     finally:
         proc.stop(signal.SIGINT, timeout=30)
