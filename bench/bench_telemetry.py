@@ -1,18 +1,23 @@
 """Benchmark telemetry overhead: runner CPU and RSS, idle and at N wakes/s.
 
-Runs a real `pullwake server` and a real `pullwake run` subprocess twice:
-once with `OTEL_SDK_DISABLED=true` (telemetry off) and once with telemetry
-on as an operator would run it (Prometheus `/metrics` scraped every 5 s by
-this script, OTLP/gRPC traces and metrics pushed to an in-process receiver
-every 5 s).  For each it measures the runner's CPU (utime + stime from
-/proc, as % of one core) and RSS over an idle window and over a window at
-`--rate` wakes/s (each wake: claim, handle, complete, and its spans).
+Runs a real `pullwake server` and two real `pullwake run` subprocesses side
+by side (the same machine load for both): one with `OTEL_SDK_DISABLED=true`
+(telemetry off) and one with telemetry on as an operator would run it
+(Prometheus `/metrics` scraped every 5 s by this script, OTLP/gRPC traces and
+metrics pushed to an in-process receiver every 5 s).  For each it measures
+the runner's CPU (utime + stime from /proc, as % of one core) and RSS over an
+idle window and over a window at `--rate` wakes/s (each wake: claim, handle,
+complete, and its spans).
 
 The publisher and the receiver run in this process on the same two cores,
 and other test runs may share the machine: run it on a quiet machine and
 read the figures as indicative.  Goals: telemetry adds < 5 % CPU, idle CPU < 1 %.
 
-    .venv/bin/python bench/bench_telemetry.py [--rate 100] [--seconds 15]
+    .venv/bin/python bench/bench_telemetry.py [--rate 100] [--seconds 15] [--rounds 2]
+
+Knobs worth trying on "on" (BENCH_OTEL_ENV='{...}'): PULLWAKE_OTEL_WAKE_STEPS=events
+(one span per wake), OTEL_TRACES_SAMPLER=parentbased_traceidratio with
+OTEL_TRACES_SAMPLER_ARG=0.1 (sessions and heartbeats are always kept).
 """
 
 from __future__ import annotations
@@ -60,9 +65,9 @@ class Window:
 class Publisher(threading.Thread):
     """POSTs wakes at `rate`/s on one keep-alive connection, paced by the clock."""
 
-    def __init__(self, port: int, rate: float) -> None:
+    def __init__(self, port: int, runner_id: str, rate: float) -> None:
         super().__init__(daemon=True)
-        self.port, self.rate = port, rate
+        self.port, self.runner_id, self.rate = port, runner_id, rate
         self.stop = threading.Event()
         self.sent = 0
 
@@ -70,13 +75,13 @@ class Publisher(threading.Thread):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         headers = {"electric-principal": "system:dev-local", "Content-Type": "application/json"}
         start = time.monotonic()
-        while not self.stop.is_set():
+        while self.rate > 0 and not self.stop.is_set():
             due = start + self.sent / self.rate
             delay = due - time.monotonic()
             if delay > 0:
                 self.stop.wait(delay)
                 continue
-            conn.request("POST", f"/_electric/runners/{RID}/wakes", b"{}", headers)
+            conn.request("POST", f"/_electric/runners/{self.runner_id}/wakes", b"{}", headers)
             resp = conn.getresponse()
             resp.read()
             self.sent += 1
@@ -90,8 +95,8 @@ def measure(pid: int, seconds: float, scrape: str | None) -> tuple[float, float]
     next_scrape = t0
     while (now := time.monotonic()) < t0 + seconds:
         if scrape and now >= next_scrape:
-            with urllib.request.urlopen(scrape, timeout=5) as r:
-                r.read()
+            with contextlib.suppress(OSError), urllib.request.urlopen(scrape, timeout=5) as r:
+                r.read()  # a 404 (telemetry disabled by BENCH_OTEL_ENV) is fine too
             next_scrape = now + 5
         peak = max(peak, rss_mib(pid))
         time.sleep(0.25)
@@ -103,47 +108,77 @@ def claims(runner: RunnerProcess) -> int:
     return int(runner.status()["diagnostics"]["claims_succeeded"])
 
 
-def run_mode(
-    tmp: Path, telemetry: bool, rate: float, seconds: float, rx: OtlpReceiver
-) -> dict[str, Window]:
-    server = ServerProcess(tmp, keepalive=5.0, extra=["--lease-ms", "30000"])
-    env = {"OTEL_SDK_DISABLED": "true"}
-    if telemetry:
-        env = {
-            "OTEL_SDK_DISABLED": "false",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-            "OTEL_METRIC_EXPORT_INTERVAL": "5000",
-        }
-        # e.g. BENCH_OTEL_ENV='{"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}'
-        env.update(json.loads(os.environ.get("BENCH_OTEL_ENV", "{}")))
-    runner = RunnerProcess(
-        tmp,
-        server.url,
-        RID,
-        extra=["--log-level", "warning", "--heartbeat-interval", "10", "--concurrency", "8"],
-        env=env,
-    )
-    scrape = f"{runner.status_url}/metrics" if telemetry else None
-    out: dict[str, Window] = {}
+MODES: dict[str, dict[str, str]] = {
+    "off": {"OTEL_SDK_DISABLED": "true"},
+    "on": {
+        "OTEL_SDK_DISABLED": "false",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+    },
+}
+
+
+def run_all(
+    tmp: Path, rate: float, seconds: float, rx: OtlpReceiver, order: tuple[str, ...]
+) -> dict[str, dict[str, Window]]:
+    """Both runners at once against one server: the same machine load for both.
+
+    `order` is the start order (of runners and publishers); rounds alternate it
+    so neither slot's bias favours one mode.
+    """
+    server = ServerProcess(tmp, keepalive=5.0)
+    runners: dict[str, RunnerProcess] = {}
+    # e.g. BENCH_OTEL_ENV='{"OTEL_TRACES_EXPORTER": "none"}' to try a variant of "on"
+    extra_env = json.loads(os.environ.get("BENCH_OTEL_ENV", "{}"))
+    for mode in order:
+        env = dict(MODES[mode])
+        if mode != "off":
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = rx.endpoint
+            env.update(extra_env)
+        runners[mode] = RunnerProcess(
+            tmp,
+            server.url,
+            f"{RID}-{mode}",
+            extra=["--log-level", "warning", "--heartbeat-interval", "10", "--concurrency", "8"],
+            env=env,
+        )
+    out: dict[str, dict[str, Window]] = {mode: {} for mode in runners}
     try:
         server.start()
-        runner.start()
-        wait_until(lambda: runner.status()["state"] == "running.streaming", 20, what="streaming")
+        for r in runners.values():
+            r.start()
+        for r in runners.values():
+            wait_until(lambda r=r: r.status()["state"] == "running.streaming", 20, what="streaming")
         time.sleep(3)  # settle: imports, first exports
-        cpu, rss = measure(runner.pid, seconds, scrape)
-        out["idle"] = Window(cpu, rss, 0)
-        pub = Publisher(server.port, rate)
-        before = claims(runner)
-        pub.start()
-        time.sleep(2)  # reach steady state before measuring
-        cpu, rss = measure(runner.pid, seconds, scrape)
-        pub.stop.set()
-        pub.join(10)
-        wait_until(lambda: claims(runner) - before >= pub.sent, 30, what="every wake claimed")
-        out[f"{rate:g}/s"] = Window(cpu, rss, claims(runner) - before)
+        for window, wake_rate in (("idle", 0.0), (f"{rate:g}/s", rate)):
+            pubs = {m: Publisher(server.port, f"{RID}-{m}", wake_rate) for m in runners}
+            before = {m: claims(r) for m, r in runners.items()}
+            for p in pubs.values():
+                p.start()
+            if wake_rate:
+                time.sleep(2)  # reach steady state before measuring
+            results: dict[str, tuple[float, float]] = {}
+
+            def sample(m: str, r: RunnerProcess, into: dict[str, tuple[float, float]]) -> None:
+                into[m] = measure(r.pid, seconds, None if m == "off" else f"{r.status_url}/metrics")
+
+            threads = [
+                threading.Thread(target=sample, args=(m, r, results)) for m, r in runners.items()
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for p in pubs.values():
+                p.stop.set()
+                p.join(10)
+            for m, r in runners.items():
+                sent = pubs[m].sent
+                wait_until(lambda r=r, b=before[m], n=sent: claims(r) - b >= n, 30, what="claimed")
+                out[m][window] = Window(*results[m], claims(r) - before[m])
     finally:
-        runner.stop()
+        for r in runners.values():
+            r.stop()
         server.stop()
     return out
 
@@ -152,15 +187,33 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=100, help="wakes per second (default: 100)")
     ap.add_argument("--seconds", type=float, default=15, help="length of each window (default: 15)")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="rounds, alternating start order (default: 2)"
+    )
     args = ap.parse_args()
-    results: dict[str, dict[str, Window]] = {}
+    rounds: list[dict[str, dict[str, Window]]] = []
     with tempfile.TemporaryDirectory() as d, OtlpReceiver() as rx:
-        for name, on in (("off", False), ("on", True)):
-            tmp = Path(d) / name
+        for i in range(args.rounds):
+            tmp = Path(d) / f"round{i}"
             tmp.mkdir()
-            results[name] = run_mode(tmp, on, args.rate, args.seconds, rx)
+            order = ("off", "on") if i % 2 == 0 else ("on", "off")
+            rounds.append(run_all(tmp, args.rate, args.seconds, rx, order))
         spans = len(rx.spans())
-    print(f"runner telemetry overhead ({args.seconds:g} s windows, CPU as % of one core)")
+    results = {
+        mode: {
+            w: Window(
+                sum(r[mode][w].cpu_pct for r in rounds) / len(rounds),
+                max(r[mode][w].rss_mib for r in rounds),
+                sum(r[mode][w].wakes for r in rounds),
+            )
+            for w in rounds[0][mode]
+        }
+        for mode in MODES
+    }
+    print(
+        f"runner telemetry overhead ({args.rounds} x {args.seconds:g} s windows,"
+        " CPU as % of one core, mean; RSS peak)"
+    )
     print(f"{'window':>10} {'telemetry':>9} {'CPU %':>7} {'RSS MiB':>8} {'wakes':>6}")
     for window in results["off"]:
         for name in ("off", "on"):
@@ -170,7 +223,9 @@ def main() -> int:
         rel = f"{100 * (on - off) / off:+.0f} % relative" if off > 0.05 else "n/a relative"
         print(f"{'':>10} {'delta':>9} {on - off:+7.2f} points of one core ({rel})")
     print(f"OTLP receiver got {spans} spans from the 'on' run")
-    print(json.dumps({k: {w: vars(v) for w, v in r.items()} for k, r in results.items()}))
+    print(
+        json.dumps([{k: {w: vars(v) for w, v in r.items()} for k, r in x.items()} for x in rounds])
+    )
     return 0
 
 

@@ -42,12 +42,16 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SpanExporter,
 )
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
 
 from pullwake import __version__
 from pullwake.catalog import CATALOG, Component, Kind, Metric
@@ -308,6 +312,41 @@ def install_log_rate_limit() -> None:
                 logger.addFilter(_LOG_FILTER)
 
 
+# --- sampling: the configured sampler, except for a few essential roots -----------
+class KeepRootsSampler(Sampler):
+    """Always record the named root spans; the configured sampler decides the rest.
+
+    Stream sessions and heartbeats are rare and are what an operator needs
+    most; wake traces are many.  So `OTEL_TRACES_SAMPLER=parentbased_traceidratio`
+    thins out wake traces without ever losing a session span.
+    """
+
+    def __init__(self, names: frozenset[str], base: Sampler) -> None:
+        self._names = names
+        self._base = base
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if name in self._names:
+            parent = trace_api.get_current_span(parent_context).get_span_context()
+            if not parent.is_valid:
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
+        return self._base.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"KeepRoots{{{','.join(sorted(self._names))}}}+{self._base.get_description()}"
+
+
 # --- the providers ----------------------------------------------------------------
 class Telemetry:
     """Tracer + meter providers and the Prometheus text for one service.
@@ -323,6 +362,8 @@ class Telemetry:
         span_processors: Sequence[SpanProcessor] = (),
         metric_readers: Sequence[MetricReader] = (),
         prometheus: bool = True,
+        always_sample: frozenset[str] = frozenset(),
+        sampler: Sampler | None = None,
     ) -> None:
         self.settings = settings
         self.enabled = not settings.disabled
@@ -339,7 +380,12 @@ class Telemetry:
             processors.append(BatchSpanProcessor(_span_exporter(settings.traces_otlp)))
         if settings.traces_console:
             processors.append(BatchSpanProcessor(ConsoleSpanExporter()))
-        tp = TracerProvider(resource=resource, shutdown_on_exit=False)
+        base = sampler or sampling._get_from_env_or_default()  # OTEL_TRACES_SAMPLER(_ARG)
+        tp = TracerProvider(
+            resource=resource,
+            shutdown_on_exit=False,
+            sampler=KeepRootsSampler(always_sample, base) if always_sample else base,
+        )
         for p in processors:
             tp.add_span_processor(p)
         readers = list(metric_readers)

@@ -245,3 +245,25 @@ def test_rate_limit_filter_lets_one_through_per_interval() -> None:
     later = rec("Failed to export %s")
     assert f.filter(later)  # type: ignore[arg-type]
     assert "100 similar messages suppressed" in later.msg  # type: ignore[attr-defined]
+
+
+def test_keep_roots_sampler_keeps_sessions_when_the_rest_is_sampled_away() -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    spans = InMemorySpanExporter()
+    t = build_telemetry(
+        SERVICE_RUNNER,
+        "r1",
+        env={},
+        span_processors=[SimpleSpanProcessor(spans)],
+        prometheus=False,
+        always_sample=frozenset({"pullwake.stream.session"}),
+        sampler=ALWAYS_OFF,
+    )
+    tracer = t.tracer()
+    # ALWAYS_OFF decides for everything but the named roots
+    with tracer.start_as_current_span("pullwake.stream.session"), tracer.start_as_current_span("c"):
+        pass
+    with tracer.start_as_current_span("pullwake.wake"):
+        pass
+    assert [s.name for s in spans.get_finished_spans()] == ["pullwake.stream.session"]

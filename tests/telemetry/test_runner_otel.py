@@ -301,3 +301,20 @@ def test_detector_reported_after_the_end_still_marks_the_span(rig: Rig) -> None:
     (span,) = rig.finished(SESSION_SPAN)
     assert [e.name for e in span.events].count("detector.idle_timeout") == 1
     assert rig.obs._fired == {}  # nothing kept for ended sessions
+
+
+def test_wake_steps_as_events_keep_one_span_per_wake() -> None:
+    spans = InMemorySpanExporter()
+    t = build_telemetry(
+        SERVICE_RUNNER, "r1", env={}, span_processors=[SimpleSpanProcessor(spans)], prometheus=False
+    )
+    obs = OtelRunnerObserver(t, "r1", wake_step_spans=False)
+    obs.wake(WakeOutcome.RECEIVED, "w1")
+    for step in ("claim", "handle", "complete"):
+        with obs.span(step, {"wake_id": "w1"}):
+            pass
+    (wake,) = spans.get_finished_spans()
+    assert wake.name == WAKE_SPAN
+    assert [e.name for e in wake.events] == [
+        f"{s}.{edge}" for s in ("claim", "handle", "complete") for edge in ("start", "end")
+    ]
