@@ -140,3 +140,23 @@ def test_native_collector_config_is_valid_too() -> None:
 def test_component_modules_are_recorded(section: str) -> None:
     for entry in load(components_file())[section]:
         assert entry["module"].startswith(("go.opentelemetry.io/", "github.com/")), entry
+
+
+# Top-level keys of Tempo 3.0.3's config (grafana/tempo, tag v3.0.3,
+# cmd/tempo/app/config.go: the yaml tags of Config); Tempo rejects unknown keys.
+TEMPO_3_KEYS = {
+    "automemlimit_enabled", "automemlimit_ratio", "target", "auth_enabled",
+    "multitenancy_enabled", "shutdown_delay", "stream_over_http_enabled", "http_api_prefix",
+    "enable_go_runtime_metrics", "span_profiling", "memory", "server", "internal_server",
+    "distributor", "metrics_generator_client", "live_store_client", "querier", "query_frontend",
+    "metrics_generator", "ingest", "block_builder", "storage", "overrides", "memberlist",
+    "usage_report", "cache", "backend_scheduler", "backend_scheduler_client", "backend_worker",
+    "live_store",
+}  # fmt: skip
+
+
+def test_tempo_config_uses_only_tempo_3_keys() -> None:
+    assert services()["tempo"]["image"] == "grafana/tempo:3.0.3"
+    tempo = load(ROOT / "deploy" / "tempo" / "tempo.yaml")
+    assert set(tempo) <= TEMPO_3_KEYS, set(tempo) - TEMPO_3_KEYS
+    assert tempo["server"]["http_listen_port"] == 3200
