@@ -73,6 +73,31 @@ def _table(component: Component) -> list[str]:
     return rows
 
 
+_CONFIG = """\
+## Export and configuration
+
+- **Prometheus (embedded default)**: the runner's status listener
+  (`--status-listen`) and the server serve `GET /metrics` (Prometheus text).
+  Nothing is pushed unless configured, so no exporter fails in the default setup.
+- **OTLP**: set `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_{TRACES,METRICS}_EXPORTER=otlp`);
+  `OTEL_EXPORTER_OTLP_PROTOCOL` is `grpc` (default) or `http/protobuf`; per-signal
+  `OTEL_EXPORTER_OTLP_{TRACES,METRICS}_{ENDPOINT,PROTOCOL,HEADERS,TIMEOUT}`,
+  `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds, default
+  10000), `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds, default 60000),
+  `OTEL_{TRACES,METRICS}_EXPORTER=none|otlp|console`, `OTEL_BSP_*`,
+  `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`. A bad value is a one-line error.
+- `OTEL_SDK_DISABLED=true` turns all of it off (`/metrics` then answers 404 on the
+  runner, a comment on the server).
+- Telemetry never blocks the runner: exports run on the SDK's threads with
+  timeouts, the span queue is bounded, exporter warnings are rate limited, and
+  shutdown gives up flushing after 3 s.
+- Traces: `OTEL_TRACES_SAMPLER` applies to wake traces; stream sessions and
+  heartbeats are always kept. `PULLWAKE_OTEL_WAKE_STEPS=events` records a wake's
+  claim/handle/complete as events on one span instead of three child spans.
+
+"""
+
+
 def render_metrics() -> str:
     """The whole page; pure, so the staleness test compares strings."""
     out = [_HEADER]
@@ -86,7 +111,36 @@ def render_metrics() -> str:
     out.append("|---|---|")
     for key, values in ATTRIBUTE_VALUES.items():
         out.append(f"| `{key}` | {', '.join(f'`{v}`' for v in values)} |")
+    out.append("")
+    out.append(_CONFIG.rstrip("\n"))
+    out.append("")
+    out.extend(_span_rows())
     return "\n".join(out) + "\n"
+
+
+def _span_rows() -> list[str]:
+    from runner.otel import CONNECT_SPAN, SESSION_SPAN, WAKE_SPAN
+
+    rows = {
+        SESSION_SPAN: "one per stream session, from the connect attempt to its end: `runner.id`, "
+        "`pullwake.session.number`, `pullwake.live.mode`, `pullwake.offset.start` and "
+        "`.end`, `pullwake.wakes.received`, `pullwake.session.ttfb_s`, `pullwake.end.reason`; "
+        "ERROR when the reason is a failure; events `detector.idle_timeout`, "
+        "`detector.heartbeat_failures`",
+        CONNECT_SPAN: "a connect attempt that never got a response, with "
+        "`pullwake.backoff.wait_s`, `pullwake.backoff.tries` and "
+        "`pullwake.backoff.after_reason` of the wait before it",
+        "pullwake.heartbeat": "each heartbeat, linked to the current session span",
+        WAKE_SPAN: "each wake from receipt to completion, linked to its session; children "
+        f"`{WAKE_SPAN}.claim`, `{WAKE_SPAN}.handle`, `{WAKE_SPAN}.complete`",
+        "METHOD /route": "(server) each request, continuing the runner's W3C `traceparent`",
+    }
+    return [
+        "## Spans\n",
+        "| span | what |",
+        "|---|---|",
+        *(f"| `{name}` | {what} |" for name, what in rows.items()),
+    ]
 
 
 def _run_metrics(args: argparse.Namespace) -> int:
