@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import socket
 import time
@@ -151,11 +152,13 @@ class StackRun:
 
     def _grafana(self, workdir: Path, ports: sp.Ports) -> sp.Step | None:
         binary = find_binary(["grafana", "grafana-server"])
-        home = next((h for h in GRAFANA_HOMES if (h / "conf" / "defaults.ini").exists()), None)
+        homes = [Path(os.environ["GRAFANA_HOME"])] if os.environ.get("GRAFANA_HOME") else []
+        homes += GRAFANA_HOMES
+        home = next((h for h in homes if (h / "conf" / "defaults.ini").exists()), None)
         if not binary or home is None:
             say(
-                "grafana: skipped (no grafana binary with a /usr/share/grafana home; "
-                "`docker compose up` has it) - use Prometheus' own UI below"
+                "grafana: skipped (no grafana binary on PATH with a home in $GRAFANA_HOME or "
+                "/usr/share/grafana; `docker compose up` has it) - use Prometheus' own UI below"
             )
             return None
         prov = workdir / "grafana-provisioning"

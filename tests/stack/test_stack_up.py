@@ -9,6 +9,7 @@ the server, and SIGINT leaves no process carrying the stack's id behind.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pullwake import catalog
 from pullwake.protocol import WakeOutcome
 from pullwake.stack import STACK_ID_ENV
+from tests.stack.fakes import install_fakes
 from tests.support.procs import Proc, http_json, wait_until
 
 pytestmark = [
@@ -191,6 +194,45 @@ def test_sigint_during_start_stops_what_was_started(tmp_path: Path) -> None:
         assert proc.wait(timeout=30) == 0, proc.output()
         assert "pullwake stack is up" not in proc.output()
         assert "error" not in proc.output()
+        assert stack_pids(stack_id) == []
+    finally:
+        proc.stop(signal.SIGINT, timeout=30)
+
+
+def test_grafana_and_collector_join_when_their_binaries_exist(tmp_path: Path) -> None:
+    """With (fake) grafana and otelcol-contrib on PATH they start, wired to the stack."""
+    out = tmp_path / "fakes"
+    out.mkdir()
+    home = install_fakes(tmp_path / "bin", out)
+    env = {
+        "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "GRAFANA_HOME": str(home),
+    }
+    argv = [sys.executable, "-m", "pullwake", "stack", "up", "--workdir", str(tmp_path / "w")]
+    proc = Proc([*argv, "--runners", "1", "--duration", "120"], tmp_path / "stack.log", env)
+    proc.start()
+    try:
+        wait_up(proc)
+        assert "skipped" not in proc.output()
+        stack_id = banner_value(proc, r"stack id (\S+) ")
+        prom_url = banner_value(proc, r"Prometheus\s+(http://\S+)")
+        grafana = json.loads((out / "grafana.json").read_text())
+        assert grafana["argv"][1:] == ["server", f"--homepath={home}"]
+        prov = Path(grafana["env"]["GF_PATHS_PROVISIONING"])
+        datasources = yaml.safe_load((prov / "datasources" / "datasources.yml").read_text())
+        urls = {d["uid"]: d["url"] for d in datasources["datasources"]}
+        assert urls["prometheus"] == prom_url
+        providers = yaml.safe_load((prov / "dashboards" / "dashboards.yml").read_text())
+        assert all(Path(p["options"]["path"]).is_dir() for p in providers["providers"])
+        collector = json.loads((out / "otelcol-contrib.json").read_text())
+        grpc = collector["config"]["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+        # the server and the runner export OTLP to it
+        server_pid = int(banner_value(proc, r"server\s+pid (\d+)"))
+        environ = Path(f"/proc/{server_pid}/environ").read_bytes().split(b"\0")
+        assert f"OTEL_EXPORTER_OTLP_ENDPOINT=http://{grpc}".encode() in environ
+        proc.signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, proc.output()
+        assert "stopped 8 processes" in proc.output()  # 6 + collector + grafana
         assert stack_pids(stack_id) == []
     finally:
         proc.stop(signal.SIGINT, timeout=30)
