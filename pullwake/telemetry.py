@@ -98,6 +98,7 @@ class TelemetrySettings:
     metrics_console: bool = False
     metric_export_interval_s: float = 60.0
     metric_export_timeout_s: float = 10.0
+    span_batch: Mapping[str, int] = field(default_factory=dict)  # BatchSpanProcessor kwargs
 
 
 def _truthy(value: str | None) -> bool:
@@ -171,6 +172,27 @@ def _otlp_target(env: Mapping[str, str], signal: str) -> OtlpTarget:
     return OtlpTarget(endpoint, protocol, headers, _ms(env, timeout_key, 10_000))
 
 
+_BSP: Final = {
+    "OTEL_BSP_SCHEDULE_DELAY": ("schedule_delay_millis", 5000),
+    "OTEL_BSP_EXPORT_TIMEOUT": ("export_timeout_millis", 30000),
+    "OTEL_BSP_MAX_QUEUE_SIZE": ("max_queue_size", 2048),  # bounded memory
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": ("max_export_batch_size", 512),
+}
+
+
+def _span_batch(env: Mapping[str, str]) -> dict[str, int]:
+    """`OTEL_BSP_*` from the same mapping as everything else (tests inject it)."""
+    out = {}
+    for key, (kwarg, default) in _BSP.items():
+        raw = env.get(key, "").strip() or str(default)
+        if not raw.isdigit() or int(raw) <= 0:
+            raise TelemetryConfigError(f"{key}={raw!r} must be a positive integer")
+        out[kwarg] = int(raw)
+    if out["max_export_batch_size"] > out["max_queue_size"]:
+        out["max_export_batch_size"] = out["max_queue_size"]
+    return out
+
+
 def settings_from_env(
     service_name: str,
     instance_id: str,
@@ -222,6 +244,7 @@ def settings_from_env(
         metric_export_interval_s=interval,
         # An export may never outlive the next one: bound it by the interval.
         metric_export_timeout_s=min(_ms(env, "OTEL_METRIC_EXPORT_TIMEOUT", 10_000), interval),
+        span_batch=_span_batch(env),
     )
 
 
@@ -248,6 +271,17 @@ def _metric_exporter(t: OtlpTarget) -> MetricExporter:
     )
 
     return HttpMetricExporter(endpoint=t.endpoint, headers=dict(t.headers), timeout=t.timeout_s)
+
+
+def _batch(exporter: SpanExporter, settings: TelemetrySettings) -> BatchSpanProcessor:
+    b = settings.span_batch
+    return BatchSpanProcessor(
+        exporter,
+        max_queue_size=b.get("max_queue_size"),
+        schedule_delay_millis=b.get("schedule_delay_millis"),
+        max_export_batch_size=b.get("max_export_batch_size"),
+        export_timeout_millis=b.get("export_timeout_millis"),
+    )
 
 
 def catalog_views(component: Component | None = None) -> list[View]:
@@ -377,9 +411,9 @@ class Telemetry:
         resource = Resource.create(dict(settings.resource))
         processors = list(span_processors)
         if settings.traces_otlp:
-            processors.append(BatchSpanProcessor(_span_exporter(settings.traces_otlp)))
+            processors.append(_batch(_span_exporter(settings.traces_otlp), settings))
         if settings.traces_console:
-            processors.append(BatchSpanProcessor(ConsoleSpanExporter()))
+            processors.append(_batch(ConsoleSpanExporter(), settings))
         base = sampler or sampling._get_from_env_or_default()  # OTEL_TRACES_SAMPLER(_ARG)
         tp = TracerProvider(
             resource=resource,

@@ -267,3 +267,64 @@ def test_keep_roots_sampler_keeps_sessions_when_the_rest_is_sampled_away() -> No
     with tracer.start_as_current_span("pullwake.wake"):
         pass
     assert [s.name for s in spans.get_finished_spans()] == ["pullwake.stream.session"]
+
+
+def test_http_protobuf_path_reaches_an_http_receiver() -> None:
+    """OTLP over HTTP/protobuf: POSTs to /v1/traces and /v1/metrics, decodable protobuf."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    got: dict[str, list[bytes]] = {"/v1/traces": [], "/v1/metrics": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.setdefault(self.path, []).append(body)
+            assert self.headers["Content-Type"] == "application/x-protobuf"
+            assert self.headers["x-test"] == "yes"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        t = build_telemetry(
+            SERVICE_RUNNER,
+            "r1",
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{httpd.server_address[1]}",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_EXPORTER_OTLP_HEADERS": "x-test=yes",
+                "OTEL_METRIC_EXPORT_INTERVAL": "200",
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+            },
+        )
+        exercise(t, Component.RUNNER)
+        with t.tracer().start_as_current_span("pullwake.test"):
+            pass
+        wait_until(lambda: got["/v1/traces"] and got["/v1/metrics"], 10, what="HTTP exports")
+        assert t.shutdown(5)
+    finally:
+        httpd.shutdown()
+    traces = ExportTraceServiceRequest.FromString(got["/v1/traces"][0])
+    assert traces.resource_spans[0].scope_spans[0].spans[0].name == "pullwake.test"
+    names = {
+        m.name
+        for body in got["/v1/metrics"]
+        for rm in ExportMetricsServiceRequest.FromString(body).resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    }
+    assert {m.name for m in CATALOG if m.component is Component.RUNNER} <= names

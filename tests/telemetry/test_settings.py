@@ -104,3 +104,12 @@ def test_bad_values_are_one_line_errors(env: dict[str, str], fragment: str) -> N
         settings(**env)
     assert fragment in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_span_batch_is_bounded_and_read_from_the_same_mapping() -> None:
+    s = settings(OTEL_BSP_SCHEDULE_DELAY="100", OTEL_BSP_MAX_QUEUE_SIZE="64")
+    assert s.span_batch["schedule_delay_millis"] == 100
+    assert s.span_batch["max_queue_size"] == 64
+    assert s.span_batch["max_export_batch_size"] == 64  # never above the queue
+    with pytest.raises(TelemetryConfigError, match="OTEL_BSP_MAX_QUEUE_SIZE"):
+        settings(OTEL_BSP_MAX_QUEUE_SIZE="-1")
