@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pullwake.telemetry import SERVICE_RUNNER, TelemetryConfigError, settings_from_env
+from pullwake.otel_settings import TelemetryConfigError, settings_from_env
+from pullwake.telemetry import SERVICE_RUNNER
 
 
 def settings(**env: str):  # type: ignore[no-untyped-def]
