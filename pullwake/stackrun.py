@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from pullwake import stackoptional as opt
 from pullwake import stackplan as sp
 from pullwake.cli import CLIError
 from pullwake.stack import (
@@ -119,7 +120,7 @@ class StackRun:
         if collector:
             src = _load_yaml(self.deploy.parent / "otel-collector" / "config.yaml")
             (workdir / "otel-collector.yaml").write_text(
-                sp.dump_yaml(sp.collector_config(src, ports))
+                sp.dump_yaml(opt.collector_config(src, ports))
             )
             otlp = sp.url(ports.otlp_grpc)
         else:
@@ -127,23 +128,17 @@ class StackRun:
                 "otel-collector: skipped (no otelcol-contrib binary on PATH; `docker compose up` "
                 "has it) - metrics are scraped from /metrics, no traces are exported"
             )
-        opts = sp.StackOptions(
-            runners=self.args.runners,
-            legacy_runners=self.args.legacy_runners,
-            publish_every=self.args.publish_every,
-            chaos=self.args.chaos,
-        )
         steps = sp.plan_steps(
             ports,
             runners,
             workdir,
-            opts,
             prometheus_bin=prom,
             alertmanager_bin=am,
             otlp_endpoint=otlp,
+            publish_every=self.args.publish_every,
         )
         if collector:
-            steps.insert(3, sp.collector_step(collector, workdir, ports))
+            steps.insert(3, opt.collector_step(collector, workdir, ports))
         grafana = self._grafana(workdir, ports)
         if grafana:
             steps.append(grafana)
@@ -165,14 +160,14 @@ class StackRun:
         for sub in ("datasources", "dashboards", "plugins", "alerting"):
             (prov / sub).mkdir(parents=True, exist_ok=True)
         src = self.deploy / "grafana" / "provisioning"
-        ds = sp.grafana_datasources(_load_yaml(src / "datasources" / "datasources.yml"), ports)
-        db = sp.grafana_dashboards(
+        ds = opt.grafana_datasources(_load_yaml(src / "datasources" / "datasources.yml"), ports)
+        db = opt.grafana_dashboards(
             _load_yaml(src / "dashboards" / "dashboards.yml"),
             self.deploy / "grafana" / "dashboards",
         )
         (prov / "datasources" / "datasources.yml").write_text(sp.dump_yaml(ds))
         (prov / "dashboards" / "dashboards.yml").write_text(sp.dump_yaml(db))
-        return sp.grafana_step(binary, home, workdir, ports)
+        return opt.grafana_step(binary, home, workdir, ports)
 
     def _spec(self, step: sp.Step, workdir: Path) -> ChildSpec:
         ready: Readiness | None = None

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pullwake import stackoptional as opt
 from pullwake import stackplan as sp
 from tests.stack.repo import COLLECTOR, ROOT, load, services
 
@@ -128,7 +129,7 @@ def test_receivers_exporters_and_health_point_where_compose_expects() -> None:
 def test_native_collector_config_is_valid_too() -> None:
     """What `stack up` generates when an otelcol-contrib binary exists."""
     ports = sp.ports_from_base(20000, 2)
-    cfg = sp.collector_config(collector(), ports)
+    cfg = opt.collector_config(collector(), ports)
     assert unknown_components(cfg) == []
     assert cfg["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"] == "127.0.0.1:20005"
     for pipe in cfg["service"]["pipelines"].values():

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pullwake import stackoptional as opt
 from pullwake import stackplan as sp
 from tests.stack.repo import DEPLOY, ROOT, argv_of, bind_mounts, load, services
 
@@ -165,12 +166,12 @@ def test_grafana_datasources_have_fixed_uids_and_exemplar_links_to_tempo() -> No
 def test_native_grafana_provisioning_points_at_loopback() -> None:
     ports = sp.ports_from_base(22000, 1)
     src = DEPLOY / "grafana" / "provisioning"
-    ds = sp.grafana_datasources(load(src / "datasources" / "datasources.yml"), ports)
+    ds = opt.grafana_datasources(load(src / "datasources" / "datasources.yml"), ports)
     assert {d["uid"]: d["url"] for d in ds["datasources"]} == {
         "prometheus": "http://127.0.0.1:22001",
         "alertmanager": "http://127.0.0.1:22002",
     }
-    db = sp.grafana_dashboards(
+    db = opt.grafana_dashboards(
         load(src / "dashboards" / "dashboards.yml"), DEPLOY / "grafana" / "dashboards"
     )
     for p in db["providers"]:

@@ -58,6 +58,14 @@ def wait_up(proc: Proc, timeout: float = 60.0) -> None:
     assert proc.alive(), f"stack exited at start:\n{proc.output()}"
 
 
+def with_output(proc: Proc, cond: Any, timeout: float, what: str) -> Any:
+    """wait_until, with the stack's output in the failure message."""
+    try:
+        return wait_until(cond, timeout, interval=0.2, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nstack output:\n{proc.output()}") from None
+
+
 def stack_pids(stack_id: str) -> list[int]:
     """Every process whose environment carries this stack's id (children, grandchildren)."""
     needle = f"{STACK_ID_ENV}={stack_id}".encode()
@@ -98,7 +106,7 @@ def test_stack_up_targets_up_wakes_flow_restart_and_clean_sigint(tmp_path: Path)
             ok = len(targets) == 5 and all(t["health"] == "up" for t in targets)
             return targets if ok else None
 
-        targets = wait_until(all_up, 30, interval=0.5, what="all 5 targets up")
+        targets = with_output(proc, all_up, 30, "all 5 targets up")
         jobs = sorted(t["labels"]["job"] for t in targets)
         assert jobs == [
             "alertmanager",
@@ -129,7 +137,7 @@ def test_stack_up_targets_up_wakes_flow_restart_and_clean_sigint(tmp_path: Path)
             got = {r["metric"][rid] for r in result}
             return got if got == {"runner-1", "runner-2"} else None
 
-        wait_until(handled, 30, interval=0.5, what="handled wakes for both runners")
+        with_output(proc, handled, 30, "handled wakes for both runners")
 
         # a crashed child is restarted by the stack
         runner_pid = int(banner_value(proc, r"runner-1\s+pid (\d+)"))
@@ -139,7 +147,7 @@ def test_stack_up_targets_up_wakes_flow_restart_and_clean_sigint(tmp_path: Path)
             15,
             what="crash restart line",
         )
-        wait_until(lambda: len(stack_pids(stack_id)) == 7, 10, what="7 stack processes again")
+        with_output(proc, lambda: len(stack_pids(stack_id)) == 7, 10, "7 stack processes again")
 
         # Ctrl-C: everything stops, exit 0, nothing carrying the stack id is left
         proc.signal(signal.SIGINT)
@@ -159,7 +167,7 @@ def test_stack_up_chaos_kills_and_restarts_the_server(tmp_path: Path) -> None:
         "0",
         "--chaos",
         "--chaos-up",
-        "3",
+        "6",
         "--chaos-down",
         "1",
         "--duration",
@@ -170,12 +178,14 @@ def test_stack_up_chaos_kills_and_restarts_the_server(tmp_path: Path) -> None:
         wait_up(proc)
         server = banner_value(proc, r"server\s+(http://\S+)")
         stack_id = banner_value(proc, r"stack id (\S+) ")
-        wait_until(lambda: "chaos: server restarted" in proc.output(), 20, what="a chaos cycle")
+        with_output(proc, lambda: "chaos: server restarted" in proc.output(), 30, "a chaos cycle")
         assert "chaos: server SIGKILLed (exit -9)" in proc.output()
-        wait_until(
+        # the restarted server serves again (it has --chaos-up seconds before the next kill)
+        with_output(
+            proc,
             lambda: http_json("GET", f"{server}/healthz", timeout=1.0)[0] == 200,
             15,
-            what="restarted server healthy",
+            "restarted server healthy",
         )
         proc.signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, proc.output()

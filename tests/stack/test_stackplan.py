@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pullwake import stackoptional as opt
 from pullwake import stackplan as sp
 from pullwake.cli import build_parser
 
@@ -67,9 +68,7 @@ def test_alertmanager_rewrite_keeps_paths_and_routes() -> None:
 
 def test_every_pullwake_step_parses_with_the_real_cli(tmp_path: Path) -> None:
     ports = sp.ports_from_base(30000, 2)
-    steps = sp.plan_steps(
-        ports, sp.runner_plans(ports, 1), tmp_path, sp.StackOptions(), otlp_endpoint=None
-    )
+    steps = sp.plan_steps(ports, sp.runner_plans(ports, 1), tmp_path, otlp_endpoint=None)
     names = [s.name for s in steps]
     assert names == [
         "alert-sink",
@@ -102,7 +101,6 @@ def test_with_a_collector_the_apps_get_the_otlp_endpoint(tmp_path: Path) -> None
         ports,
         sp.runner_plans(ports, 0),
         tmp_path,
-        sp.StackOptions(),
         otlp_endpoint="http://127.0.0.1:30005",
     )
     for step in steps:
@@ -112,8 +110,8 @@ def test_with_a_collector_the_apps_get_the_otlp_endpoint(tmp_path: Path) -> None
 
 def test_grafana_step_uses_the_right_binary_form(tmp_path: Path) -> None:
     ports = sp.ports_from_base(30000, 1)
-    new = sp.grafana_step("/usr/sbin/grafana", Path("/usr/share/grafana"), tmp_path, ports)
-    old = sp.grafana_step("/usr/sbin/grafana-server", Path("/usr/share/grafana"), tmp_path, ports)
+    new = opt.grafana_step("/usr/sbin/grafana", Path("/usr/share/grafana"), tmp_path, ports)
+    old = opt.grafana_step("/usr/sbin/grafana-server", Path("/usr/share/grafana"), tmp_path, ports)
     assert new.argv[1] == "server" and old.argv[1].startswith("--homepath=")
     assert new.env["GF_SERVER_HTTP_PORT"] == "30004"
     assert new.env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
