@@ -64,6 +64,7 @@ log = logging.getLogger("runner.otel")
 SESSION_SPAN: Final = "pullwake.stream.session"
 CONNECT_SPAN: Final = "pullwake.stream.connect"
 WAKE_SPAN: Final = "pullwake.wake"
+HEARTBEAT_SPAN: Final = "pullwake.heartbeat"
 WAKE_STEPS_ENV: Final = "PULLWAKE_OTEL_WAKE_STEPS"
 _WAKE_STEPS: Final = frozenset({"claim", "handle", "complete"})
 _TERMINAL: Final = frozenset({WakeOutcome.SKIPPED, WakeOutcome.FAILED, WakeOutcome.DUPLICATE})
@@ -121,6 +122,8 @@ class OtelRunnerObserver:
         self._current: Span | None = None
         self._fired: dict[int, set[str]] = {}  # detectors already on each open session
         self._connected: set[int] = set()  # open sessions that got their response
+        self._heartbeat_span: Span | None = None  # block done, awaiting its outcome
+        self._heartbeat_open: Span | None = None  # block running
         self._wakes: OrderedDict[str, Span] = OrderedDict()
         self._pending_backoff: tuple[float, int, EndReason | None] | None = None
         self._ins = Instruments(
@@ -314,18 +317,30 @@ class OtelRunnerObserver:
     def heartbeat(
         self, outcome: HeartbeatOutcome, duration_s: float, error_type: HeartbeatErrorType | None
     ) -> None:
-        ctx = self._metric_context()
+        # The runner reports the outcome just after its heartbeat span's block:
+        # that span is still open here (see `span`), so it gets the outcome and
+        # the measurements carry its trace id as exemplar.
+        end_here = self._heartbeat_span is not None
+        if self._heartbeat_span is not None:  # reported after the span's block: usual
+            span: Span = self._heartbeat_span
+            self._heartbeat_span = None
+        else:  # reported inside the block (or outside any heartbeat span)
+            span = trace.get_current_span()
+            if span is self._heartbeat_open:
+                self._heartbeat_open = None  # tells `span` to end it at block exit
+        ctx = trace.set_span_in_context(span) if span.is_recording() else self._metric_context()
         self._ins.add(c.HEARTBEATS, 1, self._attrs("outcome", outcome.value), ctx)
         self._ins.record(
             c.HEARTBEAT_DURATION, duration_s, self._attrs("outcome", outcome.value), ctx
         )
-        current = trace.get_current_span()
-        current.set_attribute("pullwake.heartbeat.outcome", outcome.value)
+        span.set_attribute("pullwake.heartbeat.outcome", outcome.value)
         if outcome is HeartbeatOutcome.FAILED:
             etype = (error_type or HeartbeatErrorType.OTHER).value
             self._ins.add(c.HEARTBEAT_FAILURES, 1, self._attrs("error.type", etype), ctx)
-            current.set_attribute("error.type", etype)
-            current.set_status(Status(StatusCode.ERROR, etype))
+            span.set_attribute("error.type", etype)
+            span.set_status(Status(StatusCode.ERROR, etype))
+        if end_here:
+            span.end()
 
     def wake(
         self, outcome: WakeOutcome, wake_id: str | None, latency_s: float | None = None
@@ -404,6 +419,19 @@ class OtelRunnerObserver:
             full = name if name.startswith("pullwake.") else f"pullwake.{name}"
             if not trace.get_current_span().get_span_context().is_valid:
                 links = self._session_links()
+        if full == HEARTBEAT_SPAN:
+            if self._heartbeat_span is not None:  # its outcome never came
+                self._heartbeat_span.end()
+            hb = self._tracer.start_span(full, attributes=attrs, links=links)
+            self._heartbeat_open = hb
+            with trace.use_span(hb, end_on_exit=False):
+                yield
+            if self._heartbeat_open is hb:  # outcome not reported yet: heartbeat() ends it
+                self._heartbeat_span = hb
+            else:
+                hb.end()
+            self._heartbeat_open = None
+            return
         with self._tracer.start_as_current_span(
             full, context=parent, attributes=attrs, links=links
         ):
@@ -455,7 +483,7 @@ def instrument_runner(runner: Runner, env: Mapping[str, str] | None = None) -> T
         SERVICE_RUNNER,
         runner.config.runner_id,
         env=env,
-        always_sample=frozenset({SESSION_SPAN, "pullwake.heartbeat"}),
+        always_sample=frozenset({SESSION_SPAN, HEARTBEAT_SPAN}),
     )
     if not telemetry.enabled:
         return telemetry

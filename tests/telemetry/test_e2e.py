@@ -162,6 +162,12 @@ def test_outage_and_recovery_on_both_paths(tmp_path: Path, receiver: OtlpReceive
     heartbeats = receiver.spans("pullwake.heartbeat")
     session_ids = {bytes(s.span.span_id) for s in sessions}
     assert any(bytes(link.span_id) in session_ids for h in heartbeats for link in h.span.links)
+    assert any(h.is_error and h.attributes.get("error.type") == "connect" for h in heartbeats)
+    # exemplars: heartbeat durations carry the trace id of their heartbeat span
+    exemplar_traces = {
+        t for p in receiver.points(c.HEARTBEAT_DURATION.name) for t in p.exemplar_trace_ids
+    }
+    assert exemplar_traces & {bytes(h.span.trace_id) for h in heartbeats}
     # the server continued the runner's traceparent
     hb_traces = {bytes(h.span.trace_id) for h in heartbeats}
     server_spans = [s for s in receiver.spans() if s.resource["service.name"] == "pullwake-server"]

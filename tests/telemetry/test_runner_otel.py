@@ -259,6 +259,7 @@ async def test_traceparent_on_runner_requests(rig: Rig) -> None:
             with rig.obs.span("heartbeat", {}):
                 async with http.get(url) as resp:
                     await resp.read()
+            rig.obs.heartbeat(HeartbeatOutcome.OK, 0.001, None)
     finally:
         await server.close()
     session_span = rig.obs._current
@@ -318,3 +319,47 @@ def test_wake_steps_as_events_keep_one_span_per_wake() -> None:
     assert [e.name for e in wake.events] == [
         f"{s}.{edge}" for s in ("claim", "handle", "complete") for edge in ("start", "end")
     ]
+
+
+def test_heartbeat_outcome_reported_after_the_block_lands_on_its_span() -> None:
+    """runner/heartbeat.py reports the outcome just after the span's block."""
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    spans = InMemorySpanExporter()
+    reader = InMemoryMetricReader()
+    t = build_telemetry(
+        SERVICE_RUNNER,
+        "r1",
+        env={},
+        span_processors=[SimpleSpanProcessor(spans)],
+        metric_readers=[reader],
+        prometheus=False,
+    )
+    obs = OtelRunnerObserver(t, "r1")
+    obs.session_started(session(1))
+    with obs.span("heartbeat", {"runner_id": "r1"}):
+        pass
+    assert spans.get_finished_spans() == ()  # held open for the outcome
+    obs.heartbeat(HeartbeatOutcome.FAILED, 0.01, HeartbeatErrorType.TIMEOUT)
+    (hb,) = spans.get_finished_spans()
+    assert hb.status.status_code is StatusCode.ERROR
+    assert dict(hb.attributes or {})["error.type"] == "timeout"
+    assert dict(hb.attributes or {})["runner.id"] == "r1"
+    data = reader.get_metrics_data()
+    assert data is not None
+    exemplars = [
+        e
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "pullwake.heartbeat.duration"
+        for p in m.data.data_points
+        for e in p.exemplars  # type: ignore[union-attr]
+    ]
+    assert exemplars and exemplars[0].trace_id == hb.context.trace_id
+    # a heartbeat whose outcome never comes is ended by the next one
+    with obs.span("heartbeat", {}):
+        pass
+    with obs.span("heartbeat", {}):
+        pass
+    assert len(spans.get_finished_spans()) == 2
