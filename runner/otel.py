@@ -345,9 +345,12 @@ class OtelRunnerObserver:
     def wake(
         self, outcome: WakeOutcome, wake_id: str | None, latency_s: float | None = None
     ) -> None:
-        ctx = self._metric_context()
-        self._ins.add(c.WAKES, 1, self._attrs("outcome", outcome.value), ctx)
+        # Hot path (every wake): no exemplar for the counter; the latency's exemplar
+        # is the wake's own trace, the one worth opening from a slow bucket.
+        self._ins.add(c.WAKES, 1, self._attrs("outcome", outcome.value))
         if latency_s is not None:
+            wake = self._wakes.get(wake_id) if wake_id is not None else None
+            ctx = trace.set_span_in_context(wake) if wake is not None else None
             self._ins.record(c.WAKE_LATENCY, latency_s, self._rid, ctx)
         if wake_id is None:
             return
@@ -380,20 +383,10 @@ class OtelRunnerObserver:
         return span
 
     def claim(self, outcome: WakeOutcome, duration_s: float) -> None:
-        self._ins.record(
-            c.CLAIM_DURATION,
-            duration_s,
-            self._attrs("outcome", outcome.value),
-            self._metric_context(),
-        )
+        self._ins.record(c.CLAIM_DURATION, duration_s, self._attrs("outcome", outcome.value))
 
     def handler(self, outcome: WakeOutcome, duration_s: float) -> None:
-        self._ins.record(
-            c.HANDLER_DURATION,
-            duration_s,
-            self._attrs("outcome", outcome.value),
-            self._metric_context(),
-        )
+        self._ins.record(c.HANDLER_DURATION, duration_s, self._attrs("outcome", outcome.value))
 
     @contextlib.contextmanager
     def span(self, name: str, attributes: Mapping[str, Any]) -> Iterator[None]:
@@ -432,10 +425,9 @@ class OtelRunnerObserver:
                 hb.end()
             self._heartbeat_open = None
             return
-        with self._tracer.start_as_current_span(
-            full, context=parent, attributes=attrs, links=links
-        ):
-            yield
+        step = self._tracer.start_span(full, context=parent, attributes=attrs, links=links)
+        with trace.use_span(step, end_on_exit=True):  # one context manager less than
+            yield  # start_as_current_span: this runs several times per wake
         if name == "complete" and isinstance(wake_id, str):
             self._end_wake(wake_id)
 
