@@ -114,3 +114,30 @@ def test_span_batch_is_bounded_and_read_from_the_same_mapping() -> None:
     assert s.span_batch["max_export_batch_size"] == 64  # never above the queue
     with pytest.raises(TelemetryConfigError, match="OTEL_BSP_MAX_QUEUE_SIZE"):
         settings(OTEL_BSP_MAX_QUEUE_SIZE="-1")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--server", "http://127.0.0.1:1", "--runner-id", "r1"],
+        ["server", "--port", "0", "--db", ":memory:", "--dev"],
+    ],
+)
+def test_bad_otel_env_is_one_line_from_the_cli(argv: list[str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OTEL_SDK_DISABLED="false", OTEL_METRIC_EXPORT_INTERVAL="soon")
+    done = subprocess.run(
+        [sys.executable, "-m", "pullwake", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "pullwake: error: telemetry: "
+        "OTEL_METRIC_EXPORT_INTERVAL='soon' is not a number of milliseconds"
+    ]
