@@ -2,7 +2,8 @@
 
 The runner exports to a fault proxy in `blackhole` mode (connections accepted,
 nothing ever answered) in front of the OTLP receiver.  Every export hangs
-until its timeout, yet wakes are handled at once, a frozen server is detected
+until its timeout, yet wakes are handled at once, memory stays bounded while
+spans pile up, a frozen server is detected
 by the idle watchdog within its bound, the runner recovers when the server
 thaws, and SIGTERM still exits within a bounded time.
 """
@@ -26,6 +27,13 @@ RID = "tel-blackhole"
 KEEPALIVE = 0.5  # the runner's idle timeout defaults to 3 x this
 IDLE_TIMEOUT = 3 * KEEPALIVE
 MARGIN = 2.5  # two shared cores, six engineers' test runs
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture
@@ -71,6 +79,19 @@ def test_runner_unharmed_by_a_blackholed_collector(
                 what="wake claimed",
             )
             assert time.monotonic() - started < MARGIN
+
+        # memory stays bounded while spans pile up for a collector that never answers
+        rss_before = rss_mib(runner.pid)
+        claimed = runner.status()["diagnostics"]["claims_succeeded"]
+        for _ in range(400):  # ~1600 spans, near the bounded span queue (2048)
+            server.publish(RID)
+        wait_until(
+            lambda: runner.status()["diagnostics"]["claims_succeeded"] >= claimed + 400,
+            30,
+            what="burst claimed",
+        )
+        grown = rss_mib(runner.pid) - rss_before
+        assert grown < 40, f"RSS grew {grown:.1f} MiB"
 
         # detection: a frozen server is caught by the idle watchdog on time
         server.signal(signal.SIGSTOP)
