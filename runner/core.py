@@ -98,7 +98,7 @@ class Runner:
         self._handler = handler
         self.observer = Observers(*([observer] if observer is not None else []))
         self.metrics: MetricsHook | None = None  # /metrics, set by the telemetry layer
-        self.trace_configs: list[aiohttp.TraceConfig] = []  # traceparent, ditto
+        self.request_class: type[aiohttp.ClientRequest] = aiohttp.ClientRequest  # traceparent
         self._driver = Driver(self)
         self._offsets = OffsetStore(config.offset_file)
         self._tracker = CommitTracker(self._offsets.load())
@@ -140,8 +140,8 @@ class Runner:
 
     async def run(self) -> None:
         """Run until `stop()`; returns once every task has ended."""
-        stream_http = open_stream_session(self.config, self.trace_configs)
-        api_http = open_api_session(self.config, self.trace_configs)
+        stream_http = open_stream_session(self.config, self.request_class)
+        api_http = open_api_session(self.config, self.request_class)
         self._api = ServerAPI(api_http, self.config)
         self._dispatcher = Dispatcher(
             self._api,

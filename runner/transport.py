@@ -10,7 +10,6 @@ its own overall timeout so none can hang.
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -84,7 +83,7 @@ def stream_timeout(config: RunnerConfig) -> aiohttp.ClientTimeout:
 
 
 def open_stream_session(
-    config: RunnerConfig, trace_configs: Sequence[aiohttp.TraceConfig] = ()
+    config: RunnerConfig, request_class: type[aiohttp.ClientRequest] = aiohttp.ClientRequest
 ) -> aiohttp.ClientSession:
     factory = keepalive_socket_factory(config.keepalive) if config.profile.tcp_keepalive else None
     connector = aiohttp.TCPConnector(limit=4, force_close=True, socket_factory=factory)
@@ -93,12 +92,12 @@ def open_stream_session(
         timeout=stream_timeout(config),
         headers=base_headers(config),
         auto_decompress=False,
-        trace_configs=list(trace_configs) or None,  # telemetry: W3C traceparent
+        request_class=request_class,  # telemetry: W3C traceparent (runner.otel)
     )
 
 
 def open_api_session(
-    config: RunnerConfig, trace_configs: Sequence[aiohttp.TraceConfig] = ()
+    config: RunnerConfig, request_class: type[aiohttp.ClientRequest] = aiohttp.ClientRequest
 ) -> aiohttp.ClientSession:
     # Keep-alive pooling off: a pooled socket to a dead server would make the
     # next heartbeat wait for its own timeout instead of being refused at once.
@@ -107,5 +106,5 @@ def open_api_session(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=30, connect=config.connect_timeout),
         headers=base_headers(config),
-        trace_configs=list(trace_configs) or None,  # telemetry: W3C traceparent
+        request_class=request_class,  # telemetry: W3C traceparent (runner.otel)
     )

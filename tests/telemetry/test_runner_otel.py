@@ -239,7 +239,8 @@ def test_observer_errors_never_reach_the_runner(rig: Rig) -> None:
     assert rig.sample("pullwake_heartbeat_failures_total", error_type="other") == 1
 
 
-async def test_traceparent_on_runner_requests(rig: Rig) -> None:
+@pytest.mark.parametrize("hook", ["request_class", "trace_config"])
+async def test_traceparent_on_runner_requests(rig: Rig, hook: str) -> None:
     seen: list[str] = []
 
     async def echo(request: web.Request) -> web.Response:
@@ -252,7 +253,12 @@ async def test_traceparent_on_runner_requests(rig: Rig) -> None:
     await server.start_server()
     try:
         url = str(server.make_url("/x"))
-        async with ClientSession(trace_configs=[rig.obs.trace_config()]) as http:
+        kw: dict[str, object] = (
+            {"request_class": rig.obs.request_class()}
+            if hook == "request_class"
+            else {"trace_configs": [rig.obs.trace_config()]}
+        )
+        async with ClientSession(**kw) as http:  # type: ignore[arg-type]
             rig.obs.session_started(session(1))
             async with http.get(url) as resp:  # the stream GET: the session's context
                 await resp.read()
