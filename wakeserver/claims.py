@@ -77,7 +77,8 @@ async def claim(request: web.Request) -> web.StreamResponse:
 
 async def complete(request: web.Request) -> web.Response:
     st, r = await owned_runner(request)
-    wake_id = request.match_info["wake_id"]
+    wake_id = _wake_id({"wake_id": request.match_info["wake_id"]})
+    assert wake_id is not None
     body = await validate.read_json_object(request, required=True)
     token = body.get("claimToken", body.get("claim_token"))
     if not isinstance(token, str) or not token:

@@ -31,11 +31,29 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    """`1e400` parses to inf, which would be re-serialised as `Infinity`: not JSON."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
+
+
 def parse_json(raw: bytes) -> Any:
-    """Decode strict JSON (no NaN/Infinity, bounded nesting) or raise 400."""
+    """Decode strict JSON or raise 400.
+
+    Strict means what we store can always be written back as valid UTF-8
+    JSON: no NaN/Infinity, no number that overflows a float, no unpaired
+    `\\ud800`-style surrogate escape (SQLite and every reader of the wake
+    stream would choke on it), bounded nesting.
+    """
     try:
         text = raw.decode("utf-8")
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # unpaired surrogates raise
+        return value
+    except UnicodeEncodeError:
+        raise bad_request("malformed JSON body: unpaired surrogate in a string") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise bad_request(f"malformed JSON body: {msg}") from None

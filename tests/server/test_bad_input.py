@@ -71,6 +71,12 @@ CASES: list[tuple[str, str, bytes | None, dict[str, str], int, str]] = [
     ("POST", "{p}/{r}/wakes", b"[1, 2]", JSON, 400, "INVALID_REQUEST"),
     ("POST", "{p}/{r}/wakes", b"\xff\xfe", JSON, 400, "INVALID_REQUEST"),
     ("POST", "{p}/{r}/wakes", b"[" * 100_000, JSON, 400, "INVALID_REQUEST"),
+    # 1e400 overflows to inf: stored, it would poison the stream with `Infinity`
+    ("POST", "{p}/{r}/wakes", b'{"x": 1e400}', JSON, 400, "INVALID_REQUEST"),
+    ("POST", "{p}/{r}/wakes", b'{"x": "\\ud800"}', JSON, 400, "INVALID_REQUEST"),
+    ("POST", "{p}", b'{"id": "x", "label": "\\ud800"}', JSON, 400, "INVALID_REQUEST"),
+    ("POST", "{p}", b'{"id": "x", "wake_stream": "/\\udfff"}', JSON, 400, "INVALID_REQUEST"),
+    ("POST", "{p}/{r}/claim", b'{"wake_id": "\\ud800"}', JSON, 400, "INVALID_REQUEST"),
     ("POST", "{p}/{r}/wakes", b"{}", {"Content-Type": "text/plain"}, 415, "UNSUPPORTED_MEDIA_TYPE"),
     ("POST", "{p}/{r}/wakes", b"{}", {}, 415, "UNSUPPORTED_MEDIA_TYPE"),
     ("POST", "{p}/ghost/wakes", b"{}", JSON, 404, "NOT_FOUND"),
@@ -98,6 +104,14 @@ CASES: list[tuple[str, str, bytes | None, dict[str, str], int, str]] = [
     ),
     ("POST", "{p}/{r}/claim", b'{"wake_id": 5}', JSON, 400, "INVALID_REQUEST"),
     ("POST", "{p}/{r}/claim", b'{"lease_ms": 0}', JSON, 400, "INVALID_REQUEST"),
+    (
+        "POST",
+        "{p}/{r}/claims/" + "w" * 129 + "/complete",  # same bound as a claim's wake_id
+        b'{"claimToken": "x"}',
+        JSON,
+        400,
+        "INVALID_REQUEST",
+    ),
     ("GET", "{p}/ghost", None, {}, 404, "NOT_FOUND"),
     ("GET", "{p}/ghost/health", None, {}, 404, "NOT_FOUND"),
     ("GET", "/nothing/here", None, {}, 404, "NOT_FOUND"),
@@ -156,7 +170,12 @@ _paths = st.sampled_from(
     ]
 )
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    # every code point, unpaired surrogates included (json.dumps escapes them)
+    | st.text(st.characters(exclude_categories=()), max_size=20),
     lambda children: (
         st.lists(children, max_size=4)
         | st.dictionaries(

@@ -129,11 +129,32 @@ def test_clean_diagnostics() -> None:
     assert dropped == ["status", "stream_idle_seconds"]
 
 
-@pytest.mark.parametrize("raw", [b"{", b"NaN", b"[Infinity]", b"\xc3", b"[" * 50_000])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{",
+        b"NaN",
+        b"[Infinity]",
+        b"\xc3",
+        b"[" * 50_000,
+        b'{"x": 1e400}',  # overflows to inf, would be stored as `Infinity`
+        b'{"x": -1E+999}',
+        b'{"x": "\\ud800"}',  # unpaired surrogate: not encodable as UTF-8
+        b'{"\\udfff": 1}',
+    ],
+)
 def test_parse_json_rejects(raw: bytes) -> None:
     with pytest.raises(ApiError) as exc:
         parse_json(raw)
     assert exc.value.status == 400
+
+
+def test_parse_json_keeps_big_ints_and_paired_surrogates() -> None:
+    assert parse_json(b'{"n": 1e300, "big": 123456789012345678901234567890}') == {
+        "n": 1e300,
+        "big": 123456789012345678901234567890,
+    }
+    assert parse_json(b'"\\ud83d\\ude00"') == "\U0001f600"
 
 
 def test_cursor_moves_past_the_clients() -> None:
