@@ -56,6 +56,7 @@ def register(subparsers: Any) -> None:
         "--lease-ms",
         type=int,
         default=30_000,
+        metavar="MS",
         help=f"runner liveness lease when a heartbeat names none {DEFAULTS_NOTE}",
     )
     s.add_argument(
@@ -100,7 +101,12 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "publish",
         help="publish wakes to a runner's wake stream",
-        description="POST wakes to /_electric/runners/ID/wakes; prints one JSON line per wake.",
+        description=(
+            "POST wakes to /_electric/runners/ID/wakes of a registered runner; prints one JSON "
+            'line per acknowledged wake ({"wake_id", "offset", "stream"}: on disk when printed). '
+            "Env PULLWAKE_AUTH_TOKEN, when set, is sent as the bearer token. Errors are one "
+            "line on stderr, exit status 2."
+        ),
     )
     p.add_argument(
         "--server", default="http://127.0.0.1:4437", help=f"server base URL {DEFAULTS_NOTE}"
@@ -118,20 +124,32 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_publish)
 
 
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise CLIError(f"{name} must be positive, got {value}")
+MAX_SECONDS = 24 * 3600.0  # no timing option makes sense beyond a day
+
+
+def _positive(name: str, value: float, hi: float = MAX_SECONDS) -> None:
+    """In (0, hi]; also rejects nan and inf, which would fail later as a 500."""
+    if not 0 < value <= hi:
+        raise CLIError(f"{name} must be positive and at most {hi:.12g}, got {value}")
 
 
 def run_server(args: argparse.Namespace) -> int:
+    from wakeserver.claims import MAX_CLAIM_LEASE_MS
     from wakeserver.config import ServerConfig
     from wakeserver.serve import serve
+    from wakeserver.validate import MAX_LEASE_MS
 
-    for name in ("keepalive_interval", "long_poll_timeout", "sse_rotate_seconds", "claim_lease"):
+    for name in ("keepalive_interval", "long_poll_timeout", "sse_rotate_seconds"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
-    _positive("--lease-ms", args.lease_ms)
-    if args.retain < 0 or args.stream_grace < 0 or args.shutdown_timeout < 0:
-        raise CLIError("--retain, --stream-grace and --shutdown-timeout must not be negative")
+    _positive("--claim-lease", args.claim_lease, MAX_CLAIM_LEASE_MS / 1000)
+    _positive("--lease-ms", args.lease_ms, MAX_LEASE_MS)
+    if args.retain < 0 or not (
+        0 <= args.stream_grace <= MAX_SECONDS and 0 <= args.shutdown_timeout <= MAX_SECONDS
+    ):
+        raise CLIError(
+            "--retain, --stream-grace and --shutdown-timeout must not be negative "
+            f"(and the last two at most {MAX_SECONDS:g})"
+        )
     if not 0 <= args.port <= 65535:
         raise CLIError(f"--port must be 0-65535, got {args.port}")
     config = ServerConfig(
@@ -154,6 +172,7 @@ def run_server(args: argparse.Namespace) -> int:
 
 def run_publish(args: argparse.Namespace) -> int:
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     from pullwake.protocol import H_PRINCIPAL, RUNNER_ID_RE, RUNNERS_PREFIX
@@ -176,6 +195,16 @@ def run_publish(args: argparse.Namespace) -> int:
     token = os.environ.get("PULLWAKE_AUTH_TOKEN")
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    try:
+        parts = urllib.parse.urlsplit(args.server)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        ok = ok and (parts.port is None or parts.port > 0)  # raises on a non-numeric port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise CLIError(
+            f"--server must be an http(s) URL like http://127.0.0.1:4437, got {args.server!r}"
+        )
     url = f"{args.server.rstrip('/')}{RUNNERS_PREFIX}/{args.runner_id}/wakes"
     data = json.dumps(payload).encode()
     for _ in range(args.count):

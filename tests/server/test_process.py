@@ -158,6 +158,15 @@ def test_publish_cli(server: ServerProcess, rid: str) -> None:
         (["publish", "--runner-id", "x", "--server", "http://127.0.0.1:1"], "cannot reach"),
         (["server", "--keepalive-interval", "0"], "must be positive"),
         (["server", "--db", "/nonexistent-dir/x.db"], "cannot open database"),
+        # values that used to start a server whose claims/heartbeats then answered 500
+        (["server", "--db", ":memory:", "--claim-lease", "inf"], "--claim-lease must be"),
+        (["server", "--db", ":memory:", "--lease-ms", "1" + "0" * 20], "--lease-ms must be"),
+        (["server", "--db", ":memory:", "--stream-grace", "nan"], "must not be negative"),
+        (["server", "--db", ":memory:", "--keepalive-interval", "nan"], "must be positive"),
+        # URLs urllib cannot even build a request for (used to be a traceback)
+        (["publish", "--runner-id", "x", "--server", "localhost:4437"], "--server must be"),
+        (["publish", "--runner-id", "x", "--server", "http://[::1"], "--server must be"),
+        (["publish", "--runner-id", "x", "--server", "http://127.0.0.1:abc"], "--server must be"),
     ],
 )
 def test_cli_errors_are_one_line(args: list[str], needle: str) -> None:
