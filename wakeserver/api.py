@@ -193,7 +193,10 @@ async def health(request: web.Request) -> web.Response:
             "admin_status": r.admin_status,
             "liveness_status": liveness,
             "lease_expires_at": iso(r.lease_expires_at),
-            "lease_remaining_ms": None if r.lease_expires_at is None else r.lease_expires_at - now,
+            # never negative, as in the original: an expired lease has 0 ms left
+            "lease_remaining_ms": (
+                None if r.lease_expires_at is None else max(0, r.lease_expires_at - now)
+            ),
             "wake_stream": r.wake_stream,
             "wake_stream_offset": r.wake_stream_offset,
             "last_seen_at": iso(r.last_seen_at),

@@ -57,7 +57,8 @@ def test_lease_goes_online_then_expired(server: ServerProcess, rid: str) -> None
     h = health(server, rid)
     assert h["health"]["status"] == "unhealthy"
     assert any(i.startswith("Heartbeat lease expired") for i in h["health"]["issues"])
-    assert h["runner"]["lease_remaining_ms"] < 0
+    assert h["runner"]["lease_remaining_ms"] == 0  # clamped, as in the original
+    assert h["runner"]["lease_expires_at"] == out["liveness_lease_expires_at"]
 
 
 def test_client_diagnostics_issues(server: ServerProcess, rid: str) -> None:
