@@ -3,7 +3,8 @@
 Reading the stream only ever waits on `Dispatcher.submit`, which blocks while
 the bounded queue is full (backpressure pauses reading; nothing is dropped).
 `concurrency` workers take wakes off the queue.  A wake id seen before is
-dropped as a duplicate, unless its handling failed: then the claim is left to
+dropped as a duplicate, unless its handling failed or its claim was refused
+(409: maybe our own claim whose answer was lost): then the claim is left to
 expire, the server announces the wake again, and that second delivery must
 get through.  Every wake finishes (handled, skipped, failed or duplicate)
 through the `CommitTracker`, so the committed offset never passes a wake
@@ -181,6 +182,10 @@ class Dispatcher:
         if answer.status in (204, 409):
             s.claims_skipped += 1
             s.last_claim_result = "skipped"
+            # A 409 may be our own earlier claim whose answer was lost (server frozen
+            # or killed mid-request): when that lease runs out the server announces
+            # the wake again, and that announcement must not be dropped as a duplicate.
+            self._forget(wake_id)
             self._observer.claim(WakeOutcome.SKIPPED, claim_s)
             self._observer.wake(WakeOutcome.SKIPPED, wake_id)
             return

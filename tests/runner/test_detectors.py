@@ -338,3 +338,34 @@ async def test_full_queue_pauses_reading() -> None:
     finally:
         await d.stop()
     assert aiohttp is not None
+
+
+async def test_a_wake_whose_claim_answer_was_lost_comes_through_when_announced_again() -> None:
+    """The claim reached the server but its answer did not (server frozen or killed
+    mid-request): the retry gets 409, the lease runs out, the server announces the
+    wake again - and that announcement must be handled, not dropped as a duplicate."""
+    handled: list[str] = []
+
+    async def handler(wake: dict[str, Any]) -> None:
+        handled.append(wake["wake_id"])
+
+    claims = ScriptedClaims({"w": [0, 409, 200]})  # 0: no answer, retried
+    tracker = CommitTracker("-1")
+    d = Dispatcher(claims, handler, tracker, RecordingObserver(), lambda o: None)
+    d.start()
+    try:
+        await d.submit({"wake_id": "w"})
+        d.mark("o1")
+        async with asyncio.timeout(5):
+            while tracker.committed != "o1":
+                await asyncio.sleep(0.01)
+        assert handled == [] and d.stats.claims_skipped == 1
+        await d.submit({"wake_id": "w"})  # re-announced after the lease ran out
+        d.mark("o2")
+        async with asyncio.timeout(5):
+            while tracker.committed != "o2":
+                await asyncio.sleep(0.01)
+    finally:
+        await d.stop()
+    assert handled == ["w"] and claims.completed == ["w"]
+    assert d.stats.duplicates == 0
