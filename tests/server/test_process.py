@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -207,3 +208,54 @@ def test_a_client_hanging_up_closes_its_live_read_at_once(tmp_path: Path) -> Non
             wait_until(lambda m=mode: open_reads()[m] == 1, 5, what=f"{mode} open")
             sock.close()
             wait_until(lambda m=mode: open_reads()[m] == 0, 3, what=f"{mode} closed")
+
+
+def _claim(srv: ServerProcess, wake_id: str, lease_ms: int) -> tuple[int, Any]:
+    status, _, out = srv.api("POST", f"{P}/r/claim", {"wake_id": wake_id, "lease_ms": lease_ms})
+    return status, out
+
+
+def test_claims_survive_kill_9_and_expire_after_restart(tmp_path: Path) -> None:
+    """Claim state lives in the db, not in the sweeper: after kill -9 and a restart a
+    completed wake stays done, a live claim still conflicts and its token still
+    completes, and an uncompleted claim whose lease ran out is announced again."""
+    db = tmp_path / "claims.db"
+    srv = ServerProcess(tmp_path, db=db)
+    with running(srv):
+        srv.start()
+        srv.register("r")
+        done, held, lapsed = (srv.publish("r")["wake_id"] for _ in range(3))
+        status, c_done = _claim(srv, done, 60_000)
+        assert status == 200
+        status, _, _ = srv.api(
+            "POST", f"{P}/r/claims/{done}/complete", {"claimToken": c_done["claimToken"]}
+        )
+        assert status == 200
+        status, c_held = _claim(srv, held, 60_000)
+        assert status == 200
+        status, _ = _claim(srv, lapsed, 1_500)
+        assert status == 200
+        srv.signal(signal.SIGKILL)
+        srv.wait(5)
+    again = ServerProcess(tmp_path, db=db)
+    with running(again):
+        again.start()
+
+        def announced() -> list[str]:
+            _, _, events = again.api("GET", "/runners/r/wake?offset=-1")
+            return [e["wake_id"] for e in events]
+
+        # the lapsed claim comes back on the stream once its lease has run out
+        wait_until(lambda: len(announced()) == 4, 10, what="re-announcement")
+        ids = announced()
+        assert ids == [done, held, lapsed, lapsed]
+        status, out = _claim(again, held, 60_000)
+        assert (status, out["error"]["code"]) == (409, "ALREADY_CLAIMED")
+        assert _claim(again, done, 60_000) == (204, None)
+        status, _, out = again.api(
+            "POST", f"{P}/r/claims/{held}/complete", {"claimToken": c_held["claimToken"]}
+        )
+        assert (status, out["status"]) == (200, "completed")
+        status, _ = _claim(again, lapsed, 60_000)
+        assert status == 200  # claimable again, with a fresh token
+        assert announced() == ids  # nothing else was re-announced
