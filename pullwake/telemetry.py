@@ -170,13 +170,13 @@ _LOG_FILTER: Final = RateLimitFilter()
 
 
 def install_log_rate_limit() -> None:
-    """Attach the filter to every OTel logger (filters do not propagate)."""
+    """Attach the filter to every OTel logger and ours (filters do not propagate)."""
     import opentelemetry.exporter.otlp.proto.grpc.exporter
     import opentelemetry.exporter.otlp.proto.http._common
     import opentelemetry.sdk._shared_internal  # noqa: F401
 
     for name in list(logging.root.manager.loggerDict):
-        if name.startswith("opentelemetry"):
+        if name.startswith(("opentelemetry", "pullwake.telemetry")):
             logger = logging.getLogger(name)
             if _LOG_FILTER not in logger.filters:
                 logger.addFilter(_LOG_FILTER)
