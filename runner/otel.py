@@ -23,7 +23,6 @@ updates memory (bounded maps); exporting happens on the SDK's threads.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -59,7 +58,6 @@ from runner.observe import RunnerSnapshot, SessionInfo, Transition
 if TYPE_CHECKING:
     from runner.core import Runner
 
-log = logging.getLogger("runner.otel")
 
 SESSION_SPAN: Final = "pullwake.stream.session"
 CONNECT_SPAN: Final = "pullwake.stream.connect"
