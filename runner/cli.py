@@ -231,11 +231,17 @@ async def serve(runner: Runner) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pullwake.cli import CLIError
+    from runner.config import ConfigError
+
     config = config_from_args(args)
     level = str(_values(args)["log_level"]).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    runner = build_runner(config)
+    try:
+        runner = build_runner(config)
+    except ConfigError as exc:  # the offset file: unreadable, clobbered, unwritable
+        raise CLIError(str(exc)) from None
     telemetry = _telemetry(runner)
     try:
         asyncio.run(serve(runner))

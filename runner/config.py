@@ -15,6 +15,7 @@ in different code:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -109,7 +110,10 @@ def profile_named(name: str) -> Profile:
 
 def validate(c: RunnerConfig) -> None:
     """Reject bad values with one line each; never a traceback at the user."""
-    u = urlsplit(c.server)
+    try:
+        u = urlsplit(c.server)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise ConfigError(f"bad server URL {c.server!r} ({exc})") from None
     if u.scheme not in ("http", "https") or not u.hostname:
         raise ConfigError(f"bad server URL {c.server!r} (want http://host:port)")
     try:
@@ -134,6 +138,8 @@ def validate(c: RunnerConfig) -> None:
     for what, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{what} must be > 0, got {value}")
+        if not math.isfinite(value):  # inf would overflow the lease or never time out
+            raise ConfigError(f"{what} must be a finite number of seconds, got {value}")
     for what, n in {
         "heartbeat failure threshold": c.heartbeat_failure_threshold,
         "concurrency": c.concurrency,

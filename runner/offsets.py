@@ -17,6 +17,10 @@ from collections import deque
 from pathlib import Path
 
 from pullwake.protocol import OFFSET_START
+from runner.config import ConfigError
+
+# The protocol's offsets never contain these (nor whitespace): such a file was clobbered.
+_NOT_IN_OFFSETS = frozenset(",&=?/ \t\r\n")
 
 
 class CommitTracker:
@@ -76,12 +80,31 @@ class OffsetStore:
         self.path = Path(path) if path is not None else None
 
     def load(self) -> str:
+        """The offset to resume at; `ConfigError` (one line) if the file is unusable.
+
+        Checked at start so a wrong path or a clobbered file is the user's error
+        now, not a stream that fails with 400 forever or commits that never persist.
+        """
         if self.path is None:
             return OFFSET_START
         try:
             text = self.path.read_text().strip()
         except FileNotFoundError:
-            return OFFSET_START
+            text = ""
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"cannot read offset file {self.path}: {why}") from None
+        if text and (len(text) > 200 or set(text) & _NOT_IN_OFFSETS):
+            raise ConfigError(f"offset file {self.path} holds {text[:40]!r}, not an offset")
+        directory = self.path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create offset file directory {directory}: {exc.strerror}"
+            ) from None
+        if not os.access(directory, os.W_OK):
+            raise ConfigError(f"offset file directory {directory} is not writable")
         return text or OFFSET_START
 
     def save(self, offset: str) -> None:

@@ -157,6 +157,9 @@ def test_unreachable_server_at_start_means_connecting_with_backoff(tmp_path: Pat
         ([], {"PULLWAKE_IDLE_TIMEOUT": "-3"}, "idle timeout must be > 0"),
         (["--live", "websocket"], {}, "--live"),
         (["--status-listen", "127.0.0.1:http"], {}, "listen address"),
+        (["--server", "http://[::1"], {}, "bad server URL"),
+        (["--heartbeat-interval", "inf"], {}, "finite"),
+        (["--offset-file", "/"], {}, "cannot read offset file"),
     ],
 )
 def test_bad_config_is_one_line_exit_2(args: list[str], env: dict[str, str], message: str) -> None:

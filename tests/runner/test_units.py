@@ -79,6 +79,26 @@ def test_offset_store_round_trip_and_atomicity(tmp_path: Path) -> None:
     assert OffsetStore(None).load() == "-1"
 
 
+def test_an_unusable_offset_file_is_one_line_at_start(tmp_path: Path) -> None:
+    """Not a stream failing with 400 forever, nor commits that never persist."""
+    clobbered = tmp_path / "clobbered"
+    clobbered.write_text("<html>oops</html>\n")
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe")
+    blocked = tmp_path / "a-file"
+    blocked.touch()
+    for path, message in [
+        (tmp_path, "cannot read offset file"),
+        (clobbered, "not an offset"),
+        (binary, "cannot read offset file"),
+        (blocked / "offset", "cannot read offset file"),
+        (Path("/proc/pullwake-no-such-dir/offset"), "cannot create offset file directory"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as info:
+            OffsetStore(path).load()
+        assert "\n" not in str(info.value)
+
+
 # --- error mapping -------------------------------------------------------------------
 def test_classify() -> None:
     refused = aiohttp.ClientConnectorError(
@@ -115,6 +135,10 @@ def test_which_ends_reset_the_backoff() -> None:
         ({"heartbeat_interval": 0}, "heartbeat interval"),
         ({"idle_timeout": -1}, "idle timeout"),
         ({"heartbeat_failure_threshold": 0}, "threshold"),
+        ({"server": "http://[::1"}, "bad server URL"),
+        ({"heartbeat_interval": float("inf")}, "finite"),
+        ({"backoff_max": float("inf")}, "finite"),
+        ({"idle_timeout": float("inf")}, "finite"),
     ],
 )
 def test_bad_config_is_one_line(kw: dict[str, Any], message: str) -> None:
