@@ -205,6 +205,7 @@ class OtelRunnerObserver:
             )
         if t.new is RunnerState.STOPPED:
             self._end_open_sessions()
+            self.close()
 
     def _end_open_sessions(self) -> None:
         """A stop may cancel a session without reporting its end: end its span `stopped`."""
@@ -472,7 +473,10 @@ class OtelRunnerObserver:
         return config
 
     def close(self) -> None:
-        """End wake spans still open (a stopping runner); sessions end themselves."""
+        """End what a stopped runner leaves open: a heartbeat, wakes in flight."""
+        if self._heartbeat_span is not None:
+            self._heartbeat_span.end()
+            self._heartbeat_span = None
         while self._wakes:
             _, span = self._wakes.popitem(last=False)
             span.set_attribute("pullwake.wake.abandoned", True)

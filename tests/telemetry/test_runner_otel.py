@@ -284,7 +284,10 @@ def test_stop_ends_sessions_the_runner_did_not_report(rig: Rig) -> None:
     rig.obs.session_started(session(2))  # an attempt in flight, never connected
     rig.obs.transition(Transition(RunnerState.STREAMING, RunnerState.STOPPING, "Stop"))
     assert rig.finished() == []
+    rig.obs.wake(WakeOutcome.RECEIVED, "in-flight")
     rig.obs.transition(Transition(RunnerState.STOPPING, RunnerState.STOPPED, "StopComplete"))
+    (wake,) = rig.finished(WAKE_SPAN)
+    assert dict(wake.attributes or {})["pullwake.wake.abandoned"] is True
     (streamed,) = rig.finished(SESSION_SPAN)
     (attempt,) = rig.finished(CONNECT_SPAN)
     for span in (streamed, attempt):
