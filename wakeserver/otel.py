@@ -10,6 +10,7 @@ runner's W3C `traceparent` with a server span per request.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -188,6 +189,9 @@ def tracing_middleware(telemetry: Telemetry) -> Middleware:
                 response = await handler(request)
             except web.HTTPException as exc:
                 _finish(span, exc.status)
+                raise
+            except asyncio.CancelledError:
+                span.set_attribute("pullwake.cancelled", True)  # client went away: no error
                 raise
             except BaseException as exc:
                 span.record_exception(exc)
