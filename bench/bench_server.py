@@ -9,13 +9,19 @@ WAL, synchronous=FULL), then:
 2. capacity: opens SSE readers in steps (one runner each) up to
    `--readers`; at each step it checks that keepalives keep flowing on every
    reader (no reader silent for more than 3 keepalive intervals) and measures
-   delivery latency again while all readers are open.
+   delivery latency again while all readers are open.  Readers reconnect
+   after each planned SSE rotation (`--rotate`, the server's default 60 s;
+   a short one, e.g. 5, puts rotation storms inside the measured windows),
+   and each step reports how many rotations happened in it.
 
 The client runs in this process on the same cores as the server, so the
 figures are conservative.  Everything is bounded by `--budget` seconds; the
 script always stops the server and exits by itself.
 
-    .venv/bin/python bench/bench_server.py [--readers 1000] [--budget 150]
+    .venv/bin/python bench/bench_server.py [--readers 1000] [--rotate 60] [--budget 150]
+
+The first line printed names the machine's load, so figures from a busy
+machine can be told apart.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,12 +54,14 @@ class Reader:
     last_byte: float = 0.0
     max_gap: float = 0.0  # longest silence since `reset_gaps`
     keepalives: int = 0
+    rotations: int = 0  # clean ends of the body (planned rotations) since `reset_gaps`
     connected: bool = False
     failed: str | None = None
     arrivals: dict[int, float] = field(default_factory=dict)  # payload seq -> arrival time
 
     def reset_gaps(self) -> None:
         self.max_gap = 0.0
+        self.rotations = 0
         self.last_byte = time.perf_counter()
 
 
@@ -65,8 +75,9 @@ async def read_sse(http: aiohttp.ClientSession, base: str, r: Reader, stop: asyn
                 if resp.status != 200:
                     r.failed = f"HTTP {resp.status}"
                     return
+                if not r.connected:  # after a rotation the reconnect gap counts as silence
+                    r.last_byte = time.perf_counter()
                 r.connected = True
-                r.last_byte = time.perf_counter()
                 event = None
                 async for raw in resp.content:
                     now = time.perf_counter()
@@ -82,6 +93,7 @@ async def read_sse(http: aiohttp.ClientSession, base: str, r: Reader, stop: asyn
                             r.arrivals[wake["payload"]["seq"]] = now
                     elif line.startswith("data:") and event == "control":
                         offset = json.loads(line[5:])["streamNextOffset"]
+            r.rotations += 1  # the body ended cleanly: reconnect from `offset`
         except (aiohttp.ClientError, TimeoutError) as exc:
             if not stop.is_set():
                 r.failed = f"{type(exc).__name__}: {exc}"
@@ -132,7 +144,18 @@ def pct(values: list[float], q: float) -> float:
 async def bench(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.budget
     tmp = Path(tempfile.mkdtemp(prefix="pullwake-bench-"))
-    srv = ServerProcess(tmp, keepalive=args.keepalive, long_poll_timeout=20)
+    srv = ServerProcess(
+        tmp,
+        keepalive=args.keepalive,
+        long_poll_timeout=20,
+        extra=["--sse-rotate-seconds", f"{args.rotate:g}"],
+    )
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"{os.cpu_count()} cores, load average {load}; server keepalive {args.keepalive:g} s, "
+        f"SSE rotation {args.rotate:g} s, client and server on this machine",
+        flush=True,
+    )
     srv.start()
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
@@ -191,11 +214,13 @@ async def bench(args: argparse.Namespace) -> int:
                 lat = await publish_and_measure(http, srv.url, sample, args.samples, seq)
                 seq += args.samples
                 worst_gap = max(r.max_gap for r in readers)
+                rotations = sum(r.rotations for r in readers)
                 ok = not failed and not silent and pct(lat, 99) < args.p99_ms
                 print(
                     f"{len(readers):5d} SSE readers (opened in {opened:.1f} s): "
                     f"failed {len(failed)}, silent {len(silent)}, "
-                    f"worst keepalive gap {worst_gap:.2f} s (interval {args.keepalive:g} s); "
+                    f"worst keepalive gap {worst_gap:.2f} s (interval {args.keepalive:g} s), "
+                    f"{rotations} rotations; "
                     f"delivery p50 {pct(lat, 50):.1f} ms  p99 {pct(lat, 99):.1f} ms; "
                     f"server RSS {rss_mib(srv.pid):.0f} MiB"
                     f"{'' if ok else '  <- goal missed'}",
@@ -219,6 +244,7 @@ async def bench(args: argparse.Namespace) -> int:
         stop.set()
         with contextlib.suppress(Exception):
             srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0 if held >= args.readers else 1
 
 
@@ -227,6 +253,9 @@ def main() -> int:
     parser.add_argument("--readers", type=int, default=1000, help="SSE readers goal (default 1000)")
     parser.add_argument("--samples", type=int, default=200, help="wakes per latency run (200)")
     parser.add_argument("--keepalive", type=float, default=1.0, help="server keepalive s (1.0)")
+    parser.add_argument(
+        "--rotate", type=float, default=60.0, help="server SSE rotation s (60, its default)"
+    )
     parser.add_argument("--p99-ms", type=float, default=100.0, help="p99 delivery goal (100)")
     parser.add_argument("--budget", type=float, default=150.0, help="time limit, s (150)")
     args = parser.parse_args()
