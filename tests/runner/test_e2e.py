@@ -45,21 +45,32 @@ def test_wakes_are_handled_once_and_the_offset_survives_a_restart(
     r = start_runner(tmp_path, server.url, "r1", handled, "--offset-file", str(offset_file))
     with running(r):
         wait_streaming(r)
-        live = publish(server, "r1", 5)
+        live = publish(server, "r1", 4)
+        last = server.publish("r1")  # its offset is the stream's tail
+        live.append(last["wake_id"])
         handled.wait_for(before + live, 10)
+        # handled is not yet committed (complete, then the commit): wait for the
+        # commit to reach the tail, not merely to catch up with what was read so far
         s = wait_state(
-            r, lambda s: s["committed_offset"] == s["read_offset"], 5, "offset committed"
+            r,
+            lambda s: s["committed_offset"] == s["read_offset"] == last["offset"],
+            5,
+            "offset committed up to the last wake",
         )
-        assert offset_file.read_text().strip() == s["committed_offset"]
+        assert offset_file.read_text().strip() == last["offset"]
         d = s["diagnostics"]
         assert d["events_received"] == 8 and d["claims_succeeded"] == 8
         assert d["last_claim_result"] == "claimed" and d["reconnect_count"] == 0
+
+        # the server's view of the runner: diagnostics arrive with each heartbeat
+        def server_saw_all() -> bool:
+            code, _, health = server.api("GET", "/_electric/runners/r1/health")
+            return code == 200 and health["client"]["events_received"] == 8
+
+        wait_until(server_saw_all, 5, what="a heartbeat carrying events_received 8")
         assert r.stop(signal.SIGTERM) == 0
     committed = offset_file.read_text().strip()
-
-    # the server's view of the runner: diagnostics arrived with each heartbeat
-    code, _, health = server.api("GET", "/_electric/runners/r1/health")
-    assert code == 200 and health["client"]["events_received"] == 8
+    assert committed == last["offset"]
 
     after = publish(server, "r1", 2)  # while the runner is down
     r2 = start_runner(tmp_path, server.url, "r1", handled, "--offset-file", str(offset_file))
