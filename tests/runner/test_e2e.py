@@ -3,6 +3,7 @@ failures, status endpoints, signals, config errors."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -106,6 +107,42 @@ def test_failed_handler_leaves_the_claim_to_expire_and_the_wake_comes_again(
         assert marker.exists()
         s = r.status()
         assert s["diagnostics"]["claims_succeeded"] >= 2  # claimed, failed, claimed again
+
+
+def test_a_runner_killed_mid_handler_gets_the_wake_again_after_restart(tmp_path: Path) -> None:
+    """kill -9 while a handler runs: the wake was claimed, never completed, never
+    committed.  The restarted runner reads it again and gets 409 (the dead runner's
+    claim is still live); when that lease runs out the server announces it again and
+    this time it must be handled, not dropped as a duplicate of the 409."""
+    server = ServerProcess(tmp_path, keepalive=0.5, extra=["--claim-lease", "2"]).start()
+    started = tmp_path / "started"
+    log = tmp_path / "handled.txt"
+    cmd = (
+        f"cat >/dev/null; if [ ! -e {started} ]; then echo $$ > {started}; exec sleep 60; fi; "
+        f'echo "$PULLWAKE_WAKE_ID" >> {log}'
+    )
+    offset_file = tmp_path / "offset"
+    extra = ["--heartbeat-interval", "1", "--handler", cmd, "--offset-file", str(offset_file)]
+    r = RunnerProcess(tmp_path, server.url, "r1", extra=extra)
+    r2 = RunnerProcess(tmp_path, server.url, "r1", extra=extra)
+    try:
+        with running(server, r, r2):
+            server.register("r1")
+            r.start()
+            wait_streaming(r)
+            published = server.publish("r1")
+            wake = published["wake_id"]
+            wait_until(lambda: started.exists() and started.read_text().strip(), 10, what="handler")
+            r.signal(signal.SIGKILL)
+            r.wait(10)
+            assert offset_file.read_text().strip() < published["offset"]  # not committed
+            r2.start()
+            wait_until(lambda: log.exists() and log.read_text().split() == [wake], 20, what="wake")
+            s = r2.status()
+            assert s["diagnostics"]["claims_skipped"] >= 1  # the 409 came first
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            os.kill(int(started.read_text()), signal.SIGKILL)  # the orphaned first handler
 
 
 def test_status_endpoints_and_python_observer_free_metrics_hook(
