@@ -75,6 +75,7 @@ async def register(request: web.Request) -> web.Response:
     if admin is not None and admin not in ADMIN_STATUSES:
         raise bad_request("admin_status must be 'enabled' or 'disabled'")
     stream = validate.wake_stream_path(body.get("wake_stream"), wake_stream_path(rid))
+    before = await st.db.call(Store.get_runner, rid)
     try:
         r, created = await st.db.call(
             Store.register,
@@ -91,6 +92,10 @@ async def register(request: web.Request) -> web.Response:
         raise
     except StreamTaken:
         raise bad_request(f"wake_stream {stream} belongs to another runner") from None
+    if before is not None and before.wake_stream != r.wake_stream:
+        # Readers of the old path would otherwise sit on keepalives with no data
+        # until their next rotation; woken, they re-read, find no stream and end.
+        st.notifier.notify(before.wake_stream)
     return web.json_response(runner_json(r, now_ms()), status=201 if created else 200)
 
 

@@ -193,3 +193,27 @@ def test_custom_wake_stream_path(server: ServerProcess, rid: str) -> None:
     assert events[0]["stream"] == path
     status, _, _ = server.api("GET", f"/runners/{rid}/wake?offset=-1")
     assert status == 404
+
+
+def test_moving_a_wake_stream_ends_reads_of_the_old_path_at_once(tmp_path: Path) -> None:
+    """Re-registering with another wake_stream must not leave a reader on the old
+    path with keepalives and no data (a silent dead stream) until its rotation."""
+    srv = ServerProcess(tmp_path)  # default 60 s rotation: only the move can end it
+    with running(srv):
+        srv.start()
+        srv.register("r")
+        with SSEReader(srv.url + stream("r", "offset=-1&live=sse")) as sse:
+            sse.events_until(lambda e: e.kind == "control")
+            status, _, _ = srv.api(
+                "POST", "/_electric/runners", {"id": "r", "wake_stream": "/r/new"}
+            )
+            assert status == 200
+            t0 = time.monotonic()
+            while sse.next_event(timeout=5) is not None:
+                pass
+            assert time.monotonic() - t0 < 3.0  # a keepalive is 0.5 s; rotation 60 s
+        status, _, _ = srv.api("GET", stream("r", "offset=-1"))
+        assert status == 404
+        wake = srv.publish("r")
+        status, _, events = srv.api("GET", "/r/new?offset=-1")
+        assert status == 200 and [e["wake_id"] for e in events] == [wake["wake_id"]]
