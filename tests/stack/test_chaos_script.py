@@ -105,6 +105,7 @@ def test_chaos_kills_and_restarts_its_own_projects_server(tmp_path: Path) -> Non
     finally:
         proc.kill()
         proc.wait(timeout=10)
+    assert calls is not None
     output = out.read_text()
     assert f"chaos: project {PROJECT}, server up 0.2s, down 0.3s" in output, output
     # Nothing but its own lines: no shell, sleep or docker error slipped by.

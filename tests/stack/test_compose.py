@@ -182,6 +182,22 @@ def test_apps_send_otlp_to_the_collector() -> None:
     assert "4317" in collector_ports
 
 
+@pytest.mark.parametrize("name", ["server", "runner", "runner-legacy"])
+def test_otel_environment_reads_as_otlp_to_the_collector(name: str) -> None:
+    """pullwake's own OTEL_* parser takes each app's environment: both signals over
+    gRPC to the collector, the service name set (a bad value would stop the app)."""
+    from pullwake.otel_settings import settings_from_env
+
+    env = {k: str(v) for k, v in services()[name]["environment"].items()}
+    settings = settings_from_env("fallback", "id-1", env=env)
+    assert not settings.disabled
+    for target in (settings.traces_otlp, settings.metrics_otlp):
+        assert target is not None, name
+        assert (target.endpoint, target.protocol) == ("http://otel-collector:4317", "grpc")
+    assert settings.resource["service.name"] == env["OTEL_SERVICE_NAME"]
+    assert settings.metric_export_interval_s <= 15  # within one Prometheus evaluation
+
+
 def test_runners_include_a_legacy_one_next_to_a_default_one() -> None:
     svcs = services()
     legacy = argv_of(svcs["runner-legacy"]["command"])
