@@ -25,7 +25,15 @@ def parse_principal(value: str | None, *, dev: bool) -> str:
         raise ApiError(401, ErrorCode.UNAUTHORIZED, f"missing {H_PRINCIPAL} header")
     value = value.strip()
     kind, sep, name = value.partition(":")
-    if not sep or kind not in PRINCIPAL_KINDS or not name or len(value) > 256:
+    # isprintable(): no control characters, and no surrogate-escaped bytes that
+    # were not UTF-8 on the wire (SQLite could not store such an owner).
+    if (
+        not sep
+        or kind not in PRINCIPAL_KINDS
+        or not name
+        or len(value) > 256
+        or not value.isprintable()
+    ):
         raise ApiError(
             401,
             ErrorCode.UNAUTHORIZED,
@@ -40,8 +48,9 @@ def check_token(request: web.Request, token: str | None) -> None:
         return
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
+    # surrogateescape: header bytes that were not UTF-8 compare as the raw bytes
     if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.encode()
+        given.strip().encode("utf-8", "surrogateescape"), token.encode()
     ):
         raise ApiError(
             401,

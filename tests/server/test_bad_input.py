@@ -112,6 +112,16 @@ CASES: list[tuple[str, str, bytes | None, dict[str, str], int, str]] = [
         400,
         "INVALID_REQUEST",
     ),
+    # header bytes that are not UTF-8 (http.client sends str headers as latin-1)
+    ("GET", "{p}", None, {"electric-principal": "user:\xe9t\xc3"}, 401, "UNAUTHORIZED"),
+    (
+        "POST",
+        "{p}",
+        b'{"id": "x"}',
+        {**JSON, "electric-principal": "user:\xff"},
+        401,
+        "UNAUTHORIZED",
+    ),
     ("GET", "{p}/ghost", None, {}, 404, "NOT_FOUND"),
     ("GET", "{p}/ghost/health", None, {}, 404, "NOT_FOUND"),
     ("GET", "/nothing/here", None, {}, 404, "NOT_FOUND"),

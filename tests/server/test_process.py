@@ -100,6 +100,8 @@ def test_without_dev_principal_and_token_are_enforced(tmp_path: Path) -> None:
         assert (status, err["error"]["code"]) == (401, "UNAUTHORIZED")
         status, _, err = srv.api("GET", P, headers={"Authorization": "Bearer nope"})
         assert status == 401
+        status, _, err = srv.api("GET", P, headers={"Authorization": "Bearer s3cr\xe9t"})
+        assert (status, err["error"]["code"]) == (401, "UNAUTHORIZED")  # not UTF-8: no 500
         status, _, err = srv.api("GET", P, headers={**tok, "electric-principal": ""})
         assert (status, err["error"]["code"]) == (401, "UNAUTHORIZED")  # no principal
         status, _, err = srv.api("GET", P, headers={**tok, "electric-principal": "root"})

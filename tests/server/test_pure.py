@@ -108,7 +108,9 @@ def test_principal_in_dev_mode(value: str | None, expect: str) -> None:
     assert parse_principal(value, dev=True) == expect
 
 
-@pytest.mark.parametrize("value", [None, "", "alice", "robot:x", "user:", ":x"])
+@pytest.mark.parametrize(
+    "value", [None, "", "alice", "robot:x", "user:", ":x", "user:\udcff", "user:a\x00b"]
+)
 def test_bad_principal_is_401(value: str | None) -> None:
     with pytest.raises(ApiError) as exc:
         parse_principal(value, dev=False)
