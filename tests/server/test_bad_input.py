@@ -237,6 +237,13 @@ _query = st.lists(
     path=_paths,
     body=_bodies,
     ctype=st.sampled_from(["application/json", "text/plain", ""]),
+    # mostly the owner; sometimes any latin-1 text (sent as raw bytes, often not UTF-8)
+    principal=st.one_of(
+        st.just(PRINCIPAL),
+        st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=16).map(
+            lambda t: "user:" + t
+        ),
+    ),
     query=_query,
 )
 def test_random_requests_never_500(
@@ -246,6 +253,7 @@ def test_random_requests_never_500(
     path: str,
     body: bytes,
     ctype: str,
+    principal: str,
     query: list[tuple[str, str]],
 ) -> None:
     qs = "&".join(f"{quote(k)}={quote(v)}" for k, v in query)
@@ -253,6 +261,7 @@ def test_random_requests_never_500(
         qs += "&offset=-1"
     url = path.format(p=P, r=known) + ("?" + qs if qs else "")
     headers = {"Content-Type": ctype} if ctype else {}
+    headers["electric-principal"] = principal
     send = body if method != "GET" else None
     got, out = raw(server, method, url, send, headers)
     assert got < 500, (url, body, out)
