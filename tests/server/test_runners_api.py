@@ -59,6 +59,11 @@ def test_lease_goes_online_then_expired(server: ServerProcess, rid: str) -> None
     assert any(i.startswith("Heartbeat lease expired") for i in h["health"]["issues"])
     assert h["runner"]["lease_remaining_ms"] == 0  # clamped, as in the original
     assert h["runner"]["lease_expires_at"] == out["liveness_lease_expires_at"]
+    # a heartbeat after expiry brings it back: online, and the expiry issue is gone
+    beat(server, rid, lease_ms=30_000, diagnostics={"stream_connected": False})
+    h = health(server, rid)
+    assert h["runner"]["liveness_status"] == "online"
+    assert h["health"] == {"status": "degraded", "issues": ["Client reports stream disconnected"]}
 
 
 def test_client_diagnostics_issues(server: ServerProcess, rid: str) -> None:
