@@ -314,14 +314,18 @@ class Runner:
                 reader.cancel()
                 with contextlib.suppress(BaseException):
                     await reader
+        # a session the runner ends (heartbeat bridge) may have been healthy for hours:
+        # that end must reset the backoff like any other end of a healthy session
+        healthy = session.healthy
         if not reader.done() or reader.cancelled():
             reason = self._reset_reason or EndReason.STOPPED
-            raise SessionEnded(reason, "reset by the runner", session=number)
+            raise SessionEnded(reason, "reset by the runner", session=number, healthy=healthy)
         exc = reader.exception()
         if isinstance(exc, SessionEnded):
             raise exc
         log.error("session %d failed unexpectedly", number, exc_info=exc)
-        raise SessionEnded(EndReason.ERROR, describe(exc) if exc else "", session=number)
+        detail = describe(exc) if exc else ""
+        raise SessionEnded(EndReason.ERROR, detail, session=number, healthy=healthy)
 
     async def _register_or_end(self) -> None:
         assert self._api is not None

@@ -103,12 +103,16 @@ class Session:
     def connected(self) -> bool:
         return self._connected_at is not None
 
-    def _end(self, reason: EndReason, detail: str = "", status: int | None = None) -> NoReturn:
-        healthy = (
+    @property
+    def healthy(self) -> bool:
+        """Connected for `healthy_after` s: however it ends, the backoff starts afresh."""
+        return (
             self._connected_at is not None
             and time.monotonic() - self._connected_at >= self._config.healthy_after
         )
-        raise SessionEnded(reason, detail, session=self.number, healthy=healthy, status=status)
+
+    def _end(self, reason: EndReason, detail: str = "", status: int | None = None) -> NoReturn:
+        raise SessionEnded(reason, detail, session=self.number, healthy=self.healthy, status=status)
 
     def _fail(self, exc: BaseException) -> NoReturn:
         self._end(classify(exc, connected=self.connected), describe(exc))

@@ -369,3 +369,52 @@ async def test_a_wake_whose_claim_answer_was_lost_comes_through_when_announced_a
         await d.stop()
     assert handled == ["w"] and claims.completed == ["w"]
     assert d.stats.duplicates == 0
+
+
+async def test_a_healthy_session_ended_by_the_heartbeat_bridge_resets_the_backoff() -> None:
+    """Two refused attempts, then a session healthy past `healthy_after`, then the
+    heartbeats fail and the bridge ends it: the next wait starts a fresh sequence
+    (backoff reset after a healthy session), not try 3 of the old one."""
+    from runner import RecordingObserver as Recorder
+    from runner import Runner
+
+    state = {"stream_calls": 0, "hb_ok": True}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method == "POST" and request.path.endswith("/heartbeat"):
+            return web.json_response({}, status=200 if state["hb_ok"] else 503)
+        if request.method == "POST":
+            return web.json_response({"id": "r1", "wake_stream": "/runners/r1/wake"}, status=201)
+        state["stream_calls"] += 1
+        if state["stream_calls"] <= 2:
+            return web.json_response({"error": {"code": "INTERNAL"}}, status=503)
+        resp = web.StreamResponse(headers=sse_headers("0.2"))
+        await resp.prepare(request)
+        while True:
+            await resp.write(b": keepalive\n\n")
+            await asyncio.sleep(0.1)
+
+    app_runner, url = await stub(handler)
+    obs = Recorder()
+    r = Runner(
+        server=url, runner_id="r1", observer=obs, heartbeat_interval=0.2, backoff_max=0.05,
+        healthy_after=0.3,
+    )  # fmt: skip
+    task = asyncio.create_task(r.run())
+    try:
+        async with asyncio.timeout(10):
+            while r.snapshot().stream_age_s < 0.5:  # healthy by now
+                await asyncio.sleep(0.02)
+        assert [tries for _, tries, _ in obs.of("backoff_wait")] == [1, 2]
+        state["hb_ok"] = False
+        async with asyncio.timeout(10):
+            while len(obs.of("backoff_wait")) < 3:
+                await asyncio.sleep(0.02)
+        wait, tries, reason = obs.of("backoff_wait")[2]
+        assert reason is EndReason.HEARTBEAT_FAILURES
+        assert (wait, tries) == (0.0, 0)  # a healthy end: afresh, at once
+    finally:
+        r.stop()
+        async with asyncio.timeout(10):
+            await task
+        await app_runner.cleanup()
