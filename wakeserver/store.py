@@ -59,7 +59,10 @@ from wakeserver.records import (
 P = ParamSpec("P")
 T = TypeVar("T")
 
-READ_BATCH = 1000  # events per catch-up response at most
+READ_BATCH = 1000  # events per catch-up response / SSE data event at most
+# ...and about this many bytes: wakes carry up to 1 MiB of payload each, and
+# 1000 of those in one response would be a gigabyte in memory.
+READ_BYTES = 4 * 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runners (
@@ -308,7 +311,8 @@ class Store:
         return Published(wake_id, offset, r.wake_stream)
 
     def read(self, path: str, offset: str) -> ReadResult:
-        """Events after `offset` (`-1` start, `now` tail) up to READ_BATCH."""
+        """Events after `offset` (`-1` start, `now` tail): at most READ_BATCH of
+        them, and no more once READ_BYTES are gathered (always at least one)."""
         row = self.db.execute(
             "SELECT epoch, head_seq, first_seq FROM streams WHERE path=?", (path,)
         ).fetchone()
@@ -330,14 +334,19 @@ class Store:
                 raise BadOffset(f"offset {offset} is beyond the end of the stream")
             if after < first - 1:
                 raise OffsetGone(f"offset {offset} is older than the retained data")
-        rows = self.db.execute(
+        cursor = self.db.execute(
             "SELECT seq, body FROM events WHERE path=? AND seq>? ORDER BY seq LIMIT ?",
             (path, after, READ_BATCH),
-        ).fetchall()
-        last = int(rows[-1][0]) if rows else after
-        return ReadResult(
-            [str(r[1]) for r in rows], format_offset(epoch, last), last >= head, epoch
         )
+        events: list[str] = []
+        last, size = after, 0
+        for seq, body in cursor:
+            if events and size + len(body) > READ_BYTES:
+                break
+            events.append(str(body))
+            last, size = int(seq), size + len(body)
+        cursor.close()
+        return ReadResult(events, format_offset(epoch, last), last >= head, epoch)
 
     # --- claims -------------------------------------------------------------------
     def get_wake(self, wake_id: str) -> Wake | None:

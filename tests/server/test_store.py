@@ -8,7 +8,7 @@ import pytest
 
 from pullwake.protocol import ClaimOutcome, format_offset, parse_offset
 from wakeserver.records import BadOffset, NotOwner, OffsetGone, StreamTaken, UnknownRunner
-from wakeserver.store import Store
+from wakeserver.store import READ_BYTES, Store
 
 NOW = 1_700_000_000_000
 
@@ -104,3 +104,22 @@ def test_claim_lifecycle_and_expiry_reannounces() -> None:
     assert s.complete("r", w.wake_id, second.wake.claim_token, NOW + 1002)
     assert s.claim("r", w.wake_id, 1000, NOW + 1003).outcome is ClaimOutcome.EMPTY
     assert s.facts()["r"].pending == 0
+
+
+def test_a_read_stops_at_about_read_bytes_and_resumes_exactly() -> None:
+    """Big wakes: one response holds about READ_BYTES, never a gigabyte."""
+    s = make()
+    big = "x" * (READ_BYTES // 3)
+    pubs = [s.publish("r", {"i": i, "big": big}, NOW) for i in range(5)]
+    first = s.read("/runners/r/wake", "-1")
+    # a third event would pass the bound
+    assert [json.loads(e)["payload"]["i"] for e in first.events] == [0, 1]
+    assert first.next_offset == pubs[1].offset and not first.up_to_date
+    second = s.read("/runners/r/wake", first.next_offset)
+    third = s.read("/runners/r/wake", second.next_offset)
+    assert [json.loads(e)["payload"]["i"] for e in second.events + third.events] == [2, 3, 4]
+    assert third.up_to_date and third.next_offset == pubs[-1].offset
+    # one event bigger than the bound still comes alone, not never
+    s.publish("r", {"big": "y" * (READ_BYTES + 10)}, NOW)
+    alone = s.read("/runners/r/wake", pubs[-1].offset)
+    assert len(alone.events) == 1 and alone.up_to_date
