@@ -9,13 +9,16 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pullwake.protocol import DIAGNOSTIC_FIELDS
 from tests.runner.harness import (
     Handled,
     publish,
     start_runner,
+    unix,
     wait_state,
     wait_streaming,
 )
@@ -164,6 +167,24 @@ def test_status_endpoints_and_python_observer_free_metrics_hook(
         assert {"at", "reason", "wait_s"} <= set().union(*(e.keys() for e in s["reconnects"])) or (
             s["reconnects"] == []
         )
+
+        # what each heartbeat carries: lease 3 x interval, the committed offset, and the
+        # original's diagnostics plus pullwake's (the server stores whitelisted fields only)
+        committed = wait_state(r, lambda s: s["committed_offset"] != "-1", 5, "first commit")[
+            "committed_offset"
+        ]
+
+        def server_view() -> dict[str, Any] | None:
+            code, _, h = server.api("GET", "/_electric/runners/r1/health")
+            client = h.get("client") if code == 200 else None
+            streaming = client and client.get("state") == "running.streaming"
+            return h if streaming and h["runner"]["wake_stream_offset"] == committed else None
+
+        h = wait_until(server_view, 5, what="a heartbeat with the committed offset")
+        assert set(h["client"]) == set(DIAGNOSTIC_FIELDS)
+        assert h["client"]["stream_connected"] is True and h["client"]["profile"] == "default"
+        lease_s = unix(h["runner"]["lease_expires_at"]) - unix(h["runner"]["last_seen_at"])
+        assert lease_s == pytest.approx(3 * 1.0, abs=0.01)  # --heartbeat-interval 1
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
