@@ -108,7 +108,13 @@ def register(subparsers: Any) -> None:
         help="the checkout's deploy/ with the generated rules and Alertmanager config "
         "(default: deploy/ next to this package)",
     )
-    up.add_argument("--ready-timeout", type=float, default=30.0, metavar="S", help=f"per child {D}")
+    up.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help=f"seconds each child has to answer its readiness check before the start fails {D}",
+    )
     up.set_defaults(func=run_up)
 
     wait = sub.add_parser(

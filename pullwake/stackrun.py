@@ -40,6 +40,8 @@ from pullwake.supervise import (
 )
 
 GRAFANA_HOMES = (Path("/usr/share/grafana"), Path("/opt/grafana"))
+# Banner names of the children that run only when their binaries exist.
+OPTIONAL = {"grafana": "Grafana", "otel-collector": "collector"}
 
 
 def say(line: str) -> None:
@@ -70,6 +72,12 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CLIError(f"{path} is not a YAML mapping")
     return data
+
+
+def _runner_line(r: sp.RunnerPlan) -> str:
+    """A banner line; the legacy ones are flagged, they are the ones the seed's alert is about."""
+    note = "  (legacy profile: the seed's runner)" if r.profile == "legacy" else ""
+    return f"  {r.runner_id:<12} {sp.url(r.port, '/status')}{note}\n"
 
 
 class StackRun:
@@ -143,6 +151,7 @@ class StackRun:
         if grafana:
             steps.append(grafana)
         self.ports = ports
+        self.runners = runners
         return steps
 
     def _grafana(self, workdir: Path, ports: sp.Ports) -> sp.Step | None:
@@ -230,7 +239,8 @@ class StackRun:
             f"  Alertmanager {sp.url(p.alertmanager)}\n"
             f"  alert sink   {sp.url(p.sink)}  (log: {workdir / 'logs' / 'alert-sink.log'})\n"
             f"  server       {sp.url(p.server)}\n"
-            + "".join(f"  {s.name:<12} {s.show}\n" for s in steps if s.name.startswith("runner-"))
+            + "".join(_runner_line(r) for r in self.runners)
+            + "".join(f"  {OPTIONAL[s.name]:<12} {s.show}\n" for s in steps if s.name in OPTIONAL)
             + "Look first at the runners' /status and Prometheus' alerts page.\n"
             + ("Chaos: the server is SIGKILLed on a schedule.\n" if self.args.chaos else "")
             + ("Stops by itself after --duration.\n" if self.args.duration else "")

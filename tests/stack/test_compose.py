@@ -94,6 +94,18 @@ def test_every_mounted_file_exists_in_the_repo() -> None:
     assert absolute == [("chaos", "/var/run/docker.sock")]
 
 
+def test_every_named_volume_is_declared() -> None:
+    """The schema cannot see this: compose refuses a volume that is not declared."""
+    declared = set(compose().get("volumes") or {})
+    used = set()
+    for svc in services().values():
+        for v in svc.get("volumes", []):
+            source = str(v).split(":")[0]
+            if not source.startswith((".", "/")):
+                used.add(source)
+    assert used == declared, (used, declared)
+
+
 def test_every_published_port_is_unique() -> None:
     published = []
     for svc in services().values():

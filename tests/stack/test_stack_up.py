@@ -99,6 +99,10 @@ def test_stack_up_targets_up_wakes_flow_restart_and_clean_sigint(tmp_path: Path)
         sink_url = banner_value(proc, r"alert sink\s+(http://\S+)")
         stack_id = banner_value(proc, r"stack id (\S+) ")
         assert "grafana: skipped" in proc.output() or shutil.which("grafana")
+        assert "otel-collector: skipped" in proc.output() or shutil.which("otelcol-contrib")
+        # the banner tells the seed's (legacy) runner from the default one
+        assert "(legacy" not in banner_value(proc, r"(  runner-1 .*)")
+        assert "(legacy profile" in banner_value(proc, r"(  runner-2 .*)")
 
         # every scrape target up: Prometheus, Alertmanager, server, both runners
         def all_up() -> list[Any] | None:
@@ -226,7 +230,10 @@ def test_grafana_and_collector_join_when_their_binaries_exist(tmp_path: Path) ->
         assert "skipped" not in proc.output()
         stack_id = banner_value(proc, r"stack id (\S+) ")
         prom_url = banner_value(proc, r"Prometheus\s+(http://\S+)")
+        grafana_url = banner_value(proc, r"  Grafana\s+(http://\S+)")
+        assert "otlp grpc 127.0.0.1:" in banner_value(proc, r"  collector\s+(.+)")
         grafana = json.loads((out / "grafana.json").read_text())
+        assert grafana_url == f"http://127.0.0.1:{grafana['env']['GF_SERVER_HTTP_PORT']}"
         assert grafana["argv"][1:] == ["server", f"--homepath={home}"]
         prov = Path(grafana["env"]["GF_PATHS_PROVISIONING"])
         datasources = yaml.safe_load((prov / "datasources" / "datasources.yml").read_text())
