@@ -156,8 +156,39 @@ TEMPO_3_KEYS = {
 }  # fmt: skip
 
 
+# Nested keys used here, each read from its yaml tag at tag v3.0.3 (Tempo parses with
+# UnmarshalStrict, so a misspelt nested key stops it too): dskit server/server.go
+# (http_listen_port, log_level), modules/distributor/config.go (receivers: the
+# collector's receiver config, free-form below), modules/storage/config.go (trace),
+# tempodb/config.go (backend, wal, local), tempodb/wal/wal.go and
+# tempodb/backend/local/config.go (path), pkg/usagestats/config.go (reporting_enabled).
+# None: any value (not checked further).
+TEMPO_3_NESTED: dict[str, Any] = {
+    "stream_over_http_enabled": None,
+    "server": {"http_listen_port": None, "log_level": None},
+    "distributor": {"receivers": None},
+    "storage": {"trace": {"backend": None, "wal": {"path": None}, "local": {"path": None}}},
+    "usage_report": {"reporting_enabled": None},
+}
+
+
+def unknown_keys(config: Any, known: Any, where: str = "") -> list[str]:
+    if known is None or not isinstance(config, dict):
+        return []
+    out = []
+    for key, value in config.items():
+        if key not in known:
+            out.append(f"{where}{key}")
+        else:
+            out += unknown_keys(value, known[key], f"{where}{key}.")
+    return out
+
+
 def test_tempo_config_uses_only_tempo_3_keys() -> None:
     assert services()["tempo"]["image"] == "grafana/tempo:3.0.3"
     tempo = load(ROOT / "deploy" / "tempo" / "tempo.yaml")
     assert set(tempo) <= TEMPO_3_KEYS, set(tempo) - TEMPO_3_KEYS
+    assert unknown_keys(tempo, TEMPO_3_NESTED) == []
     assert tempo["server"]["http_listen_port"] == 3200
+    bad = {**tempo, "storage": {"trace": {"backend": "local", "wall": {}}}, "compactor": {}}
+    assert unknown_keys(bad, TEMPO_3_NESTED) == ["storage.trace.wall", "compactor"]

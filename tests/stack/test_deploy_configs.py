@@ -140,6 +140,7 @@ def test_grafana_provisioning_parses_and_every_dashboard_path_exists() -> None:
         assert in_container(f"/etc/grafana/provisioning/{f.parent.name}/{f.name}") == f
     providers = load(prov / "dashboards" / "dashboards.yml")["providers"]
     for p in providers:
+        assert p.get("folder"), f"provider {p['name']}: put the dashboards in a folder"
         folder = in_container(p["options"]["path"])
         assert folder.is_dir(), p
         dashboards = sorted(folder.glob("*.json"))
