@@ -52,6 +52,9 @@ class Datasources:
     prometheus_url: str = "http://prometheus:9090"
     tempo_url: str = "http://tempo:3200"
     alertmanager_url: str = "http://alertmanager:9093"
+    # Grafana's alert-groups panel picks its Alertmanager by datasource *name*
+    # (not uid), so the provisioned name is fixed here too.
+    alertmanager_name: str = "Alertmanager"
     # The span attribute exemplars carry the trace id under (Prometheus reader).
     exemplar_trace_id_label: str = "trace_id"
 

@@ -174,7 +174,7 @@ def build(config: Config) -> db.Dashboard:
             alertgroups.Panel()
             .title("Firing pullwake alerts")
             .description("Alert groups from Alertmanager, pullwake alerts only.")
-            .alertmanager(config.datasources.alertmanager)
+            .alertmanager(config.datasources.alertmanager_name)
             .labels('alertname=~"PullWake.*"')
             .expand_all(True)
             .span(24)

@@ -44,7 +44,7 @@ def datasources(config: Config) -> dict[str, Any]:
                 },
             },
             {
-                "name": "Alertmanager",
+                "name": ds.alertmanager_name,
                 "type": "alertmanager",
                 "uid": ds.alertmanager,
                 "access": "proxy",

@@ -100,9 +100,18 @@ def test_panels_have_unique_ids_and_known_datasources() -> None:
             for t in p.get("targets") or []:
                 assert t["refId"], (key, p["title"])
                 assert t["datasource"]["uid"] in uids, (key, p["title"])
+
+
+def test_alert_groups_panel_names_the_provisioned_alertmanager() -> None:
+    """Grafana's alertGroups panel looks its Alertmanager up by datasource name, not uid."""
+    ds = yaml.safe_load(
+        (DEFAULT_OUT / "grafana/provisioning/datasources/datasources.yml").read_text()
+    )
+    [am] = [d for d in ds["datasources"] if d["type"] == "alertmanager"]
+    assert am["uid"] == DEFAULT.datasources.alertmanager
     fleet = load(DEFAULT_OUT, DEFAULT)["fleet"]
-    alert_panels = [p for p in panels(fleet) if p["type"] == "alertGroups"]
-    assert alert_panels[0]["options"]["alertmanager"] == DEFAULT.datasources.alertmanager
+    [panel] = [p for p in panels(fleet) if p["type"] == "alertGroups"]
+    assert panel["options"]["alertmanager"] == am["name"]
 
 
 def test_dashboards_have_the_issue_panels() -> None:
