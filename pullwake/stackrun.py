@@ -193,6 +193,7 @@ class StackRun:
     def run(self) -> int:
         workdir, ours = make_workdir(self.args.workdir)
         sup = Supervisor(grace=5.0)
+        code = None
         try:
             # Signals count from here on: a Ctrl-C while configs are written still stops
             # cleanly, and no child is started after it.
@@ -201,12 +202,14 @@ class StackRun:
                     f"stack id {self.stack_id} (in every child's {STACK_ID_ENV}), workdir {workdir}"
                 )
                 steps = self.prepare(workdir)
-                return self._supervise(sup, steps, workdir)
+                code = self._supervise(sup, steps, workdir)
+                return code
         finally:
-            if ours and not self.args.keep:
+            # A failed start names a child's log: keep the workdir so that log is there.
+            if ours and not self.args.keep and not code:
                 shutil.rmtree(workdir, ignore_errors=True)
             else:
-                say(f"kept {workdir}")
+                say(f"kept {workdir}" + (" (the logs of the failed start)" if code else ""))
 
     def _supervise(self, sup: Supervisor, steps: list[sp.Step], workdir: Path) -> int:
         try:

@@ -253,3 +253,25 @@ def test_grafana_and_collector_join_when_their_binaries_exist(tmp_path: Path) ->
         assert stack_pids(stack_id) == []
     finally:
         proc.stop(signal.SIGINT, timeout=30)
+
+
+def test_failed_start_says_which_child_and_keeps_its_log(tmp_path: Path) -> None:
+    """A child that dies at start: one error naming it, its log kept, nothing left running."""
+    fake = tmp_path / "bin" / "prometheus"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'listen tcp: bind: address already in use' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
+    proc = Proc([sys.executable, "-m", "pullwake", "stack", "up"], tmp_path / "stack.log", env)
+    proc.start()
+    try:
+        assert proc.wait(timeout=60) == 1, proc.output()
+    finally:
+        proc.stop(signal.SIGINT, timeout=30)
+    out = proc.output()
+    assert "error: prometheus exited with 3 before ready" in out, out
+    assert "address already in use" in out
+    log = Path(banner_value(proc, r"log (\S+/prometheus\.log)"))
+    assert "address already in use" in log.read_text()
+    assert "Traceback" not in out and "pullwake stack is up" not in out
+    assert stack_pids(banner_value(proc, r"stack id (\S+) ")) == []
