@@ -41,8 +41,8 @@ def _runner_table(config: Config) -> table.Panel:
             "last heartbeat ok",
             f"{q.per_runner(config, c.HEARTBEAT_CONSECUTIVE_FAILURES)} == bool 0",
         ),
-        ("s since heartbeat ok", rec["heartbeat_age"]),
-        ("stream age (s)", q.per_runner(config, c.STREAM_AGE)),
+        ("since heartbeat success", rec["heartbeat_age"]),
+        ("stream age", q.per_runner(config, c.STREAM_AGE)),
         ("reconnects 1h", f"round({rec['reconnects_1h']})"),
     ]
     targets = [
@@ -72,13 +72,44 @@ def _runner_table(config: Config) -> table.Panel:
         )
         .override_by_name(
             "stream connected",
-            [_mappings({"1": ("connected", "green"), "0": ("not connected", "orange")})],
+            [
+                _mappings({"1": ("connected", "green"), "0": ("not connected", "orange")}),
+                _color_text(),
+            ],
         )
         .override_by_name(
-            "last heartbeat ok", [_mappings({"1": ("ok", "green"), "0": ("failing", "red")})]
+            "last heartbeat ok",
+            [_mappings({"1": ("ok", "green"), "0": ("failing", "red")}), _color_text()],
         )
+        .override_by_name(
+            "since heartbeat success", _seconds(config.thresholds.heartbeat_stale_seconds)
+        )
+        .override_by_name("stream age", _seconds(None))
         .override_by_name(q.RUNNER, [_runner_link(config)])
     )
+
+
+def _seconds(red_from: float | None) -> list[dm.DynamicConfigValue]:
+    """Whole seconds; with `red_from`, the cell turns red where the alerts' threshold is."""
+    out = [
+        dm.DynamicConfigValue(id_val="unit", value="s"),
+        dm.DynamicConfigValue(id_val="decimals", value=0),
+    ]
+    if red_from is not None:
+        steps = [dm.Threshold(value=None, color="green"), dm.Threshold(value=red_from, color="red")]
+        out += [
+            dm.DynamicConfigValue(
+                id_val="thresholds",
+                value=dm.ThresholdsConfig(mode=dm.ThresholdsMode.ABSOLUTE, steps=steps),
+            ),
+            _color_text(),
+        ]
+    return out
+
+
+def _color_text() -> dm.DynamicConfigValue:
+    """Cells take the colour of their value mapping or threshold (tables default to none)."""
+    return dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"})
 
 
 def _runner_link(config: Config) -> dm.DynamicConfigValue:

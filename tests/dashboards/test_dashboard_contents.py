@@ -1,0 +1,169 @@
+"""Each generated dashboard holds exactly the panels the issue lists, laid out sanely.
+
+Read back from the committed JSON (what Grafana provisions): panel types and
+titles in order, the fleet table's columns, which queries share a panel, the
+units, and a grid where no two panels overlap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dashboards import queries as q
+from dashboards.build import DEFAULT_OUT
+from dashboards.config import DEFAULT
+from dashboards.rules import alerts, recording_names, recording_rules
+from pullwake import catalog as c
+from tests.dashboards.dashjson import load, panels
+
+DASH = load(DEFAULT_OUT, DEFAULT)
+REC = recording_names(DEFAULT)
+
+EXPECTED = {
+    "fleet": [
+        ("table", "Runners"),
+        ("table", "Stream connected while heartbeats fail"),
+        ("timeseries", "Reconnect rate by reason"),
+        ("timeseries", "Heartbeat failure rate by error type"),
+        ("timeseries", "Wake latency p50 / p99"),
+        ("timeseries", "Backoff waits p50 / p99"),
+        ("alertGroups", "Firing pullwake alerts"),
+    ],
+    "runner": [
+        ("state-timeline", "State"),
+        ("timeseries", "Stream age vs seconds since heartbeat success"),
+        ("timeseries", "Idle vs idle timeout"),
+        ("timeseries", "Reconnects by reason"),
+        ("timeseries", "Session duration by end reason (exemplars -> traces)"),
+        ("table", "Recent sessions (traces)"),
+        ("timeseries", "Heartbeat duration p50 / p99"),
+        ("timeseries", "Wakes by outcome"),
+    ],
+    "server": [
+        ("stat", "Client says connected, server sees no stream"),
+        ("table", "Runners the server sees no stream for"),
+        ("timeseries", "Open streams by live mode"),
+        ("timeseries", "Published wakes"),
+        ("timeseries", "Pending wakes"),
+        ("timeseries", "Heartbeats received"),
+        ("timeseries", "Lease remaining"),
+        ("timeseries", "Claims by outcome"),
+        ("timeseries", "API request duration p99"),
+    ],
+}
+
+
+def _panel(key: str, title: str) -> dict[str, Any]:
+    [p] = [p for p in panels(DASH[key]) if p["title"] == title and p["type"] != "row"]
+    return p
+
+
+def _exprs(p: dict[str, Any]) -> list[str]:
+    return [t["expr"] for t in p.get("targets") or []]
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED))
+def test_exactly_the_listed_panels(key: str) -> None:
+    got = [(p["type"], p["title"]) for p in panels(DASH[key]) if p["type"] != "row"]
+    assert got == EXPECTED[key]
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED))
+def test_grid_has_no_overlap_and_fits_24_columns(key: str) -> None:
+    taken: dict[tuple[int, int], str] = {}
+    for p in panels(DASH[key]):
+        g = p["gridPos"]
+        assert g["w"] > 0 and g["h"] > 0 and g["x"] + g["w"] <= 24, p["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in taken, f"{p['title']} overlaps {taken[(x, y)]}"
+                taken[(x, y)] = p["title"]
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED))
+def test_every_panel_explains_itself_and_graphs_have_units(key: str) -> None:
+    for p in panels(DASH[key]):
+        if p["type"] == "row":
+            continue
+        assert p.get("description"), p["title"]
+        if p["type"] == "timeseries":
+            assert p["fieldConfig"]["defaults"].get("unit"), p["title"]
+
+
+def test_fleet_runner_table_columns() -> None:
+    p = _panel("fleet", "Runners")
+    # Target A brings one row per runner labelled with its state; its value is dropped.
+    assert p["targets"][0]["expr"] == q.current_state(DEFAULT)
+    organize = next(t for t in p["transformations"] if t["id"] == "organize")["options"]
+    assert organize["excludeByName"] == {"Time": True, "Value #A": True}
+    assert list(organize["renameByName"].values()) == [
+        "stream connected",
+        "last heartbeat ok",
+        "since heartbeat success",
+        "stream age",
+        "reconnects 1h",
+    ]
+    assert all(t["instant"] and t["format"] == "table" for t in p["targets"])
+    overrides = {o["matcher"]["options"]: o["properties"] for o in p["fieldConfig"]["overrides"]}
+    age = {prop["id"]: prop["value"] for prop in overrides["since heartbeat success"]}
+    assert age["unit"] == "s"
+    red = [s["value"] for s in age["thresholds"]["steps"] if s["color"] == "red"]
+    assert red == [DEFAULT.thresholds.heartbeat_stale_seconds]
+
+
+def test_fleet_lying_runners_panel_is_the_critical_alert_condition() -> None:
+    p = _panel("fleet", "Stream connected while heartbeats fail")
+    assert _exprs(p) == [REC["connected_while_failing"]]
+    [rule] = [r for r in recording_rules(DEFAULT) if r["record"] == REC["connected_while_failing"]]
+    [crit] = [
+        a for a in alerts(DEFAULT) if a.name == "PullWakeStreamConnectedWhileHeartbeatsFailing"
+    ]
+    assert rule["expr"] == crit.expr
+    assert p["options"].get("noValue") or p["fieldConfig"]["defaults"].get("noValue")
+
+
+def test_fleet_rates_and_quantiles() -> None:
+    legends = {
+        "Reconnect rate by reason": "{{" + q.REASON + "}}",
+        "Heartbeat failure rate by error type": "{{" + q.ERROR_TYPE + "}}",
+    }
+    for title, legend in legends.items():
+        [t] = _panel("fleet", title)["targets"]
+        assert t["legendFormat"] == legend, title
+    for title, key in (
+        ("Wake latency p50 / p99", "wake_latency_quantile"),
+        ("Backoff waits p50 / p99", "backoff_quantile"),
+    ):
+        assert _exprs(_panel("fleet", title)) == [REC[key]]
+        quantiles = [
+            r["labels"]["quantile"] for r in recording_rules(DEFAULT) if r["record"] == REC[key]
+        ]
+        assert quantiles == ["0.5", "0.99"]
+
+
+def test_runner_panels_put_the_seed_signals_side_by_side() -> None:
+    m = f'{q.RUNNER}="$runner_id"'
+    side = _exprs(_panel("runner", "Stream age vs seconds since heartbeat success"))
+    assert side == [
+        q.per_runner(DEFAULT, c.STREAM_AGE, m),
+        q.seconds_since_heartbeat_success(DEFAULT, m),
+    ]
+    idle = _exprs(_panel("runner", "Idle vs idle timeout"))
+    assert idle == [
+        q.per_runner(DEFAULT, c.STREAM_IDLE, m),
+        q.per_runner(DEFAULT, c.STREAM_IDLE_TIMEOUT, m),
+    ]
+    for p in panels(DASH["runner"]):
+        for t in p.get("targets") or []:
+            text = t.get("expr") or t.get("query") or ""
+            assert "$runner_id" in text, p["title"]
+
+
+def test_runner_sessions_link_to_traces() -> None:
+    ex = _panel("runner", "Session duration by end reason (exemplars -> traces)")
+    assert [t.get("exemplar") for t in ex["targets"]] == [True]
+    sessions = _panel("runner", "Recent sessions (traces)")
+    assert sessions["datasource"]["uid"] == DEFAULT.datasources.tempo
+    assert sessions["targets"][0]["queryType"] == "traceql"
