@@ -29,8 +29,8 @@ IMAGE_PROGRAMS: dict[str, tuple[frozenset[str], str]] = {
     ),
     "grafana/grafana": (
         frozenset({"sh", "wget", "curl"}),
-        "Alpine-based (grafana/grafana#124878, release-13.0.1: Alpine 3.23.4); busybox wget, "
-        "curl added in grafana/grafana#65547",
+        "Alpine-based (grafana/grafana#126529, main in June 2026 before 13.2: Alpine 3.24.1); "
+        "busybox wget, curl added in grafana/grafana#65547",
     ),
     "grafana/tempo": (
         frozenset({"/tempo"}),
