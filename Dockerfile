@@ -1,6 +1,6 @@
 # The pullwake image: server, runner, publisher, alert sink and `stack wait`
 # (the compose healthchecks) all run from it.  docker-compose.yml builds it.
-FROM python:3.11.13-slim-bookworm
+FROM python:3.11.17-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
