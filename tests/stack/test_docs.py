@@ -19,6 +19,12 @@ def test_every_compose_service_and_pinned_image_is_documented() -> None:
         assert f"`{svc['image']}`" in DOC, f"docs/stack.md does not pin {svc['image']}"
 
 
+def test_the_dockerfile_base_image_is_documented() -> None:
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    base = [ln.split()[1] for ln in lines if ln.startswith("FROM ")]
+    assert base and all(f"`{b}`" in DOC for b in base), base
+
+
 def test_documented_localhost_ports_are_published() -> None:
     published = {p.split(":")[0] for s in services().values() for p in s.get("ports", [])}
     for port in re.findall(r"localhost:(\d+)", DOC):
