@@ -24,8 +24,10 @@ from typing import Any
 
 import pytest
 
+from dashboards.build import DEFAULT_OUT
 from dashboards.config import DEFAULT, Config
 from pullwake import catalog
+from tests.dashboards.dashjson import load, prom_targets
 from tests.dashboards.promstack import (
     AlertmanagerProcess,
     PrometheusProcess,
@@ -39,6 +41,7 @@ from tests.support.procs import RunnerProcess, ServerProcess, http_json, running
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, needs_prometheus, needs_alertmanager]
 
 CRITICAL = "PullWakeStreamConnectedWhileHeartbeatsFailing"
+LYING_PANEL = "Stream connected while heartbeats fail"
 TRUTHFUL = ("PullWakeRunnerNotStreaming", "PullWakeHeartbeatsFailing")
 OTEL_ON = {"OTEL_SDK_DISABLED": "false"}
 
@@ -127,6 +130,13 @@ class Stack:
             if a["labels"].get("runner_id") == "r1"
         ]
 
+    def lying_runners_panel(self) -> list[dict[str, str]]:
+        """Label sets the fleet's "connected while heartbeats fail" panel shows now."""
+        fleet = load(DEFAULT_OUT, DEFAULT)["fleet"]
+        [expr] = [t["expr"] for title, t in prom_targets(fleet) if title == LYING_PANEL]
+        answer = self.prom.query(expr)["data"]["result"]
+        return [{k: v for k, v in r["metric"].items() if k != "__name__"} for r in answer]
+
     def ever_firing(self, alertname: str) -> list[Any]:
         expr = f'max_over_time(ALERTS{{alertname="{alertname}", alertstate="firing"}}[15m])'
         return list(self.prom.query(expr)["data"]["result"])
@@ -172,6 +182,8 @@ def test_legacy_runner_fires_the_critical_alert_and_resolves(stack_for: Any) -> 
     assert "Runner r1 says its wake stream is connected" in alert["annotations"]["description"]
     # The runner's own view at that moment: the seed's lie.
     assert s.runner.status()["diagnostics"]["stream_connected"] is True
+    # The fleet dashboard's panel for this case lists exactly that runner.
+    assert s.lying_runners_panel() == [{"runner_id": "r1"}]
 
     s.restore_server()
     try:
@@ -183,6 +195,7 @@ def test_legacy_runner_fires_the_critical_alert_and_resolves(stack_for: Any) -> 
         )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{s.diagnose()}") from None
+    wait_until(lambda: s.lying_runners_panel() == [], 15, what="the lying-runners panel empty")
     print(s.sink.output())  # what the webhook saw, for `pytest -s`
 
 
@@ -201,8 +214,9 @@ def test_default_runner_tells_the_truth_instead(stack_for: Any) -> None:
 
     s.restore_server()
     try:
+        # Every truthful alert that fired, including any that fired after the first, resolves.
         wait_until(
-            lambda: all(s.fired(name, "resolved") for name in fired),
+            lambda: all(s.fired(name, "resolved") for name in truthful_firing()),
             60,
             interval=0.5,
             what=f"{fired} resolved at the webhook",

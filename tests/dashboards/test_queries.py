@@ -38,6 +38,11 @@ EMPTY_WHEN_HEALTHY = {
     "Heartbeat failure rate by error type",  # no heartbeat fails
     "Backoff waits p50 / p99",  # only after a failure reconnect
 }
+# ...of which these list exactly the faulty runners: asserted empty on a healthy one.
+EXACTLY_THE_FAULTY = {
+    "Stream connected while heartbeats fail",
+    "Runners the server sees no stream for",
+}
 
 
 def _all_targets(out: Path) -> Iterator[tuple[str, str, str]]:
@@ -127,6 +132,11 @@ def test_panels_return_data_from_a_live_runner_and_server(tmp_path: Path, deploy
                 wait_until(all_have_data, 45, interval=1.0, what="every panel to have data")
             except AssertionError:
                 raise AssertionError(f"panels without data: {last}") from None
+            # The panels listing exactly the lying runners list none of a healthy one.
+            for key, title, expr in _all_targets(deploy):
+                if title in EXACTLY_THE_FAULTY:
+                    answer = prom.query(concrete(expr, rate_interval="30s"))
+                    assert answer["data"]["result"] == [], (key, title, answer)
 
             # A healthy default runner rotated every 3 s: no alert may fire.
             rotated = (
