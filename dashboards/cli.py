@@ -52,13 +52,14 @@ def run_build(args: argparse.Namespace) -> int:
         bad = stale(out, files)
         extra = leftovers(out, files)
         for rel in bad:
-            print(f"stale: {out / rel}", file=sys.stderr)
+            what = "stale" if (out / rel).exists() else "missing"
+            print(f"{what}: {out / rel}", file=sys.stderr)
         for rel in extra:
             print(f"not generated any more (delete it): {out / rel}", file=sys.stderr)
         if bad or extra:
+            again = "pullwake dashboards build" + (f" --out {out}" if args.out else "")
             print(
-                f"{len(bad) + len(extra)} generated file(s) out of date; "
-                "run `pullwake dashboards build`",
+                f"{len(bad) + len(extra)} generated file(s) out of date; run `{again}`",
                 file=sys.stderr,
             )
             return 1

@@ -35,9 +35,10 @@ def test_check_names_each_stale_file(tmp_path: Path) -> None:
     (tmp_path / "prometheus/rules/pullwake-alerts.yml").unlink()
     res = subprocess.run([*cmd, "--check"], capture_output=True, text=True, check=False)
     assert res.returncode == 1
-    assert "alertmanager/alertmanager.yml" in res.stderr
-    assert "prometheus/rules/pullwake-alerts.yml" in res.stderr
-    assert "Traceback" not in res.stderr
+    assert f"stale: {tmp_path}/alertmanager/alertmanager.yml\n" in res.stderr
+    assert f"missing: {tmp_path}/prometheus/rules/pullwake-alerts.yml\n" in res.stderr
+    assert f"run `pullwake dashboards build --out {tmp_path}`" in res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
     assert subprocess.run(cmd, capture_output=True, check=False).returncode == 0
     res = subprocess.run([*cmd, "--check"], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
