@@ -2,9 +2,10 @@
 
 Each alert gets a named positive case (it fires on its condition, with every
 label and rendered annotation asserted, and not before its `for:`), and
-every alert is asserted silent on two negative cases: a healthy fleet, and a
-healthy default-profile runner whose SSE session is rotated by the server
-every minute (a session ending `rotated`, a reconnect at once).
+every alert is asserted silent on the negative cases: a healthy fleet, and a
+healthy default-profile runner whose SSE session the server rotates (every
+minute as by default, and every 2 minutes with a longer reconnect gap): a
+session ending `rotated`, a reconnect at once.
 
 Series carry `job`/`instance` labels on purpose: the alerts aggregate
 `by (runner_id)`, and the expected labels prove nothing else leaks through.
@@ -25,6 +26,7 @@ from pullwake.protocol import EndReason, RunnerState
 STEP = 15  # seconds between input samples (and rule evaluations)
 SAMPLES = 120  # 30 minutes of data per case
 HEALTHY_EVALS = ("5m", "10m", "29m")
+ROTATE_S = 60  # the server's default --sse-rotate-seconds (a test keeps them equal)
 
 
 def _series(metric: c.Metric, runner: str, suffix: str = "", **labels: str) -> str:
@@ -71,14 +73,16 @@ def healthy_runner(runner: str) -> dict[str, str]:
     return s
 
 
-def rotating_runner(runner: str) -> dict[str, str]:
-    """Default profile, SSE rotated every 2 minutes: a `rotated` end, reconnect at once.
+def rotating_runner(runner: str, every_s: int, gap_s: int) -> dict[str, str]:
+    """Default profile, SSE rotated every `every_s`: a `rotated` end, reconnect at once.
 
-    For two samples (30 s) in every eight it is reconnecting then connecting,
-    with `stream_connected` 0 and the server briefly seeing no read of it.
+    For `gap_s` in every rotation (one or two samples) the scrape catches it
+    reconnecting then connecting, with `stream_connected` 0 and the server
+    briefly seeing no read of it.
     """
     s = healthy_runner(runner)
-    cycle_states = ["s"] * 6 + ["r", "c"]
+    n, gap = every_s // STEP, gap_s // STEP
+    cycle_states = ["s"] * (n - gap) + ["r", "c"][:gap]
     for state, tag in (
         (RunnerState.STREAMING, "s"),
         (RunnerState.RECONNECTING, "r"),
@@ -87,11 +91,14 @@ def rotating_runner(runner: str) -> dict[str, str]:
         s[_series(c.RUNNER_STATE, runner, state=state.value)] = _pattern(
             [1.0 if x == tag else 0.0 for x in cycle_states]
         )
-    s[_series(c.STREAM_CONNECTED, runner)] = _pattern([1, 1, 1, 1, 1, 1, 0, 0])
-    s[_series(c.STREAM_AGE, runner)] = _pattern([15, 30, 45, 60, 75, 90, 0, 0])
-    s[_series(c.STREAM_IDLE, runner)] = _pattern([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 3, 0])
-    s[_series(c.SERVER_STREAM_MISMATCH, runner)] = _pattern([0, 0, 0, 0, 0, 0, 1, 0])
-    rotations = " ".join(f"{i // 8}" for i in range(SAMPLES + 1))
+    streaming = [x == "s" for x in cycle_states]
+    s[_series(c.STREAM_CONNECTED, runner)] = _pattern([1.0 if x else 0.0 for x in streaming])
+    ages = [STEP * (i + 1) if x else 0.0 for i, x in enumerate(streaming)]
+    s[_series(c.STREAM_AGE, runner)] = _pattern(ages)
+    s[_series(c.STREAM_IDLE, runner)] = _pattern([0.5 if x else 3.0 for x in streaming])
+    mismatch = [0.0] * (n - gap) + [1.0] + [0.0] * (gap - 1)
+    s[_series(c.SERVER_STREAM_MISMATCH, runner)] = _pattern(mismatch)
+    rotations = " ".join(f"{i // n}" for i in range(SAMPLES + 1))
     s[_series(c.STREAM_RECONNECTS, runner, reason=EndReason.ROTATED.value)] = rotations
     return s
 
@@ -251,7 +258,14 @@ def cases(config: Config) -> list[dict[str, Any]]:
     # Negatives: every alert silent on a healthy fleet and through SSE rotations.
     for name, series in (
         ("healthy fleet: no alert", {**fleet, **healthy_runner("r1")}),
-        ("default profile SSE rotation every 2m: no alert", {**fleet, **rotating_runner("r1")}),
+        (
+            f"default profile SSE rotation every {ROTATE_S}s (server default): no alert",
+            {**fleet, **rotating_runner("r1", ROTATE_S, STEP)},
+        ),
+        (
+            "SSE rotation every 2m, caught reconnecting for 30s: no alert",
+            {**fleet, **rotating_runner("r1", 120, 2 * STEP)},
+        ),
     ):
         out.append(
             {

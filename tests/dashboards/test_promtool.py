@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dashboards import ruletests
 from dashboards.build import DEFAULT_OUT
 from dashboards.config import DEFAULT, Config, ForDurations, Thresholds
 from dashboards.rules import alerts
@@ -25,6 +26,7 @@ from tests.dashboards.promstack import (
     needs_prometheus,
     write_deploy,
 )
+from wakeserver.config import ServerConfig
 
 pytestmark = pytest.mark.prometheus
 
@@ -129,3 +131,24 @@ def test_amtool_routes_by_severity(labels: list[str], receiver: str) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == receiver
+
+
+def test_rotation_case_rotates_as_often_as_the_server_does() -> None:
+    assert ServerConfig().sse_rotate_seconds == ruletests.ROTATE_S
+
+
+@needs_prometheus
+def test_rotation_cases_catch_a_storm_rule_that_counts_rotations(tmp_path: Path) -> None:
+    """The SSE rotation cases have teeth: count `rotated` as a failure and they fail."""
+    assert PROMTOOL is not None
+    shutil.copytree(RULES, tmp_path / "rules")
+    alerts_file = tmp_path / "rules/pullwake-alerts.yml"
+    text = alerts_file.read_text()
+    assert 'reason=~"eof|' in text
+    alerts_file.write_text(text.replace('reason=~"eof|', 'reason=~"rotated|eof|', 1))
+    (tmp_path / "tests").mkdir()
+    shutil.copy(TESTS, tmp_path / "tests/t.yml")
+    res = _run(PROMTOOL, "test", "rules", str(tmp_path / "tests/t.yml"))
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "rotation every 60s" in out and "PullWakeReconnectStorm" in out, out
