@@ -36,9 +36,7 @@ def _mismatch_stat(config: Config) -> stat.Panel:
             "read of their wake stream (PullWakeServerSeesNoStream).  0 when healthy."
         )
         .datasource(prom_ds(config))
-        .with_target(
-            target(config, f"sum({q.series(config, c.SERVER_STREAM_MISMATCH)}) or vector(0)")
-        )
+        .with_target(target(config, f"count({q.server_sees_no_stream(config)}) or vector(0)"))
         .thresholds(thresholds((None, "green"), (1, "red")))
         .color_mode(cm.BigValueColorMode.BACKGROUND)
         .graph_mode(cm.BigValueGraphMode.AREA)

@@ -14,11 +14,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dashboards import ruletests
 from dashboards.build import DEFAULT_OUT
 from dashboards.config import DEFAULT, Config, ForDurations, Thresholds
 from dashboards.rules import alerts
+from pullwake import catalog
+from tests.dashboards.dashjson import load, prom_targets
 from tests.dashboards.promstack import (
     AMTOOL,
     PROMTOOL,
@@ -152,3 +155,41 @@ def test_rotation_cases_catch_a_storm_rule_that_counts_rotations(tmp_path: Path)
     assert res.returncode != 0
     out = res.stdout + res.stderr
     assert "rotation every 60s" in out and "PullWakeReconnectStorm" in out, out
+
+
+@needs_prometheus
+def test_server_mismatch_stat_counts_runners_not_series(tmp_path: Path) -> None:
+    """A runner seen through two scrape paths is still one runner on the stat."""
+    assert PROMTOOL is not None
+    server = load(DEFAULT_OUT, DEFAULT)["server"]
+    [expr] = [
+        t["expr"]
+        for title, t in prom_targets(server)
+        if title == "Client says connected, server sees no stream"
+    ]
+    name = catalog.SERVER_STREAM_MISMATCH.prom_name
+    case = {
+        "rule_files": [],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": [
+                    {"series": f'{name}{{runner_id="r1", job="a"}}', "values": "1x4"},
+                    {"series": f'{name}{{runner_id="r1", job="b"}}', "values": "1x4"},
+                    {"series": f'{name}{{runner_id="r2", job="a"}}', "values": "0x4"},
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": "30s",
+                        "exp_samples": [{"labels": "{}", "value": 1}],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "stat.test.yml"
+    path.write_text(yaml.safe_dump(case))
+    res = _run(PROMTOOL, "test", "rules", str(path))
+    assert res.returncode == 0, res.stdout + res.stderr
