@@ -77,24 +77,36 @@ def grafana_dashboards(source: Mapping[str, Any], dashboards_dir: Path) -> dict[
     return out
 
 
-def grafana_step(binary: str, homepath: Path, workdir: Path, ports: Ports) -> Step:
+HOME_DASHBOARD = "pullwake-fleet.json"  # as GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH in compose
+
+
+def grafana_step(
+    binary: str, homepath: Path, workdir: Path, ports: Ports, dashboards_dir: Path | None = None
+) -> Step:
+    """Grafana set up as in docker-compose.yml: anonymous viewers, no sign-up, the fleet
+    dashboard as home.  The admin password is Grafana's own unless GF_SECURITY_ADMIN_PASSWORD
+    is in the caller's environment (children inherit it)."""
     argv: tuple[str, ...] = (binary, f"--homepath={homepath}")
     if Path(binary).name == "grafana":  # the new single binary: `grafana server`
         argv = (binary, "server", f"--homepath={homepath}")
+    env = {
+        "GF_SERVER_HTTP_ADDR": LOOPBACK,
+        "GF_SERVER_HTTP_PORT": str(ports.grafana),
+        "GF_PATHS_DATA": str(workdir / "grafana-data"),
+        "GF_PATHS_LOGS": str(workdir / "grafana-data" / "log"),
+        "GF_PATHS_PROVISIONING": str(workdir / "grafana-provisioning"),
+        "GF_AUTH_ANONYMOUS_ENABLED": "true",
+        "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
+        "GF_USERS_ALLOW_SIGN_UP": "false",
+        "GF_ANALYTICS_REPORTING_ENABLED": "false",
+        "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
+    }
+    if dashboards_dir is not None and (dashboards_dir / HOME_DASHBOARD).is_file():
+        env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] = str(dashboards_dir / HOME_DASHBOARD)
     return Step(
         "grafana",
         argv,
         ready_url=url(ports.grafana, "/api/health"),
-        env={
-            "GF_SERVER_HTTP_ADDR": LOOPBACK,
-            "GF_SERVER_HTTP_PORT": str(ports.grafana),
-            "GF_PATHS_DATA": str(workdir / "grafana-data"),
-            "GF_PATHS_LOGS": str(workdir / "grafana-data" / "log"),
-            "GF_PATHS_PROVISIONING": str(workdir / "grafana-provisioning"),
-            "GF_AUTH_ANONYMOUS_ENABLED": "true",
-            "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
-            "GF_ANALYTICS_REPORTING_ENABLED": "false",
-            "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
-        },
+        env=env,
         show=url(ports.grafana),
     )

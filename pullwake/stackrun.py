@@ -176,7 +176,9 @@ class StackRun:
         )
         (prov / "datasources" / "datasources.yml").write_text(sp.dump_yaml(ds))
         (prov / "dashboards" / "dashboards.yml").write_text(sp.dump_yaml(db))
-        return opt.grafana_step(binary, home, workdir, ports)
+        return opt.grafana_step(
+            binary, home, workdir, ports, self.deploy / "grafana" / "dashboards"
+        )
 
     def _spec(self, step: sp.Step, workdir: Path) -> ChildSpec:
         ready: Readiness | None = None

@@ -177,3 +177,21 @@ def test_native_grafana_provisioning_points_at_loopback() -> None:
     )
     for p in db["providers"]:
         assert Path(p["options"]["path"]).is_dir()
+
+
+def test_native_grafana_is_set_up_like_the_compose_one(tmp_path: Path) -> None:
+    """Same anonymous viewer role, sign-up and home dashboard natively as in compose."""
+    ports = sp.ports_from_base(22000, 1)
+    dashboards = DEPLOY / "grafana" / "dashboards"
+    step = opt.grafana_step(
+        "/usr/sbin/grafana", Path("/usr/share/grafana"), tmp_path, ports, dashboards
+    )
+    for key, value in services()["grafana"]["environment"].items():
+        if key.startswith("GF_SECURITY_ADMIN_"):
+            continue  # natively Grafana's own admin login, or the caller's GF_SECURITY_ADMIN_*
+        assert key in step.env, key
+        if key == "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH":
+            home = Path(step.env[key])
+            assert home.is_file() and home.name == Path(value).name
+        else:
+            assert step.env[key] == str(value), key

@@ -234,6 +234,7 @@ def test_grafana_and_collector_join_when_their_binaries_exist(tmp_path: Path) ->
         assert "otlp grpc 127.0.0.1:" in banner_value(proc, r"  collector\s+(.+)")
         grafana = json.loads((out / "grafana.json").read_text())
         assert grafana_url == f"http://127.0.0.1:{grafana['env']['GF_SERVER_HTTP_PORT']}"
+        assert Path(grafana["env"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]).is_file()
         assert grafana["argv"][1:] == ["server", f"--homepath={home}"]
         prov = Path(grafana["env"]["GF_PATHS_PROVISIONING"])
         datasources = yaml.safe_load((prov / "datasources" / "datasources.yml").read_text())
