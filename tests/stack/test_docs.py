@@ -84,3 +84,7 @@ def test_named_alerts_exist() -> None:
     }
     named = set(re.findall(r"PullWake\w+", DOC))
     assert named and named <= alerts, named - alerts
+
+
+def test_readme_points_at_the_stack_doc() -> None:
+    assert "docs/stack.md" in (ROOT / "README.md").read_text()
