@@ -43,6 +43,11 @@ async def claim(request: web.Request) -> web.StreamResponse:
     st, r = await owned_runner(request)
     body = await validate.read_json_object(request, required=False)
     wake_id = _wake_id(body)
+    sub = body.get("subscription_id")
+    own = f"runner:{r.id}"
+    if sub is not None and sub != own and not (isinstance(sub, str) and sub.startswith(own + ":")):
+        # as the original: a wake event read from another runner's stream is not ours
+        raise bad_request(f"subscription_id does not match runner {r.id}")
     lease_ms = validate.opt_int(body, "lease_ms", 1, MAX_CLAIM_LEASE_MS) or int(
         st.config.claim_lease_seconds * 1000
     )

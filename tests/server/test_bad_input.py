@@ -104,6 +104,8 @@ CASES: list[tuple[str, str, bytes | None, dict[str, str], int, str]] = [
     ),
     ("POST", "{p}/{r}/claim", b'{"wake_id": 5}', JSON, 400, "INVALID_REQUEST"),
     ("POST", "{p}/{r}/claim", b'{"lease_ms": 0}', JSON, 400, "INVALID_REQUEST"),
+    ("POST", "{p}/{r}/claim", b'{"subscription_id": "runner:other"}', JSON, 400, "INVALID_REQUEST"),
+    ("POST", "{p}/{r}/claim", b'{"subscription_id": 7}', JSON, 400, "INVALID_REQUEST"),
     (
         "POST",
         "{p}/{r}/claims/" + "w" * 129 + "/complete",  # same bound as a claim's wake_id
