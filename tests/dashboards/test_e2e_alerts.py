@@ -16,6 +16,7 @@ its heartbeat / not-streaming alerts tell the truth instead.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -27,7 +28,7 @@ import pytest
 from dashboards.build import DEFAULT_OUT
 from dashboards.config import DEFAULT, Config
 from pullwake import catalog
-from tests.dashboards.dashjson import load, prom_targets
+from tests.dashboards.dashjson import concrete, load, prom_targets
 from tests.dashboards.promstack import (
     AlertmanagerProcess,
     PrometheusProcess,
@@ -42,6 +43,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.prometheus, needs_prometheus, needs_
 
 CRITICAL = "PullWakeStreamConnectedWhileHeartbeatsFailing"
 LYING_PANEL = "Stream connected while heartbeats fail"
+FAULT_PANELS = ("Heartbeat failure rate by error type", "Backoff waits p50 / p99")
 TRUTHFUL = ("PullWakeRunnerNotStreaming", "PullWakeHeartbeatsFailing")
 OTEL_ON = {"OTEL_SDK_DISABLED": "false"}
 
@@ -130,12 +132,16 @@ class Stack:
             if a["labels"].get("runner_id") == "r1"
         ]
 
+    def panel(self, title: str, dashboard: str = "fleet") -> list[dict[str, str]]:
+        """Label sets a panel's queries return now (from the committed dashboard JSON)."""
+        data = load(DEFAULT_OUT, DEFAULT)[dashboard]
+        exprs = [t["expr"] for name, t in prom_targets(data) if name == title]
+        assert exprs, title
+        answers = [r for e in exprs for r in self.prom.query(concrete(e))["data"]["result"]]
+        return [{k: v for k, v in r["metric"].items() if k != "__name__"} for r in answers]
+
     def lying_runners_panel(self) -> list[dict[str, str]]:
-        """Label sets the fleet's "connected while heartbeats fail" panel shows now."""
-        fleet = load(DEFAULT_OUT, DEFAULT)["fleet"]
-        [expr] = [t["expr"] for title, t in prom_targets(fleet) if title == LYING_PANEL]
-        answer = self.prom.query(expr)["data"]["result"]
-        return [{k: v for k, v in r["metric"].items() if k != "__name__"} for r in answer]
+        return self.panel(LYING_PANEL)
 
     def ever_firing(self, alertname: str) -> list[Any]:
         expr = f'max_over_time(ALERTS{{alertname="{alertname}", alertstate="firing"}}[15m])'
@@ -211,6 +217,9 @@ def test_default_runner_tells_the_truth_instead(stack_for: Any) -> None:
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{s.diagnose()}") from None
     assert s.runner.status()["diagnostics"]["stream_connected"] is False
+    # The fleet panels that stay empty while all is well show the outage.
+    for title in FAULT_PANELS:
+        wait_until(functools.partial(s.panel, title), 20, what=f"data on {title!r}")
 
     s.restore_server()
     try:
