@@ -165,6 +165,7 @@ def build(config: Config) -> db.Dashboard:
                         q.quantile(config, quant, c.HEARTBEAT_DURATION, RATE, m, by=(q.OUTCOME,)),
                         f"p{quant:g} {{{{{q.OUTCOME}}}}}",
                         ref=ref,
+                        exemplar=True,
                     )
                     for ref, quant in (("A", 0.5), ("B", 0.99))
                 ],
@@ -181,7 +182,6 @@ def build(config: Config) -> db.Dashboard:
                         config,
                         q.rate_by(config, c.WAKES, RATE, (q.OUTCOME,), m),
                         "{{" + q.OUTCOME + "}}",
-                        exemplar=True,
                     )
                 ],
                 unit="ops",
