@@ -26,6 +26,7 @@ from dashboards.panels import (
     value_texts,
 )
 from pullwake import catalog as c
+from runner.otel import CONNECT_SPAN, SESSION_SPAN
 
 TITLE = "Pull-wake runner"
 VAR = q.RUNNER
@@ -58,9 +59,18 @@ def _sessions_table(config: Config) -> table.Panel:
     return (
         table.Panel()
         .title("Recent sessions (traces)")
-        .description("Stream session traces of this runner in Tempo; click one to open it.")
+        .description(
+            "Stream session traces of this runner in Tempo (failed connect attempts too, "
+            "with their backoff); click one to open it."
+        )
         .datasource(tempo_ds(config))
-        .with_target(traceql(config, f'{{ .{c.RUNNER_ID} = "${VAR}" }}'))
+        .with_target(
+            traceql(
+                config,
+                f'{{ .{c.RUNNER_ID} = "${VAR}" && '
+                f'(name = "{SESSION_SPAN}" || name = "{CONNECT_SPAN}") }}',
+            )
+        )
         .span(12)
         .height(8)
         .show_header(True)

@@ -171,4 +171,10 @@ def test_runner_sessions_link_to_traces() -> None:
     }
     sessions = _panel("runner", "Recent sessions (traces)")
     assert sessions["datasource"]["uid"] == DEFAULT.datasources.tempo
-    assert sessions["targets"][0]["queryType"] == "traceql"
+    [t] = sessions["targets"]
+    assert t["queryType"] == "traceql"
+    # Session (and failed connect) spans only, not every heartbeat and wake of the runner.
+    assert t["query"] == (
+        '{ .runner.id = "$runner_id" && '
+        '(name = "pullwake.stream.session" || name = "pullwake.stream.connect") }'
+    )
