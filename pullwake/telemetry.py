@@ -352,11 +352,22 @@ class Instruments:
     Gauges are observable: each needs a callback returning
     `(value, attributes)` pairs, read at collection time.  `add`/`record`
     check attributes against the catalog so no unlisted label sneaks in.
+
+    `counted` names counters whose totals the caller keeps itself (a dict
+    increment instead of an SDK measurement through every reader, for
+    counters bumped several times per wake): they become observable counters
+    with the given callback returning the running totals.  Same name, kind
+    and attributes on both export paths.
     """
 
     def __init__(
-        self, meter: metrics_api.Meter, component: Component, gauges: Mapping[str, GaugeCallback]
+        self,
+        meter: metrics_api.Meter,
+        component: Component,
+        gauges: Mapping[str, GaugeCallback],
+        counted: Mapping[str, GaugeCallback] | None = None,
     ) -> None:
+        counted = counted or {}
         self._sync: dict[str, Any] = {}
         self._observable: dict[str, Any] = {}
         missing = [
@@ -369,7 +380,11 @@ class Instruments:
         for m in CATALOG:
             if m.component is not component:
                 continue
-            if m.kind is Kind.COUNTER:
+            if m.kind is Kind.COUNTER and m.name in counted:
+                self._observable[m.name] = meter.create_observable_counter(
+                    m.name, [_gauge_adapter(m, counted[m.name])], m.unit, m.description
+                )
+            elif m.kind is Kind.COUNTER:
                 self._sync[m.name] = meter.create_counter(m.name, m.unit, m.description)
             elif m.kind is Kind.UPDOWN:
                 self._sync[m.name] = meter.create_up_down_counter(m.name, m.unit, m.description)
@@ -382,9 +397,19 @@ class Instruments:
                     m.name, [_gauge_adapter(m, gauges[m.name])], m.unit, m.description
                 )
 
-    def _check(self, m: Metric, attributes: Mapping[str, str]) -> None:
+    def check(self, m: Metric, attributes: Mapping[str, str]) -> None:
+        """Raise ValueError unless `attributes` are exactly the catalog's for `m`."""
         if tuple(attributes) != m.attributes and set(attributes) != set(m.attributes):
             raise ValueError(f"{m.name}: attributes {sorted(attributes)} != {list(m.attributes)}")
+
+    def checked(self, m: Metric, attributes: Mapping[str, str]) -> Any:
+        """The SDK instrument for `m` once `attributes` passed the catalog check.
+
+        For hot paths that bind (instrument, attributes) once and then call
+        `add`/`record` on the instrument directly.
+        """
+        self.check(m, attributes)
+        return self._sync[m.name]
 
     def add(
         self,
@@ -393,13 +418,13 @@ class Instruments:
         attributes: Mapping[str, str],
         context: Context | None = None,
     ) -> None:
-        self._check(m, attributes)
+        self.check(m, attributes)
         self._sync[m.name].add(amount, attributes, context=context)
 
     def record(
         self, m: Metric, value: float, attributes: Mapping[str, str], context: Context | None = None
     ) -> None:
-        self._check(m, attributes)
+        self.check(m, attributes)
         self._sync[m.name].record(value, attributes, context=context)
 
 

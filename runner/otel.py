@@ -27,7 +27,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
@@ -54,6 +55,17 @@ from pullwake.telemetry import (
     build_telemetry,
 )
 from runner.observe import RunnerSnapshot, SessionInfo, Transition
+from runner.otel_wakes import WAKE_SPAN, WAKE_STEPS, WakeTraces
+
+__all__ = [
+    "CONNECT_SPAN",
+    "HEARTBEAT_SPAN",
+    "SESSION_SPAN",
+    "WAKE_SPAN",
+    "WAKE_STEPS_ENV",
+    "OtelRunnerObserver",
+    "instrument_runner",
+]
 
 if TYPE_CHECKING:
     from runner.core import Runner
@@ -61,14 +73,10 @@ if TYPE_CHECKING:
 
 SESSION_SPAN: Final = "pullwake.stream.session"
 CONNECT_SPAN: Final = "pullwake.stream.connect"
-WAKE_SPAN: Final = "pullwake.wake"
 HEARTBEAT_SPAN: Final = "pullwake.heartbeat"
 WAKE_STEPS_ENV: Final = "PULLWAKE_OTEL_WAKE_STEPS"
-_WAKE_STEPS: Final = frozenset({"claim", "handle", "complete"})
-_TERMINAL: Final = frozenset({WakeOutcome.SKIPPED, WakeOutcome.FAILED, WakeOutcome.DUPLICATE})
 _DETECTOR_REASONS: Final = frozenset({EndReason.IDLE_TIMEOUT, EndReason.HEARTBEAT_FAILURES})
 _MAX_OPEN_SESSIONS: Final = 8
-_MAX_OPEN_WAKES: Final = 1024
 _SNAPSHOT_TTL_S: Final = 0.2
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 
@@ -122,7 +130,7 @@ class OtelRunnerObserver:
         self._connected: set[int] = set()  # open sessions that got their response
         self._heartbeat_span: Span | None = None  # block done, awaiting its outcome
         self._heartbeat_open: Span | None = None  # block running
-        self._wakes: OrderedDict[str, Span] = OrderedDict()
+        self._links: tuple[Span | None, Sequence[Link]] = (None, ())
         self._pending_backoff: tuple[float, int, EndReason | None] | None = None
         self._ins = Instruments(
             telemetry.meter(),
@@ -142,6 +150,10 @@ class OtelRunnerObserver:
                 ),
                 c.RUNNER_STATE.name: self._states,
             },
+            counted={c.WAKES.name: lambda: self._wakes.counts()},
+        )
+        self._wakes = WakeTraces(
+            self._tracer, self._ins, runner_id, self._session_links, step_spans=wake_step_spans
         )
 
     def bind(self, snapshot: Callable[[], RunnerSnapshot]) -> None:
@@ -187,10 +199,14 @@ class OtelRunnerObserver:
             return trace.set_span_in_context(self._current)
         return None
 
-    def _session_links(self) -> list[Link]:
+    def _session_links(self) -> Sequence[Link]:
+        """A link to the current session span, built once per session (every wake uses it)."""
         if self._current is None:
-            return []
-        return [Link(self._current.get_span_context(), {"pullwake.link": "stream.session"})]
+            return ()
+        if self._links[0] is not self._current:
+            link = Link(self._current.get_span_context(), {"pullwake.link": "stream.session"})
+            self._links = (self._current, (link,))
+        return self._links[1]
 
     # --- the RunnerObserver protocol ---
     def transition(self, t: Transition) -> None:
@@ -344,73 +360,29 @@ class OtelRunnerObserver:
     def wake(
         self, outcome: WakeOutcome, wake_id: str | None, latency_s: float | None = None
     ) -> None:
-        # Hot path (every wake): no exemplar for the counter; the latency's exemplar
-        # is the wake's own trace, the one worth opening from a slow bucket.
-        self._ins.add(c.WAKES, 1, self._attrs("outcome", outcome.value))
-        if latency_s is not None:
-            wake = self._wakes.get(wake_id) if wake_id is not None else None
-            ctx = trace.set_span_in_context(wake) if wake is not None else None
-            self._ins.record(c.WAKE_LATENCY, latency_s, self._rid, ctx)
-        if wake_id is None:
-            return
-        if outcome is WakeOutcome.RECEIVED:
-            self._wake_span(wake_id)
-        elif outcome in _TERMINAL:
-            span = self._wakes.pop(wake_id, None)
-            if span is not None:
-                span.set_attribute("pullwake.wake.outcome", outcome.value)
-                if outcome is WakeOutcome.FAILED:
-                    span.set_status(Status(StatusCode.ERROR, "failed"))
-                span.end()
-        elif outcome is WakeOutcome.HANDLED and wake_id in self._wakes:
-            self._wakes[wake_id].set_attribute("pullwake.wake.outcome", outcome.value)
-
-    def _wake_span(self, wake_id: str) -> Span:
-        span = self._wakes.get(wake_id)
-        if span is None:
-            span = self._tracer.start_span(
-                WAKE_SPAN,
-                context=otel_context.Context(),
-                attributes={RUNNER_ID: self.runner_id, "pullwake.wake.id": wake_id},
-                links=self._session_links(),
-            )
-            self._wakes[wake_id] = span
-            while len(self._wakes) > _MAX_OPEN_WAKES:
-                _, stale = self._wakes.popitem(last=False)
-                stale.set_attribute("pullwake.wake.abandoned", True)
-                stale.end()
-        return span
+        self._wakes.wake(outcome, wake_id, latency_s)
 
     def claim(self, outcome: WakeOutcome, duration_s: float) -> None:
-        self._ins.record(c.CLAIM_DURATION, duration_s, self._attrs("outcome", outcome.value))
+        self._wakes.claim(outcome, duration_s)
 
     def handler(self, outcome: WakeOutcome, duration_s: float) -> None:
-        self._ins.record(c.HANDLER_DURATION, duration_s, self._attrs("outcome", outcome.value))
+        self._wakes.handler(outcome, duration_s)
+
+    def span(self, name: str, attributes: Mapping[str, Any]) -> AbstractContextManager[None]:
+        """A span around a unit of work; HTTP requests inside carry its traceparent."""
+        wake_id = attributes.get("wake_id")
+        if name in WAKE_STEPS and isinstance(wake_id, str) and wake_id:
+            return self._wakes.step(name, wake_id)  # the hot path: see runner.otel_wakes
+        return self._work_span(name, attributes)
 
     @contextlib.contextmanager
-    def span(self, name: str, attributes: Mapping[str, Any]) -> Iterator[None]:
-        """A span around a unit of work; HTTP requests inside carry its traceparent."""
+    def _work_span(self, name: str, attributes: Mapping[str, Any]) -> Iterator[None]:
         attrs = {_attr_key(k): _attr_value(v) for k, v in attributes.items()}
         attrs[RUNNER_ID] = self.runner_id
-        wake_id = attributes.get("wake_id")
-        parent: otel_context.Context | None = None
-        links: list[Link] = []
-        if name in _WAKE_STEPS and isinstance(wake_id, str) and wake_id:
-            wake = self._wake_span(wake_id)
-            if not self.wake_step_spans:  # cheaper: steps as events on the wake span
-                wake.add_event(f"{name}.start")
-                with trace.use_span(wake, end_on_exit=False):
-                    yield
-                wake.add_event(f"{name}.end")
-                if name == "complete":
-                    self._end_wake(wake_id)
-                return
-            parent = trace.set_span_in_context(wake)
-            full = f"{WAKE_SPAN}.{name}"
-        else:
-            full = name if name.startswith("pullwake.") else f"pullwake.{name}"
-            if not trace.get_current_span().get_span_context().is_valid:
-                links = self._session_links()
+        full = name if name.startswith("pullwake.") else f"pullwake.{name}"
+        links: Sequence[Link] = ()
+        if not trace.get_current_span().get_span_context().is_valid:
+            links = self._session_links()
         if full == HEARTBEAT_SPAN:
             if self._heartbeat_span is not None:  # its outcome never came
                 self._heartbeat_span.end()
@@ -424,16 +396,8 @@ class OtelRunnerObserver:
                 hb.end()
             self._heartbeat_open = None
             return
-        step = self._tracer.start_span(full, context=parent, attributes=attrs, links=links)
-        with trace.use_span(step, end_on_exit=True):  # one context manager less than
-            yield  # start_as_current_span: this runs several times per wake
-        if name == "complete" and isinstance(wake_id, str):
-            self._end_wake(wake_id)
-
-    def _end_wake(self, wake_id: str) -> None:
-        done = self._wakes.pop(wake_id, None)
-        if done is not None:
-            done.end()
+        with trace.use_span(self._tracer.start_span(full, attributes=attrs, links=links), True):
+            yield
 
     # --- propagation on the runner's HTTP requests ---
     def _inject(self, headers: MutableMapping[str, str]) -> None:
@@ -477,10 +441,7 @@ class OtelRunnerObserver:
         if self._heartbeat_span is not None:
             self._heartbeat_span.end()
             self._heartbeat_span = None
-        while self._wakes:
-            _, span = self._wakes.popitem(last=False)
-            span.set_attribute("pullwake.wake.abandoned", True)
-            span.end()
+        self._wakes.close()
 
 
 def instrument_runner(runner: Runner, env: Mapping[str, str] | None = None) -> Telemetry:

@@ -179,7 +179,11 @@ def test_wake_claim_handle_complete_share_one_trace(rig: Rig) -> None:
     assert set(steps) == {f"{WAKE_SPAN}.claim", f"{WAKE_SPAN}.handle", f"{WAKE_SPAN}.complete"}
     for s in steps.values():
         assert s.parent is not None and s.parent.span_id == root.context.span_id
-        assert dict(s.attributes or {})["pullwake.wake.id"] == "w1"
+        assert s.context.trace_id == root.context.trace_id
+        # the ids live on the root only (cost: see runner.otel_wakes)
+        assert not s.attributes
+    assert dict(root.attributes or {})["pullwake.wake.id"] == "w1"
+    assert dict(root.attributes or {})["runner.id"] == "r1"
     assert root.links  # linked to the session that received it
     assert rig.sample("pullwake_wakes_total", outcome="received") == 1
     assert rig.sample("pullwake_wakes_total", outcome="handled") == 1
@@ -372,3 +376,52 @@ def test_heartbeat_outcome_reported_after_the_block_lands_on_its_span() -> None:
     with obs.span("heartbeat", {}):
         pass
     assert len(spans.get_finished_spans()) == 2
+
+
+def test_a_step_that_raises_is_an_error_a_cancelled_one_is_not(rig: Rig) -> None:
+    import asyncio
+
+    rig.obs.wake(WakeOutcome.RECEIVED, "w1")
+    with pytest.raises(RuntimeError), rig.obs.span("handle", {"wake_id": "w1"}):
+        raise RuntimeError("handler broke")
+    with pytest.raises(asyncio.CancelledError), rig.obs.span("complete", {"wake_id": "w1"}):
+        raise asyncio.CancelledError
+    (handle,) = rig.finished(f"{WAKE_SPAN}.handle")
+    assert handle.status.status_code is StatusCode.ERROR
+    assert [e.name for e in handle.events] == ["exception"]
+    (complete,) = rig.finished(f"{WAKE_SPAN}.complete")
+    assert complete.status.status_code is StatusCode.UNSET
+    assert len(rig.finished(WAKE_SPAN)) == 1  # complete ended the wake even when cancelled
+    from opentelemetry import trace
+
+    assert not trace.get_current_span().get_span_context().is_valid  # context restored
+
+
+def test_wakes_counter_is_a_monotonic_cumulative_sum_on_otlp() -> None:
+    """`pullwake.wakes` is counted in a dict and observed: same shape as a counter."""
+    from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader, Sum
+
+    reader = InMemoryMetricReader()
+    t = build_telemetry(SERVICE_RUNNER, "r1", env={}, metric_readers=[reader])
+    obs = OtelRunnerObserver(t, "r1")
+    for _ in range(3):
+        obs.wake(WakeOutcome.RECEIVED, None)
+    obs.wake(WakeOutcome.DUPLICATE, "w9")
+    data = reader.get_metrics_data()
+    assert data is not None
+    (wakes,) = [
+        m
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "pullwake.wakes"
+    ]
+    assert isinstance(wakes.data, Sum) and wakes.data.is_monotonic
+    assert wakes.data.aggregation_temporality is AggregationTemporality.CUMULATIVE
+    got = {dict(p.attributes or {})["outcome"]: p.value for p in wakes.data.data_points}
+    assert got == {"received": 3, "duplicate": 1}
+    assert all(dict(p.attributes or {})["runner.id"] == "r1" for p in wakes.data.data_points)
+    text = t.prometheus_text().decode()
+    assert "# TYPE pullwake_wakes_total counter" in text
+    assert re.search(r'^pullwake_wakes_total\{[^}]*outcome="received"[^}]*\} 3\.0$', text, re.M)
+    t.shutdown(2)
