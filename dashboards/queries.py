@@ -97,6 +97,19 @@ def current_state(config: Config, *m: str) -> str:
     return f"max by ({RUNNER}, {STATE}) ({series(config, c.RUNNER_STATE, *m)}) == 1"
 
 
+# One number per runner state, so a state timeline draws one row per runner.
+STATE_CODES: dict[str, int] = {s.value: i for i, s in enumerate(RunnerState, start=1)}
+
+
+def state_code(config: Config, *m: str) -> str:
+    """The runner's current state as its `STATE_CODES` number (one-hot gauge -> code)."""
+    terms = []
+    for state, code in STATE_CODES.items():
+        matcher = f'{STATE}="{state}"'
+        terms.append(f"{code} * {per_runner(config, c.RUNNER_STATE, matcher, *m)}")
+    return " + ".join(terms)
+
+
 def stream_stale(config: Config, *m: str) -> str:
     """Connected, and no byte for longer than the runner's own idle timeout.
 

@@ -26,9 +26,17 @@ from dashboards.panels import (
     value_texts,
 )
 from pullwake import catalog as c
+from pullwake.protocol import RunnerState
 from runner.otel import CONNECT_SPAN, SESSION_SPAN
 
 TITLE = "Pull-wake runner"
+STATE_COLORS = {
+    RunnerState.STOPPED: "#8e8e8e",
+    RunnerState.CONNECTING: "yellow",
+    RunnerState.STREAMING: "green",
+    RunnerState.RECONNECTING: "orange",
+    RunnerState.STOPPING: "purple",
+}
 VAR = q.RUNNER
 RATE = "$__rate_interval"
 
@@ -41,11 +49,21 @@ def _state_timeline(config: Config) -> statetimeline.Panel:
     return (
         statetimeline.Panel()
         .title("State")
-        .description("The runner's state machine over time (one row per state it was in).")
+        .description(
+            "The runner's state machine over time: green streaming, yellow connecting, "
+            "orange reconnecting."
+        )
         .datasource(prom_ds(config))
-        .with_target(target(config, q.current_state(config, _m()), "{{" + q.STATE + "}}"))
-        .mappings(value_texts({"1": ("in state", "blue")}))
-        .show_value(cm.VisibilityMode.NEVER)
+        .with_target(target(config, q.state_code(config, _m()), "state"))
+        .mappings(
+            value_texts(
+                {
+                    str(q.STATE_CODES[state.value]): (state.value, STATE_COLORS[state])
+                    for state in RunnerState
+                }
+            )
+        )
+        .show_value(cm.VisibilityMode.AUTO)
         .merge_values(True)
         .line_width(0)
         .fill_opacity(70)

@@ -16,6 +16,7 @@ from dashboards.build import DEFAULT_OUT
 from dashboards.config import DEFAULT
 from dashboards.rules import alerts, recording_names, recording_rules
 from pullwake import catalog as c
+from pullwake.protocol import RunnerState
 from tests.dashboards.dashjson import load, panels, prom_targets
 
 DASH = load(DEFAULT_OUT, DEFAULT)
@@ -159,6 +160,15 @@ def test_runner_panels_put_the_seed_signals_side_by_side() -> None:
         for t in p.get("targets") or []:
             text = t.get("expr") or t.get("query") or ""
             assert "$runner_id" in text, p["title"]
+
+
+def test_runner_state_timeline_is_one_coloured_row() -> None:
+    p = _panel("runner", "State")
+    assert _exprs(p) == [q.state_code(DEFAULT, f'{q.RUNNER}="$runner_id"')]
+    [mapping] = p["fieldConfig"]["defaults"]["mappings"]
+    texts = {int(k): v["text"] for k, v in mapping["options"].items()}
+    assert texts == {code: state for state, code in q.STATE_CODES.items()}
+    assert sorted(texts) == list(range(1, len(RunnerState) + 1))
 
 
 def test_runner_sessions_link_to_traces() -> None:

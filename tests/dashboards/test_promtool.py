@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dashboards import queries as q
 from dashboards import ruletests
 from dashboards.build import DEFAULT_OUT
 from dashboards.config import DEFAULT, Config, ForDurations, Thresholds
 from dashboards.rules import alerts
 from pullwake import catalog
+from pullwake.protocol import RunnerState
 from tests.dashboards.dashjson import load, prom_targets
 from tests.dashboards.promstack import (
     AMTOOL,
@@ -191,5 +193,39 @@ def test_server_mismatch_stat_counts_runners_not_series(tmp_path: Path) -> None:
     }
     path = tmp_path / "stat.test.yml"
     path.write_text(yaml.safe_dump(case))
+    res = _run(PROMTOOL, "test", "rules", str(path))
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@needs_prometheus
+def test_state_code_is_the_current_states_number(tmp_path: Path) -> None:
+    """The runner dashboard's one-row state timeline: one-hot gauges -> one code per runner."""
+    name = catalog.RUNNER_STATE.prom_name
+    series = []
+    for state in RunnerState:
+        for runner, current in (("r1", RunnerState.RECONNECTING), ("r2", RunnerState.STREAMING)):
+            value = "1x4" if state is current else "0x4"
+            labels = f'runner_id="{runner}", state="{state.value}", job="pullwake-runner"'
+            series.append({"series": f"{name}{{{labels}}}", "values": value})
+    expected = [
+        {"labels": f'{{runner_id="{r}"}}', "value": q.STATE_CODES[s.value]}
+        for r, s in (("r1", RunnerState.RECONNECTING), ("r2", RunnerState.STREAMING))
+    ]
+    case = {
+        "rule_files": [],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": series,
+                "promql_expr_test": [
+                    {"expr": q.state_code(DEFAULT), "eval_time": "30s", "exp_samples": expected}
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "state.test.yml"
+    path.write_text(yaml.safe_dump(case))
+    assert PROMTOOL is not None
     res = _run(PROMTOOL, "test", "rules", str(path))
     assert res.returncode == 0, res.stdout + res.stderr
