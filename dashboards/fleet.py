@@ -21,7 +21,7 @@ from dashboards.panels import (
     nav_links,
     table_panel,
     target,
-    thresholds,
+    threshold_line,
     timeseries_panel,
     transformation,
     value_texts,
@@ -181,14 +181,16 @@ def build(config: Config) -> db.Dashboard:
         )
         .with_row(db.Row("Wakes and backoff"))
         .with_panel(
-            timeseries_panel(
-                config,
-                "Wake latency p50 / p99",
-                "From a wake's publication to its handler starting, across the fleet.",
-                [target(config, rec["wake_latency_quantile"], "p{{quantile}}")],
-                unit="s",
-            ).thresholds(
-                thresholds((None, "green"), (config.thresholds.wake_latency_p99_seconds, "red"))
+            threshold_line(
+                timeseries_panel(
+                    config,
+                    "Wake latency p50 / p99",
+                    "From a wake's publication to its handler starting, across the fleet.",
+                    [target(config, rec["wake_latency_quantile"], "p{{quantile}}")],
+                    unit="s",
+                ),
+                (None, "green"),
+                (config.thresholds.wake_latency_p99_seconds, "red"),
             )
         )
         .with_panel(

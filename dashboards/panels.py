@@ -141,6 +141,12 @@ def thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
     )
 
 
+def threshold_line(p: timeseries.Panel, *steps: tuple[float | None, str]) -> timeseries.Panel:
+    """Thresholds drawn as a dashed line: a graph shows none unless told to."""
+    style = common.GraphThresholdsStyleConfig().mode(cm.GraphTresholdsStyleMode.DASHED)
+    return p.thresholds(thresholds(*steps)).thresholds_style(style)
+
+
 def value_texts(mapping: dict[str, tuple[str, str]]) -> list[dm.ValueMapping]:
     """Value -> (text, color) mappings (e.g. 1 -> "connected", green)."""
     return [

@@ -18,6 +18,7 @@ from dashboards.panels import (
     prom_ds,
     table_panel,
     target,
+    threshold_line,
     thresholds,
     timeseries_panel,
 )
@@ -132,19 +133,23 @@ def build(config: Config) -> db.Dashboard:
             )
         )
         .with_panel(
-            timeseries_panel(
-                config,
-                "Lease remaining",
-                "Seconds left on each runner's liveness lease; below 0 it has expired.",
-                [
-                    target(
-                        config,
-                        q.per_runner(config, c.SERVER_LEASE_REMAINING, agg="min"),
-                        "{{" + q.RUNNER + "}}",
-                    )
-                ],
-                unit="s",
-            ).thresholds(thresholds((None, "red"), (0, "green")))
+            threshold_line(
+                timeseries_panel(
+                    config,
+                    "Lease remaining",
+                    "Seconds left on each runner's liveness lease; below 0 it has expired.",
+                    [
+                        target(
+                            config,
+                            q.per_runner(config, c.SERVER_LEASE_REMAINING, agg="min"),
+                            "{{" + q.RUNNER + "}}",
+                        )
+                    ],
+                    unit="s",
+                ),
+                (None, "red"),
+                (0, "green"),
+            )
         )
         .with_panel(
             timeseries_panel(

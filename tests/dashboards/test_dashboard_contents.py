@@ -90,7 +90,12 @@ def test_every_panel_explains_itself_and_graphs_have_units(key: str) -> None:
             continue
         assert p.get("description"), p["title"]
         if p["type"] == "timeseries":
-            assert p["fieldConfig"]["defaults"].get("unit"), p["title"]
+            defaults = p["fieldConfig"]["defaults"]
+            assert defaults.get("unit"), p["title"]
+            # A threshold set on a graph is drawn, or it is there for nothing.
+            if len((defaults.get("thresholds") or {}).get("steps") or []) > 1:
+                style = defaults["custom"].get("thresholdsStyle", {}).get("mode", "off")
+                assert style != "off", p["title"]
 
 
 def test_fleet_runner_table_columns() -> None:
