@@ -205,3 +205,12 @@ def test_selectors_reach_every_series() -> None:
                 assert f'{name}{{job="pullwake-server"' in expr, expr
             elif name.startswith("pullwake_"):
                 assert f'{name}{{job="pullwake-runner"' in expr, expr
+
+
+def test_runbooks_name_real_panels() -> None:
+    """Every "quoted" panel a runbook tells the reader to look at exists on a dashboard."""
+    text = (ROOT / "docs/runbooks.md").read_text()
+    quoted = {" ".join(m.split()) for m in re.findall(r'"([^"`]+)"', text)}
+    titles = {p["title"] for d in load(DEFAULT_OUT, DEFAULT).values() for p in panels(d)}
+    assert len(quoted) >= 8
+    assert quoted - titles == set()
