@@ -266,6 +266,7 @@ def test_claims_survive_kill_9_and_expire_after_restart(tmp_path: Path) -> None:
         assert announced() == ids  # nothing else was re-announced
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_exit_within_2_s_even_with_a_blackholed_collector(tmp_path: Path, protocol: str) -> None:
     """Every export hangs (connections accepted, never answered): the bounded
