@@ -8,6 +8,7 @@ wake stream for longer than the grace period.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +70,8 @@ def derive_health(
     if admin_status == "disabled":
         escalate(UNHEALTHY, "Runner is disabled")
     if liveness == EXPIRED:
-        ago = round((now_ms - (lease_expires_at_ms or now_ms)) / 1000)
+        # Math.round as the original: halves round up (Python's round() goes to even)
+        ago = math.floor((now_ms - (lease_expires_at_ms or now_ms)) / 1000 + 0.5)
         escalate(UNHEALTHY, f"Heartbeat lease expired {ago}s ago")
     if liveness == OFFLINE and admin_status == "enabled":
         escalate(DEGRADED, "Runner has never sent a heartbeat")

@@ -51,6 +51,10 @@ def test_health_only_escalates() -> None:
         "unhealthy",
         ["Heartbeat lease expired 5s ago"],
     )
+    # 2.5 s: the original's Math.round says 3 (Python's round() would say 2)
+    assert health(liveness="expired", lease_expires_at_ms=NOW - 2_500)[1] == [
+        "Heartbeat lease expired 3s ago"
+    ]
     # unhealthy stays unhealthy when a degraded issue follows
     status, issues = health(
         admin_status="disabled", liveness="offline", diagnostics={"stream_connected": False}
