@@ -16,21 +16,21 @@ rule that telemetry never hurts the process lives here too:
 
 The Prometheus reader writes into a private `CollectorRegistry`, never the
 global one, so several providers (tests) can live in one process.  The
-environment itself is read by `pullwake.otel_settings` (pure).
+environment itself is read by `pullwake.otel_settings` (pure); the catalog's
+instruments live in `pullwake.instruments`, the log rate limit in
+`pullwake.otel_logging` (both re-exported here).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from opentelemetry import metrics as metrics_api
 from opentelemetry import trace as trace_api
 from opentelemetry.context import Context
-from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -52,7 +52,9 @@ from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
 from pullwake import __version__
-from pullwake.catalog import CATALOG, Component, Kind, Metric
+from pullwake.catalog import CATALOG, Component, Kind
+from pullwake.instruments import GaugeCallback, Instruments
+from pullwake.otel_logging import RateLimitFilter, install_log_rate_limit
 from pullwake.otel_settings import (
     OtlpTarget,
     TelemetryConfigError,
@@ -71,6 +73,7 @@ __all__ = [
     "PROMETHEUS_CONTENT_TYPE",
     "SERVICE_RUNNER",
     "SERVICE_SERVER",
+    "GaugeCallback",
     "Instruments",
     "KeepRootsSampler",
     "OtlpTarget",
@@ -129,57 +132,6 @@ def catalog_views(component: Component | None = None) -> list[View]:
         and m.buckets
         and (component is None or m.component is component)
     ]
-
-
-# --- rate-limited logging of the SDK's own complaints ---------------------------
-class RateLimitFilter(logging.Filter):
-    """Let one record per (logger, message template) through per `interval_s`.
-
-    An unreachable collector makes the exporters warn on every retry; that
-    must not flood the runner's log.  The next record let through says how
-    many were suppressed.
-    """
-
-    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
-        super().__init__()
-        self.interval_s = interval_s
-        self._clock = clock
-        self._last: dict[tuple[str, str], float] = {}
-        self._suppressed: dict[tuple[str, str], int] = {}
-        self._lock = threading.Lock()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, str(record.msg))
-        now = self._clock()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self.interval_s:
-                self._suppressed[key] = self._suppressed.get(key, 0) + 1
-                return False
-            if len(self._last) > 256:  # bounded memory whatever the SDK logs
-                self._last.clear()
-                self._suppressed.clear()
-            self._last[key] = now
-            dropped = self._suppressed.pop(key, 0)
-        if dropped:
-            record.msg = f"{record.msg} ({dropped} similar messages suppressed)"
-        return True
-
-
-_LOG_FILTER: Final = RateLimitFilter()
-
-
-def install_log_rate_limit() -> None:
-    """Attach the filter to every OTel logger and ours (filters do not propagate)."""
-    import opentelemetry.exporter.otlp.proto.grpc.exporter
-    import opentelemetry.exporter.otlp.proto.http._common
-    import opentelemetry.sdk._shared_internal  # noqa: F401
-
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith(("opentelemetry", "pullwake.telemetry")):
-            logger = logging.getLogger(name)
-            if _LOG_FILTER not in logger.filters:
-                logger.addFilter(_LOG_FILTER)
 
 
 # --- sampling: the configured sampler, except for a few essential roots -----------
@@ -340,102 +292,3 @@ def build_telemetry(
 ) -> Telemetry:
     """Settings from the environment, then providers; raises TelemetryConfigError."""
     return Telemetry(settings_from_env(service_name, instance_id, version, env), **kwargs)
-
-
-# --- instruments from the catalog --------------------------------------------------
-GaugeCallback = Callable[[], Iterable[tuple[float, Mapping[str, str]]]]
-
-
-class Instruments:
-    """Every instrument of one component, created once from the catalog.
-
-    Gauges are observable: each needs a callback returning
-    `(value, attributes)` pairs, read at collection time.  `add`/`record`
-    check attributes against the catalog so no unlisted label sneaks in.
-
-    `counted` names counters whose totals the caller keeps itself (a dict
-    increment instead of an SDK measurement through every reader, for
-    counters bumped several times per wake): they become observable counters
-    with the given callback returning the running totals.  Same name, kind
-    and attributes on both export paths.
-    """
-
-    def __init__(
-        self,
-        meter: metrics_api.Meter,
-        component: Component,
-        gauges: Mapping[str, GaugeCallback],
-        counted: Mapping[str, GaugeCallback] | None = None,
-    ) -> None:
-        counted = counted or {}
-        self._sync: dict[str, Any] = {}
-        self._observable: dict[str, Any] = {}
-        missing = [
-            m.name
-            for m in CATALOG
-            if m.component is component and m.kind is Kind.GAUGE and m.name not in gauges
-        ]
-        if missing:
-            raise ValueError(f"no gauge callback for {', '.join(missing)}")
-        for m in CATALOG:
-            if m.component is not component:
-                continue
-            if m.kind is Kind.COUNTER and m.name in counted:
-                self._observable[m.name] = meter.create_observable_counter(
-                    m.name, [_gauge_adapter(m, counted[m.name])], m.unit, m.description
-                )
-            elif m.kind is Kind.COUNTER:
-                self._sync[m.name] = meter.create_counter(m.name, m.unit, m.description)
-            elif m.kind is Kind.UPDOWN:
-                self._sync[m.name] = meter.create_up_down_counter(m.name, m.unit, m.description)
-            elif m.kind is Kind.HISTOGRAM:
-                self._sync[m.name] = meter.create_histogram(
-                    m.name, m.unit, m.description, explicit_bucket_boundaries_advisory=m.buckets
-                )
-            else:
-                self._observable[m.name] = meter.create_observable_gauge(
-                    m.name, [_gauge_adapter(m, gauges[m.name])], m.unit, m.description
-                )
-
-    def check(self, m: Metric, attributes: Mapping[str, str]) -> None:
-        """Raise ValueError unless `attributes` are exactly the catalog's for `m`."""
-        if tuple(attributes) != m.attributes and set(attributes) != set(m.attributes):
-            raise ValueError(f"{m.name}: attributes {sorted(attributes)} != {list(m.attributes)}")
-
-    def checked(self, m: Metric, attributes: Mapping[str, str]) -> Any:
-        """The SDK instrument for `m` once `attributes` passed the catalog check.
-
-        For hot paths that bind (instrument, attributes) once and then call
-        `add`/`record` on the instrument directly.
-        """
-        self.check(m, attributes)
-        return self._sync[m.name]
-
-    def add(
-        self,
-        m: Metric,
-        amount: float,
-        attributes: Mapping[str, str],
-        context: Context | None = None,
-    ) -> None:
-        self.check(m, attributes)
-        self._sync[m.name].add(amount, attributes, context=context)
-
-    def record(
-        self, m: Metric, value: float, attributes: Mapping[str, str], context: Context | None = None
-    ) -> None:
-        self.check(m, attributes)
-        self._sync[m.name].record(value, attributes, context=context)
-
-
-def _gauge_adapter(
-    m: Metric, cb: GaugeCallback
-) -> Callable[[CallbackOptions], Iterable[Observation]]:
-    def observe(_options: CallbackOptions) -> Iterable[Observation]:
-        try:
-            return [Observation(v, dict(a)) for v, a in cb()]
-        except Exception:  # a broken snapshot must not break the other gauges
-            log.warning("gauge %s callback failed", m.name, exc_info=True)
-            return []
-
-    return observe

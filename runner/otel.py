@@ -4,17 +4,17 @@ The runner core never imports OpenTelemetry; it reports to `runner.observe`
 and this observer turns the reports into:
 
 - metrics from the catalog: gauges read `Runner.snapshot()` at collection
-  time (one snapshot per collection), counters and histograms from observer
-  calls, recorded in the active span's context so exemplars carry trace ids;
+  time (`runner.otel_gauges`), counters and histograms from observer calls,
+  recorded in the active span's context so exemplars carry trace ids;
 - one `pullwake.stream.session` span per stream session, from the connect
   attempt to its end (ERROR when the end reason is a failure, detector
   firings as span events); a connect attempt that never got a response is
   renamed `pullwake.stream.connect` and carries the backoff wait before it;
-- spans for units of work the runner wraps in `span()` (heartbeat, claim,
-  handle, complete), root spans linked to the current session; each wake's
-  claim -> handle -> complete hang under one `pullwake.wake` span;
-- W3C `traceparent` on every aiohttp request via `request_class()` (requests
-  outside any span carry the session span's context).
+- heartbeat spans linked to the current session, holding the outcome the
+  runner reports just after the heartbeat's block;
+- each wake's `pullwake.wake` trace with claim -> handle -> complete under it
+  (`runner.otel_wakes`, the hot path);
+- W3C `traceparent` on every aiohttp request (`runner.otel_propagation`).
 
 Everything here is called on the runner's event loop and only enqueues or
 updates memory (bounded maps); exporting happens on the SDK's threads.
@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -35,7 +33,6 @@ import aiohttp
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from pullwake import catalog as c
 from pullwake.catalog import RUNNER_ID, Component
@@ -55,6 +52,8 @@ from pullwake.telemetry import (
     build_telemetry,
 )
 from runner.observe import RunnerSnapshot, SessionInfo, Transition
+from runner.otel_gauges import RunnerGauges
+from runner.otel_propagation import Traceparent
 from runner.otel_wakes import WAKE_SPAN, WAKE_STEPS, WakeTraces
 
 __all__ = [
@@ -77,10 +76,6 @@ HEARTBEAT_SPAN: Final = "pullwake.heartbeat"
 WAKE_STEPS_ENV: Final = "PULLWAKE_OTEL_WAKE_STEPS"
 _DETECTOR_REASONS: Final = frozenset({EndReason.IDLE_TIMEOUT, EndReason.HEARTBEAT_FAILURES})
 _MAX_OPEN_SESSIONS: Final = 8
-_SNAPSHOT_TTL_S: Final = 0.2
-_PROPAGATOR: Final = TraceContextTextMapPropagator()
-
-Gauge = Iterable[tuple[float, Mapping[str, str]]]
 
 
 def _ns(unix_s: float | None) -> int | None:
@@ -119,11 +114,9 @@ class OtelRunnerObserver:
         self.wake_step_spans = wake_step_spans
         self.runner_id = runner_id
         self._rid = {RUNNER_ID: runner_id}
+        self._traceparent = Traceparent(lambda: self._current)
         self._attr_cache: dict[tuple[str, str], Mapping[str, str]] = {}
         self._tracer = telemetry.tracer()
-        self._snapshot = snapshot
-        self._snap_lock = threading.Lock()
-        self._cached: tuple[float, RunnerSnapshot] | None = None
         self._sessions: OrderedDict[int, Span] = OrderedDict()
         self._current: Span | None = None
         self._fired: dict[int, set[str]] = {}  # detectors already on each open session
@@ -132,24 +125,11 @@ class OtelRunnerObserver:
         self._heartbeat_open: Span | None = None  # block running
         self._links: tuple[Span | None, Sequence[Link]] = (None, ())
         self._pending_backoff: tuple[float, int, EndReason | None] | None = None
+        self._gauges = RunnerGauges(runner_id, snapshot)
         self._ins = Instruments(
             telemetry.meter(),
             Component.RUNNER,
-            {
-                c.STREAM_CONNECTED.name: lambda: self._one(
-                    lambda s: 1.0 if s.stream_connected else 0.0
-                ),
-                c.STREAM_AGE.name: lambda: self._one(lambda s: s.stream_age_s),
-                c.STREAM_IDLE.name: lambda: self._one(lambda s: s.stream_idle_s),
-                c.STREAM_IDLE_TIMEOUT.name: lambda: self._one(lambda s: s.idle_timeout_s),
-                c.HEARTBEAT_CONSECUTIVE_FAILURES.name: lambda: self._one(
-                    lambda s: float(s.consecutive_heartbeat_failures)
-                ),
-                c.HEARTBEAT_LAST_SUCCESS.name: lambda: self._one(
-                    lambda s: s.last_heartbeat_success_at or 0.0
-                ),
-                c.RUNNER_STATE.name: self._states,
-            },
+            self._gauges.callbacks(),
             counted={c.WAKES.name: lambda: self._wakes.counts()},
         )
         self._wakes = WakeTraces(
@@ -158,30 +138,7 @@ class OtelRunnerObserver:
 
     def bind(self, snapshot: Callable[[], RunnerSnapshot]) -> None:
         """Give the gauges their source once the `Runner` exists."""
-        self._snapshot = snapshot
-
-    # --- gauges (a metric reader's thread or the /metrics handler) ---
-    def _snap(self) -> RunnerSnapshot | None:
-        if self._snapshot is None:
-            return None
-        now = time.monotonic()
-        with self._snap_lock:
-            if self._cached is None or now - self._cached[0] > _SNAPSHOT_TTL_S:
-                self._cached = (now, self._snapshot())
-            return self._cached[1]
-
-    def _one(self, value: Callable[[RunnerSnapshot], float]) -> Gauge:
-        snap = self._snap()
-        return [] if snap is None else [(float(value(snap)), self._rid)]
-
-    def _states(self) -> Gauge:
-        snap = self._snap()
-        if snap is None:
-            return []
-        return [
-            (1.0 if snap.state is st else 0.0, {RUNNER_ID: self.runner_id, "state": st.value})
-            for st in RunnerState
-        ]
+        self._gauges.bind(snapshot)
 
     # --- context helpers ---
     def _attrs(self, key: str, value: str) -> Mapping[str, str]:
@@ -399,42 +356,12 @@ class OtelRunnerObserver:
         with trace.use_span(self._tracer.start_span(full, attributes=attrs, links=links), True):
             yield
 
-    # --- propagation on the runner's HTTP requests ---
-    def _inject(self, headers: MutableMapping[str, str]) -> None:
-        """W3C traceparent of the active span, else of the session (the stream GET)."""
-        ctx: otel_context.Context | None = None
-        if not trace.get_current_span().get_span_context().is_valid and self._current:
-            ctx = trace.set_span_in_context(self._current)
-        _PROPAGATOR.inject(headers, context=ctx)
-
+    # --- propagation on the runner's HTTP requests (runner.otel_propagation) ---
     def request_class(self) -> type[aiohttp.ClientRequest]:
-        """An aiohttp request class adding `traceparent` to every request.
-
-        Cheaper than a `TraceConfig` (which makes aiohttp await a dozen signals
-        per request and per response chunk): one call while the headers are built.
-        """
-        inject = self._inject
-
-        class TraceparentRequest(aiohttp.ClientRequest):
-            def update_headers(self, headers: Any) -> None:
-                super().update_headers(headers)
-                inject(self.headers)
-
-        return TraceparentRequest
+        return self._traceparent.request_class()
 
     def trace_config(self) -> aiohttp.TraceConfig:
-        """The same injection as an aiohttp `TraceConfig`, for sessions built elsewhere."""
-        config = aiohttp.TraceConfig()
-
-        async def on_request_start(
-            _session: aiohttp.ClientSession,
-            _ctx: Any,
-            params: aiohttp.TraceRequestStartParams,
-        ) -> None:
-            self._inject(params.headers)
-
-        config.on_request_start.append(on_request_start)
-        return config
+        return self._traceparent.trace_config()
 
     def close(self) -> None:
         """End what a stopped runner leaves open: a heartbeat, wakes in flight."""
