@@ -159,6 +159,8 @@ def clean_diagnostics(value: Any) -> tuple[dict[str, Any], list[str]]:
         )
         if ok and isinstance(val, float) and not math.isfinite(val):
             ok = False
+        if ok and isinstance(val, int | float) and not isinstance(val, bool) and val < 0:
+            ok = False  # counters and durations; the original drops negatives too
         if ok and isinstance(val, str):
             ok = len(val) <= MAX_TEXT and (
                 key not in DIAGNOSTIC_ENUMS or val in DIAGNOSTIC_ENUMS[key]

@@ -129,10 +129,17 @@ def test_clean_diagnostics() -> None:
             "stream_idle_seconds": float("nan"),
             "claims_failed": 2,
             "status": "x" * 5000,
+            "reconnect_count": -3,
+            "events_received": 0,
         }
     )
-    assert kept == {"stream_connected": None, "live_mode": "sse", "claims_failed": 2}
-    assert dropped == ["status", "stream_idle_seconds"]
+    assert kept == {
+        "stream_connected": None,
+        "live_mode": "sse",
+        "claims_failed": 2,
+        "events_received": 0,
+    }
+    assert dropped == ["reconnect_count", "status", "stream_idle_seconds"]
 
 
 @pytest.mark.parametrize(
