@@ -14,9 +14,11 @@ that is still being worked on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -52,17 +54,24 @@ class HandlerFailed(Exception):
 
 
 def shell_handler(cmd: str) -> Handler:
-    """Run `cmd` through the shell once per wake: JSON on stdin, PULLWAKE_WAKE_ID in env."""
+    """Run `cmd` through the shell once per wake: JSON on stdin, PULLWAKE_WAKE_ID in env.
+
+    Each run gets its own process group, and a cancelled run (the runner stops)
+    kills the whole group: killing only the shell would leave what it started
+    (`sleep`, a script's children) running after the runner is gone.
+    """
 
     async def handle(wake: dict[str, Any]) -> None:
         env = dict(os.environ, PULLWAKE_WAKE_ID=str(wake.get("wake_id", "")))
-        proc = await asyncio.create_subprocess_shell(cmd, stdin=asyncio.subprocess.PIPE, env=env)
+        proc = await asyncio.create_subprocess_shell(
+            cmd, stdin=asyncio.subprocess.PIPE, env=env, start_new_session=True
+        )
         try:
             await proc.communicate(json.dumps(wake).encode())
         except asyncio.CancelledError:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the group outlives a finished shell
+            await proc.wait()
             raise
         if proc.returncode != 0:
             raise HandlerFailed(f"handler exited with status {proc.returncode}")

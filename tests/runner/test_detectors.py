@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
 import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,7 +24,7 @@ from aiohttp import web
 
 from pullwake.protocol import H_KEEPALIVE, EndReason, WakeOutcome
 from runner.config import PROFILES, RunnerConfig
-from runner.dispatch import ClaimAnswer, Dispatcher
+from runner.dispatch import ClaimAnswer, Dispatcher, shell_handler
 from runner.errors import SessionEnded
 from runner.observe import RecordingObserver
 from runner.offsets import CommitTracker
@@ -418,3 +421,34 @@ async def test_a_healthy_session_ended_by_the_heartbeat_bridge_resets_the_backof
         async with asyncio.timeout(10):
             await task
         await app_runner.cleanup()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+async def test_a_cancelled_shell_handler_leaves_no_process_behind(tmp_path: Path) -> None:
+    """Stopping the runner cancels running handlers: what their shell started dies too."""
+    pidfile = tmp_path / "pid"
+    handle = shell_handler(f"cat >/dev/null; sleep 30 & echo $! > {pidfile}; wait")
+    task = asyncio.create_task(handle({"wake_id": "w"}))
+    pid = 0
+    try:
+        async with asyncio.timeout(10):
+            while not (pidfile.exists() and pidfile.read_text().strip()):
+                await asyncio.sleep(0.02)
+        pid = int(pidfile.read_text())
+        assert _alive(pid)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(5):
+            while _alive(pid):
+                await asyncio.sleep(0.02)
+    finally:
+        if pid and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
