@@ -131,8 +131,10 @@ def _span_rows() -> list[str]:
         "`pullwake.backoff.wait_s`, `pullwake.backoff.tries` and "
         "`pullwake.backoff.after_reason` of the wait before it",
         "pullwake.heartbeat": "each heartbeat, linked to the current session span",
-        WAKE_SPAN: "each wake from receipt to completion, linked to its session; children "
-        f"`{WAKE_SPAN}.claim`, `{WAKE_SPAN}.handle`, `{WAKE_SPAN}.complete`",
+        WAKE_SPAN: "each wake from receipt to completion (`runner.id`, `pullwake.wake.id`, "
+        "`pullwake.wake.outcome`), linked to its session; children "
+        f"`{WAKE_SPAN}.claim`, `{WAKE_SPAN}.handle`, `{WAKE_SPAN}.complete` "
+        "(no attributes of their own: the root has them)",
         "METHOD /route": "(server) each request, continuing the runner's W3C `traceparent`",
     }
     return [
