@@ -23,7 +23,10 @@ def register(subparsers: Any) -> None:
             "(Durable Streams reads: catch-up, long-poll, SSE), backed by SQLite in WAL mode. "
             "A published wake is on disk before its 201. SIGINT/SIGTERM end every live "
             "stream at once and exit 0. Env PULLWAKE_AUTH_TOKEN, when set, is a bearer "
-            "token every API and stream request must carry."
+            "token every API and stream request must carry. GET /healthz and GET /metrics "
+            "(Prometheus text) need no auth. The standard OTEL_* variables configure OTLP "
+            "export (OTEL_SDK_DISABLED=true turns telemetry off; "
+            "see docs/metrics.md)."
         ),
     )
     s.add_argument("--host", default="127.0.0.1", help=f"address to listen on {DEFAULTS_NOTE}")
