@@ -175,7 +175,11 @@ class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix="pullwake-demo-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise SupervisorError(f"cannot create --workdir {self.workdir}: {why}") from None
         self.port = args.port or _free_port()
         self.status_port = args.status_port or _free_port()
         self.server_url = f"http://127.0.0.1:{self.port}"

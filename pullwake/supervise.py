@@ -350,8 +350,11 @@ def _killpg(pgid: int) -> None:
 
 
 def _tail(child: Child) -> str:
-    """The log's path on the first line (for one-line CLI errors), then its tail."""
+    """The log's path and its last line on the first line (a one-line CLI error keeps
+    only that: it must say why), then the longer tail."""
     if child.spec.log is None:
         return ""
     tail = child.log_tail(10)
-    return f", log {child.spec.log}" + (f"; last output:\n{tail}" if tail else "")
+    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+    first = f", log {child.spec.log}" + (f": {last}" if last else "")
+    return first + (f"\nlast output:\n{tail}" if tail else "")

@@ -129,6 +129,26 @@ def test_bad_option_is_one_line() -> None:
     assert done.stderr.strip() == "pullwake: error: --publish-interval must be > 0"
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--workdir", "/proc/pullwake-no-such-dir"], "cannot create --workdir"),
+        (["--port", "99999"], "--port must be 0-65535"),  # the server's own reason, in line
+    ],
+)
+def test_a_failing_start_is_one_line_that_says_why(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    argv = [sys.executable, "-m", "pullwake", "demo", "--duration", "1"]
+    if "--workdir" not in args:
+        argv += ["--workdir", str(tmp_path / "demo")]
+    done = subprocess.run(argv + args, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pullwake: error:"), done.stderr
+    assert says in lines[0], lines[0]
+
+
 @pytest.mark.slow
 def test_duration_run_streams_and_delivers(tmp_path: Path) -> None:
     demo = Demo(tmp_path, "--duration", "6")
