@@ -77,11 +77,17 @@ async def read_json_object(request: web.Request, *, required: bool) -> dict[str,
         raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")
     chunks: list[bytes] = []
     total = 0
-    while chunk := await request.content.read(65536):  # chunked bodies have no length
-        total += len(chunk)
-        if total > MAX_BODY_BYTES:
-            raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
+    try:
+        while chunk := await request.content.read(65536):  # chunked bodies have no length
+            total += len(chunk)
+            if total > MAX_BODY_BYTES:
+                raise ApiError(
+                    413, ErrorCode.PAYLOAD_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes"
+                )
+            chunks.append(chunk)
+    except web.RequestPayloadError as exc:  # bad gzip, broken chunked framing
+        msg = " ".join(str(exc).split())[:200]
+        raise bad_request(f"cannot read the request body: {msg}") from None
     raw = b"".join(chunks)
     if not raw.strip():
         if required:

@@ -79,6 +79,8 @@ CASES: list[tuple[str, str, bytes | None, dict[str, str], int, str]] = [
     ("POST", "{p}/{r}/claim", b'{"wake_id": "\\ud800"}', JSON, 400, "INVALID_REQUEST"),
     ("POST", "{p}/{r}/wakes", b"{}", {"Content-Type": "text/plain"}, 415, "UNSUPPORTED_MEDIA_TYPE"),
     ("POST", "{p}/{r}/wakes", b"{}", {}, 415, "UNSUPPORTED_MEDIA_TYPE"),
+    # a body that says gzip but is not: aiohttp fails the read (was a 500)
+    ("POST", "{p}/{r}/wakes", b"{}", {**JSON, "Content-Encoding": "gzip"}, 400, "INVALID_REQUEST"),
     ("POST", "{p}/ghost/wakes", b"{}", JSON, 404, "NOT_FOUND"),
     ("POST", "{p}/bad%20id/wakes", b"{}", JSON, 400, "INVALID_REQUEST"),
     ("POST", "{p}/{r}/heartbeat", b'{"lease_ms": "30"}', JSON, 400, "INVALID_REQUEST"),
