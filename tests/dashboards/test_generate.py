@@ -144,6 +144,14 @@ def test_every_metric_name_comes_from_the_catalog() -> None:
     # ...and no module of the generator spells one.
     for src in (ROOT / "dashboards").glob("*.py"):
         assert "pullwake_" not in src.read_text(), src
+    # Nor do this area's tests, the alert sink or the runbooks (OTel or Prometheus name).
+    sources = [*(ROOT / "tests/dashboards").glob("*.py"), ROOT / "pullwake/alertsink.py"]
+    sources.append(ROOT / "docs/runbooks.md")
+    for src in sources:
+        text = src.read_text()
+        for m in catalog.CATALOG:
+            for name in (m.name, *m.prom_series):
+                assert not re.search(rf"\b{re.escape(name)}\b", text), (src, name)
 
 
 def test_alert_conventions() -> None:
