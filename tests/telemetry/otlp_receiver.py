@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -72,7 +73,9 @@ class RecordedPoint:
 class OtlpReceiver:
     """Start with `with OtlpReceiver() as rx:`; `rx.endpoint` is its URL."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s  # > 0: a slow collector, each export answered this late
+        self.calls = 0  # exports started (a slow collector may still be holding them)
         self._lock = threading.Lock()
         self._spans: list[RecordedSpan] = []
         self._points: list[RecordedPoint] = []
@@ -153,6 +156,8 @@ class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
         self.rx = rx
 
     def Export(self, request: Any, context: Any) -> Any:
+        self.rx.calls += 1
+        time.sleep(self.rx.delay_s)
         self.rx._add_spans(request)
         return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -162,6 +167,8 @@ class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
         self.rx = rx
 
     def Export(self, request: Any, context: Any) -> Any:
+        self.rx.calls += 1
+        time.sleep(self.rx.delay_s)
         self.rx._add_metrics(request)
         return metrics_service_pb2.ExportMetricsServiceResponse()
 

@@ -6,6 +6,7 @@ Prometheus reader; in-memory readers only where a test reads SDK data points.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import time
@@ -226,6 +227,50 @@ def test_shutdown_is_bounded_when_the_collector_black_holes() -> None:
         assert not flushed
     finally:
         hole.close()
+
+
+@pytest.mark.parametrize("collector", ["refused", "slow"])
+def test_recording_stays_fast_and_shutdown_bounded_when_the_collector_is_down_or_slow(
+    collector: str,
+) -> None:
+    """Down (connection refused, the exporter retries with backoff) or slow (each
+    export answered after 3 s): spans and metrics are still recorded at once, and
+    shutdown gives up at its deadline instead of waiting for the exporter."""
+    with contextlib.ExitStack() as stack:
+        if collector == "slow":
+            rx = stack.enter_context(OtlpReceiver(delay_s=3.0))
+            endpoint = rx.endpoint
+        else:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+            s.close()  # nothing listens there: connections are refused
+        t = build_telemetry(
+            SERVICE_RUNNER,
+            "r1",
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                "OTEL_EXPORTER_OTLP_TIMEOUT": "30000",
+                "OTEL_METRIC_EXPORT_INTERVAL": "100",
+                "OTEL_BSP_SCHEDULE_DELAY": "50",
+            },
+        )
+        exercise(t, Component.RUNNER)
+        for _ in range(50):  # first exports start and stall (retrying or waiting)
+            with t.tracer().start_as_current_span("pullwake.test"):
+                pass
+        if collector == "slow":
+            wait_until(lambda: rx.calls > 0, 10, what="an export held by the slow collector")
+        started = time.monotonic()
+        for _ in range(200):
+            with t.tracer().start_as_current_span("pullwake.test"):
+                pass
+        assert b"pullwake_wakes_total" in t.prometheus_text()
+        assert time.monotonic() - started < 2.0
+        started = time.monotonic()
+        t.shutdown(timeout_s=1.5)
+        took = time.monotonic() - started
+        assert took < 3.0, took  # 1.5 s deadline + scheduling margin on a shared machine
 
 
 def test_rate_limit_filter_lets_one_through_per_interval() -> None:
