@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -118,3 +119,36 @@ def test_sink_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
         )
         assert res.returncode == 2, res.stderr
         assert res.stderr.startswith("pullwake: error:") and "Traceback" not in res.stderr
+
+
+def test_sink_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    first = SinkProcess(tmp_path).start()
+    with running(first):
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pullwake",
+                "alerts",
+                "sink",
+                "--listen",
+                f"127.0.0.1:{first.port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert res.returncode == 2
+    assert res.stderr.startswith("pullwake: error: cannot listen on 127.0.0.1:")
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+def test_sink_ctrl_c_exits_cleanly_keeping_the_record(tmp_path: Path) -> None:
+    sink = SinkProcess(tmp_path).start()
+    with running(sink):
+        assert http_json("POST", sink.url, notification())[0] == 200
+        sink.signal(signal.SIGINT)
+        assert sink.wait(10) == 0
+    assert "Traceback" not in sink.output()
+    assert [r["alertname"] for r in sink.recorded()] == ["PullWakeHeartbeatsFailing"]
