@@ -147,6 +147,17 @@ class Config:
                 parse_duration(value)
             except ValueError as exc:
                 raise ValueError(f"Config.{name}: {exc}") from None
+        t = self.thresholds
+        for name, number in (
+            ("heartbeat_failures", t.heartbeat_failures),
+            ("heartbeat_stale_seconds", t.heartbeat_stale_seconds),
+            ("stream_idle_seconds", t.stream_idle_seconds),
+            ("reconnect_storm_count", t.reconnect_storm_count),
+            ("wake_latency_p99_seconds", t.wake_latency_p99_seconds),
+        ):
+            # 0 would make `>= threshold` true for every healthy runner.
+            if not number > 0:
+                raise ValueError(f"Config.thresholds.{name} must be positive, got {number!r}")
         for name, value in (
             ("runbook_base_url", self.runbook_base_url),
             ("alertmanager_webhook_url", self.alertmanager_webhook_url),

@@ -17,7 +17,14 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 from dashboards import rules
 from dashboards.alertmanager import alertmanager_config
 from dashboards.build import DEFAULT_OUT, generate, stale
-from dashboards.config import DEFAULT, Config, ForDurations, format_duration, parse_duration
+from dashboards.config import (
+    DEFAULT,
+    Config,
+    ForDurations,
+    Thresholds,
+    format_duration,
+    parse_duration,
+)
 from pullwake import catalog
 from tests.dashboards.dashjson import load, panels, prom_targets
 
@@ -72,6 +79,8 @@ def test_config_fails_loudly() -> None:
         Config(for_=ForDurations(heartbeats_failing="1 minute"))
     with pytest.raises(ValueError, match="alertmanager_webhook_url"):
         Config(alertmanager_webhook_url="alert-sink:9095")
+    with pytest.raises(ValueError, match=r"thresholds\.heartbeat_failures must be positive"):
+        Config(thresholds=Thresholds(heartbeat_failures=0))
 
 
 def test_scaled_config_shrinks_every_wait() -> None:
