@@ -17,8 +17,9 @@ from dashboards import queries as q
 from dashboards.config import Config
 from dashboards.panels import (
     REF_IDS,
-    link_to,
     nav_links,
+    runner_link,
+    runner_list,
     table_panel,
     target,
     threshold_line,
@@ -85,7 +86,7 @@ def _runner_table(config: Config) -> table.Panel:
             "since heartbeat success", _seconds(config.thresholds.heartbeat_stale_seconds)
         )
         .override_by_name("stream age", _seconds(None))
-        .override_by_name(q.RUNNER, [_runner_link(config)])
+        .override_by_name(q.RUNNER, [runner_link(config)])
     )
 
 
@@ -112,36 +113,19 @@ def _color_text() -> dm.DynamicConfigValue:
     return dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"})
 
 
-def _runner_link(config: Config) -> dm.DynamicConfigValue:
-    uid = config.dashboard_uids.runner
-    field = "${__data.fields." + q.RUNNER + "}"
-    return link_to("Runner dashboard", f"/d/{uid}?var-{q.RUNNER}={field}&${{__url_time_range}}")
-
-
 def _mappings(mapping: dict[str, tuple[str, str]]) -> dm.DynamicConfigValue:
     return dm.DynamicConfigValue(id_val="mappings", value=value_texts(mapping))
 
 
 def _lying_runners(config: Config) -> table.Panel:
-    rec = recording_names(config)
-    return (
-        table_panel(
-            config,
-            "Stream connected while heartbeats fail",
-            "Exactly the runners whose stream reports connected while their heartbeats keep "
-            "failing (PullWakeStreamConnectedWhileHeartbeatsFailing).  Empty when healthy.",
-            [
-                target(
-                    config, rec["connected_while_failing"], ref="A", instant=True, table_format=True
-                )
-            ],
-            height=6,
-        )
-        .override_by_name(q.RUNNER, [_runner_link(config)])
-        .with_transformation(
-            transformation("organize", {"excludeByName": {"Time": True, "Value": True}})
-        )
-        .no_value("none: every connected runner's heartbeats succeed")
+    return runner_list(
+        config,
+        "Stream connected while heartbeats fail",
+        "Exactly the runners whose stream reports connected while their heartbeats keep "
+        "failing (PullWakeStreamConnectedWhileHeartbeatsFailing).  Empty when healthy.",
+        recording_names(config)["connected_while_failing"],
+        "none: every connected runner's heartbeats succeed",
+        height=6,
     )
 
 

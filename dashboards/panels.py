@@ -19,6 +19,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
 
 from dashboards.config import Config
+from pullwake import catalog as c
 
 REF_IDS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -191,3 +192,39 @@ def nav_links() -> db.DashboardLink:
 def link_to(title: str, url: str) -> dm.DynamicConfigValue:
     """A field override value making each cell a link (e.g. runner -> its dashboard)."""
     return dm.DynamicConfigValue(id_val="links", value=[{"title": title, "url": url}])
+
+
+def runner_link(config: Config) -> dm.DynamicConfigValue:
+    """Each `runner_id` cell opens that runner's dashboard, keeping the time range."""
+    label = c.prom_label(c.RUNNER_ID)
+    uid = config.dashboard_uids.runner
+    field = "${__data.fields." + label + "}"
+    return link_to("Runner dashboard", f"/d/{uid}?var-{label}={field}&${{__url_time_range}}")
+
+
+def runner_list(
+    config: Config,
+    title: str,
+    description: str,
+    expr: str,
+    no_value: str,
+    *,
+    height: int,
+    span: int = 24,
+) -> table.Panel:
+    """A table of exactly the runners `expr` returns (one column, linked), empty when none."""
+    return (
+        table_panel(
+            config,
+            title,
+            description,
+            [target(config, expr, ref="A", instant=True, table_format=True)],
+            height=height,
+            span=span,
+        )
+        .override_by_name(c.prom_label(c.RUNNER_ID), [runner_link(config)])
+        .with_transformation(
+            transformation("organize", {"excludeByName": {"Time": True, "Value": True}})
+        )
+        .no_value(no_value)
+    )

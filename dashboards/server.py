@@ -16,7 +16,7 @@ from dashboards.config import Config
 from dashboards.panels import (
     nav_links,
     prom_ds,
-    table_panel,
+    runner_list,
     target,
     threshold_line,
     thresholds,
@@ -59,11 +59,12 @@ def build(config: Config) -> db.Dashboard:
         .with_row(db.Row("Streams"))
         .with_panel(_mismatch_stat(config))
         .with_panel(
-            table_panel(
+            runner_list(
                 config,
                 "Runners the server sees no stream for",
                 "Exactly the mismatching runners; empty when healthy.",
-                [target(config, q.server_sees_no_stream(config), instant=True, table_format=True)],
+                q.server_sees_no_stream(config),
+                "none: the server reads every stream its runners call connected",
                 span=6,
                 height=6,
             )

@@ -193,3 +193,20 @@ def test_runner_sessions_link_to_traces() -> None:
         '{ .runner.id = "$runner_id" && '
         '(name = "pullwake.stream.session" || name = "pullwake.stream.connect") }'
     )
+
+
+@pytest.mark.parametrize(
+    "key,title",
+    [
+        ("fleet", "Stream connected while heartbeats fail"),
+        ("server", "Runners the server sees no stream for"),
+    ],
+)
+def test_runner_lists_show_only_linked_runner_ids(key: str, title: str) -> None:
+    p = _panel(key, title)
+    [organize] = p["transformations"]
+    assert organize["options"]["excludeByName"] == {"Time": True, "Value": True}
+    [link] = [o for o in p["fieldConfig"]["overrides"] if o["matcher"]["options"] == q.RUNNER]
+    [value] = link["properties"][0]["value"]
+    assert value["url"].startswith(f"/d/{DEFAULT.dashboard_uids.runner}?var-{q.RUNNER}=")
+    assert p["fieldConfig"]["defaults"]["noValue"].startswith("none")
