@@ -25,7 +25,20 @@ from pullwake.protocol import EndReason, RunnerState
 
 STEP = 15  # seconds between input samples (and rule evaluations)
 SAMPLES = 120  # 30 minutes of data per case
-HEALTHY_EVALS = ("5m", "10m", "29m")
+# Every phase of a rotation cycle (60 s = 4 samples; 2 m = 8) is looked at: an
+# alert firing only between rotations, or only in the gap, would be seen.
+HEALTHY_EVALS = (
+    "5m",
+    "10m",
+    "10m15s",
+    "10m30s",
+    "10m45s",
+    "11m",
+    "11m15s",
+    "11m30s",
+    "11m45s",
+    "29m",
+)
 ROTATE_S = 60  # the server's default --sse-rotate-seconds (a test keeps them equal)
 
 

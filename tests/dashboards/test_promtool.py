@@ -143,20 +143,39 @@ def test_rotation_case_rotates_as_often_as_the_server_does() -> None:
 
 
 @needs_prometheus
-def test_rotation_cases_catch_a_storm_rule_that_counts_rotations(tmp_path: Path) -> None:
-    """The SSE rotation cases have teeth: count `rotated` as a failure and they fail."""
+@pytest.mark.parametrize(
+    "old,new,alertname",
+    [
+        # a storm rule that counts planned rotations as failures
+        ('reason=~"eof|', 'reason=~"rotated|eof|', "PullWakeReconnectStorm"),
+        # a not-streaming rule with no `for:`, true only in the reconnect gap
+        (
+            "for: 2m\n    labels:\n      severity: warning\n    annotations:\n      summary: "
+            "A runner is stuck",
+            "for: 0s\n    labels:\n      severity: warning\n    "
+            "annotations:\n      summary: A runner is stuck",
+            "PullWakeRunnerNotStreaming",
+        ),
+    ],
+    ids=["storm-counts-rotations", "not-streaming-without-for"],
+)
+def test_rotation_cases_catch_rules_that_trip_on_rotations(
+    tmp_path: Path, old: str, new: str, alertname: str
+) -> None:
+    """The SSE rotation cases have teeth, at every phase of the rotation cycle."""
     assert PROMTOOL is not None
     shutil.copytree(RULES, tmp_path / "rules")
     alerts_file = tmp_path / "rules/pullwake-alerts.yml"
     text = alerts_file.read_text()
-    assert 'reason=~"eof|' in text
-    alerts_file.write_text(text.replace('reason=~"eof|', 'reason=~"rotated|eof|', 1))
+    assert text.count(old) == 1
+    alerts_file.write_text(text.replace(old, new))
     (tmp_path / "tests").mkdir()
     shutil.copy(TESTS, tmp_path / "tests/t.yml")
     res = _run(PROMTOOL, "test", "rules", str(tmp_path / "tests/t.yml"))
     assert res.returncode != 0
     out = res.stdout + res.stderr
-    assert "rotation every 60s" in out and "PullWakeReconnectStorm" in out, out
+    assert f"rotation every {ruletests.ROTATE_S}s (server default): no alert" in out, out
+    assert f"alertname: {alertname}" in out, out
 
 
 @needs_prometheus
