@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 from typing import Any
@@ -79,8 +80,15 @@ CASES: list[tuple[str, str, bytes | None, dict[str, str], int, str]] = [
     ("POST", "{p}/{r}/claim", b'{"wake_id": "\\ud800"}', JSON, 400, "INVALID_REQUEST"),
     ("POST", "{p}/{r}/wakes", b"{}", {"Content-Type": "text/plain"}, 415, "UNSUPPORTED_MEDIA_TYPE"),
     ("POST", "{p}/{r}/wakes", b"{}", {}, 415, "UNSUPPORTED_MEDIA_TYPE"),
-    # a body that says gzip but is not: aiohttp fails the read (was a 500)
-    ("POST", "{p}/{r}/wakes", b"{}", {**JSON, "Content-Encoding": "gzip"}, 400, "INVALID_REQUEST"),
+    # compressed bodies are refused before reading (a bad one was a 500 or a hang)
+    (
+        "POST",
+        "{p}/{r}/wakes",
+        gzip.compress(b"{}"),
+        {**JSON, "Content-Encoding": "gzip"},
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+    ),
     ("POST", "{p}/ghost/wakes", b"{}", JSON, 404, "NOT_FOUND"),
     ("POST", "{p}/bad%20id/wakes", b"{}", JSON, 400, "INVALID_REQUEST"),
     ("POST", "{p}/{r}/heartbeat", b'{"lease_ms": "30"}', JSON, 400, "INVALID_REQUEST"),
@@ -245,6 +253,7 @@ _query = st.lists(
     path=_paths,
     body=_bodies,
     ctype=st.sampled_from(["application/json", "text/plain", ""]),
+    encoding=st.sampled_from(["", "", "gzip", "deflate"]),  # bodies that are neither
     # mostly the owner; sometimes any latin-1 text (sent as raw bytes, often not
     # UTF-8).  Not DEL: aiohttp's HTTP parser answers that with a plain-text 400
     # before the app sees the request.
@@ -264,6 +273,7 @@ def test_random_requests_never_500(
     path: str,
     body: bytes,
     ctype: str,
+    encoding: str,
     principal: str,
     query: list[tuple[str, str]],
 ) -> None:
@@ -273,8 +283,12 @@ def test_random_requests_never_500(
     url = path.format(p=P, r=known) + ("?" + qs if qs else "")
     headers = {"Content-Type": ctype} if ctype else {}
     headers["electric-principal"] = principal
+    if encoding:
+        headers["Content-Encoding"] = encoding
     send = body if method != "GET" else None
-    got, out = raw(server, method, url, send, headers)
+    got, out = raw(server, method, url, send, headers)  # a hang fails: 10 s timeout
     assert got < 500, (url, body, out)
+    if encoding and got == 400 and isinstance(out, bytes):
+        return  # aiohttp's parser failed to decompress it and answered before the app
     if got >= 400:
         assert isinstance(out, dict) and out["error"]["code"], out
