@@ -10,7 +10,10 @@ The fault is the seed's: the server dies behind a proxy that keeps the
 runner's connections open (`half_open`).  The legacy runner keeps claiming
 its stream is connected and the critical alert must reach the webhook, then
 resolve once the server is back; the default runner never triggers it and
-its heartbeat / not-streaming alerts tell the truth instead.
+its heartbeat / not-streaming alerts tell the truth instead.  Third, the
+server-side rule: a legacy runner whose stream alone died (heartbeats still
+arrive) is caught by the server, and the alert resolves once the runner is
+restarted.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.prometheus, needs_prometheus, needs_
 
 CRITICAL = "PullWakeStreamConnectedWhileHeartbeatsFailing"
 LYING_PANEL = "Stream connected while heartbeats fail"
+SERVER_SIDE = "PullWakeServerSeesNoStream"
+SERVER_PANEL = "Runners the server sees no stream for"
 FAULT_PANELS = ("Heartbeat failure rate by error type", "Backoff waits p50 / p99")
 TRUTHFUL = ("PullWakeRunnerNotStreaming", "PullWakeHeartbeatsFailing")
 OTEL_ON = {"OTEL_SDK_DISABLED": "false"}
@@ -235,3 +240,33 @@ def test_default_runner_tells_the_truth_instead(stack_for: Any) -> None:
     assert s.fired(CRITICAL, "firing") == []
     assert s.ever_firing(CRITICAL) == [], "the critical alert fired for the default profile"
     print(s.sink.output())  # what the webhook saw, for `pytest -s`
+
+
+def test_server_sees_no_stream_the_legacy_runner_claims(stack_for: Any) -> None:
+    """The seed seen from the server: heartbeats get through, the stream is dead.
+
+    The proxy drops the live connections once (half-open, then pass again): the
+    legacy runner's held long-poll stays dead while new heartbeat connections
+    reach the server, which sees no read of the stream the runner calls connected.
+    """
+    s: Stack = stack_for("legacy")
+    s.proxy.set_mode("half_open")
+    s.proxy.set_mode("pass")
+    try:
+        [alert, *_] = wait_until(
+            lambda: s.fired(SERVER_SIDE, "firing"), 60, interval=0.5, what="server-side alert"
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{s.diagnose()}") from None
+    assert alert["labels"] == {"alertname": SERVER_SIDE, "runner_id": "r1", "severity": "critical"}
+    assert alert["receiver"] == "pullwake-critical"
+    assert s.runner.status()["diagnostics"]["stream_connected"] is True
+    assert s.panel(SERVER_PANEL, "server") == [{"runner_id": "r1"}]
+
+    s.runner.stop()  # a restarted runner opens a fresh stream
+    s.runner.start()
+    try:
+        wait_until(lambda: s.fired(SERVER_SIDE, "resolved"), 60, interval=0.5, what="resolved")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{s.diagnose()}") from None
+    assert s.panel(SERVER_PANEL, "server") == []
