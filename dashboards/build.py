@@ -90,6 +90,6 @@ def stale(out: Path, files: Mapping[str, str]) -> list[str]:
         try:
             if path.read_text() != text:
                 bad.append(rel)
-        except FileNotFoundError:
+        except OSError:  # missing, a directory, unreadable: not what would be generated
             bad.append(rel)
     return bad

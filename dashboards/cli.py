@@ -68,7 +68,7 @@ def run_build(args: argparse.Namespace) -> int:
     try:
         written = write(out, files)
     except OSError as exc:
-        raise CLIError(f"cannot write to {out}: {exc.strerror or exc}") from None
+        raise CLIError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     for path in written:
         print(f"wrote {path}")
     for rel in leftovers(out, files):

@@ -55,6 +55,18 @@ def test_check_names_each_stale_file(tmp_path: Path) -> None:
     assert res.returncode == 1 and "grafana/dashboards/old-uid.json" in res.stderr
 
 
+def test_a_directory_where_a_file_belongs_is_named_not_a_traceback(tmp_path: Path) -> None:
+    blocked = tmp_path / "alertmanager/alertmanager.yml"
+    blocked.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "pullwake", "dashboards", "build", "--out", str(tmp_path)]
+    res = subprocess.run([*cmd, "--check"], capture_output=True, text=True, check=False)
+    assert res.returncode == 1 and f"stale: {blocked}\n" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert res.returncode == 2
+    assert res.stderr == f"pullwake: error: cannot write {blocked}: Is a directory\n"
+
+
 def test_out_that_is_a_file_is_a_one_line_error(tmp_path: Path) -> None:
     f = tmp_path / "file"
     f.write_text("")
