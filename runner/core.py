@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 import aiohttp
 
-from pullwake.protocol import EndReason, RunnerState
+from pullwake.protocol import OFFSET_START, EndReason, RunnerState
 from runner.api import ServerAPI
 from runner.config import RunnerConfig
 from runner.diagnostics import Diagnostics, iso
@@ -342,6 +342,11 @@ class Runner:
     def _ended(self, number: int, end: SessionEnded) -> None:
         if end.status == 404:
             self._registered = False  # a server on a fresh db: register again
+        if end.status == 410:  # our offset is gone (retention, or a server on a fresh db):
+            # resuming there can never succeed; read what the server still has instead -
+            # wakes handled before come back as claim 204/409 skips, none is lost
+            log.warning("offset %s is gone on the server; reading from the start", self.read_offset)
+            self.read_offset = OFFSET_START
         self.diag.error(
             f"stream {end.reason.value}: {end.detail}" if end.detail else end.reason.value
         )

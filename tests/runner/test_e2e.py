@@ -86,6 +86,35 @@ def test_wakes_are_handled_once_and_the_offset_survives_a_restart(
         assert s["diagnostics"]["events_received"] == 2  # resumed at the committed offset
 
 
+def test_an_offset_the_server_no_longer_has_means_reading_what_it_retains(
+    tmp_path: Path,
+) -> None:
+    """The server comes back on a fresh database: the runner's saved offset belongs to
+    an earlier incarnation of its stream (410).  Resuming there can never work; the
+    runner reads the new stream from its start instead of backing off forever."""
+    handled = Handled(tmp_path)
+    offset_file = tmp_path / "offset"
+    first = ServerProcess(tmp_path, keepalive=0.5, db=tmp_path / "one.db").start()
+    with running(first):
+        first.register("r1")
+        early = publish(first, "r1")
+        r = start_runner(tmp_path, first.url, "r1", handled, "--offset-file", str(offset_file))
+        with running(r):
+            handled.wait_for(early, 10)
+            wait_until(lambda: offset_file.read_text().strip() != "-1", 5, what="a commit")
+    second = ServerProcess(tmp_path, port=first.port, db=tmp_path / "two.db", keepalive=0.5)
+    with running(second.start()):
+        second.register("r1")
+        late = publish(second, "r1", 2)
+        r2 = start_runner(tmp_path, second.url, "r1", handled, "--offset-file", str(offset_file))
+        with running(r2):
+            handled.wait_for(late, 15)
+            handled.assert_exactly_once(early + late)
+            s = r2.status()
+            assert [e["reason"] for e in s["reconnects"]] == ["http_error"]  # the 410, once
+            assert "410" in s["diagnostics"]["last_error"]
+
+
 def test_failed_handler_leaves_the_claim_to_expire_and_the_wake_comes_again(
     tmp_path: Path,
 ) -> None:
