@@ -74,8 +74,9 @@ def register(subparsers: Any) -> None:
         type=int,
         default=0,
         metavar="N",
-        help=f"keep the last N events per wake stream, 0 = all; older offsets get 410 "
-        f"{DEFAULTS_NOTE}",
+        help="keep the last N events per wake stream, 0 = all; older offsets get 410. "
+        "A wake that falls out before its runner read it is still claimable but no "
+        f"longer announced, so N > 0 gives up 'acknowledged means delivered' {DEFAULTS_NOTE}",
     )
     s.add_argument(
         "--stream-grace",
