@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,15 @@ class Harness:
         return next(g for g in snap.runners if g.runner_id == rid)
 
 
+async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `cond` on the event loop until true, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     observer = RecordingServerObserver()
@@ -70,12 +80,10 @@ async def test_observer_sees_publish_heartbeat_claims_and_live_reads(harness: Ha
     assert ("heartbeat_accepted", ("r1",)) in calls
     claims = [a[1] for m, a in calls if m == "claim_answered"]
     assert claims == [ClaimOutcome.CLAIMED, ClaimOutcome.CONFLICT, ClaimOutcome.EMPTY]
-    for _ in range(100):  # the handler notices the closed connection asynchronously
-        if ("live_read_closed", ("r1", LiveMode.SSE)) in h.observer.calls:
-            break
-        await asyncio.sleep(0.02)
+    # the handler notices the closed connection asynchronously
+    closed = ("live_read_closed", ("r1", LiveMode.SSE))
+    await until(lambda: closed in h.observer.calls, 5, "live_read_closed")
     assert ("live_read_opened", ("r1", LiveMode.SSE)) in h.observer.calls
-    assert ("live_read_closed", ("r1", LiveMode.SSE)) in h.observer.calls
 
 
 async def test_snapshot_pending_lease_and_mismatch(harness: Harness) -> None:
@@ -89,11 +97,8 @@ async def test_snapshot_pending_lease_and_mismatch(harness: Harness) -> None:
     g = h.gauges("r2")
     assert g.pending_wakes == 2
     assert g.lease_remaining_s is not None and 3.0 < g.lease_remaining_s <= 5.0
-    for _ in range(100):  # the 0.3 s grace after server start runs out
-        if h.gauges("r2").stream_mismatch:
-            break
-        await asyncio.sleep(0.02)
-    assert h.gauges("r2").stream_mismatch
+    # once the 0.3 s grace after server start has run out
+    await until(lambda: h.gauges("r2").stream_mismatch, 5, "stream_mismatch")
     async with h.http.get(h.url("/runners/r2/wake?offset=now&live=sse"), headers=H) as resp:
         await resp.content.readline()
         assert not h.gauges("r2").stream_mismatch
