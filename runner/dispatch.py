@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pullwake.protocol import WakeOutcome
+from pullwake.protocol import ErrorCode, WakeOutcome
 from runner.observe import RunnerObserver
 from runner.offsets import CommitTracker
 
@@ -35,6 +35,7 @@ Handler = Callable[[dict[str, Any]], Awaitable[None]]
 SEEN_LIMIT = 10_000
 CLAIM_RETRY_FIRST_S = 0.25
 CLAIM_RETRY_MAX_S = 5.0
+NOT_RUNNING = ErrorCode.NOT_RUNNING.value
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,12 @@ class ClaimAPI(Protocol):
     async def claim(self, wake: dict[str, Any]) -> ClaimAnswer: ...
 
     async def complete(self, wake_id: str, claim_token: str) -> int: ...
+
+
+def _not_running(answer: ClaimAnswer) -> bool:
+    """409 NOT_RUNNING: this runner is disabled; the wake waits, it is not skipped."""
+    error = answer.body.get("error") if isinstance(answer.body, dict) else None
+    return answer.status == 409 and isinstance(error, dict) and error.get("code") == NOT_RUNNING
 
 
 class HandlerFailed(Exception):
@@ -217,15 +224,16 @@ class Dispatcher:
         await self._complete(wake_id, token)
 
     async def _claim_until_answered(self, wake: dict[str, Any]) -> ClaimAnswer:
-        """Retry while the server cannot answer (down, 5xx): a wake whose claim was
-        never made is never announced again, so giving up here would lose it."""
+        """Retry while the server cannot answer (down, 5xx) or the runner is disabled
+        (409 NOT_RUNNING, until it is enabled again): a wake whose claim was never
+        made is never announced again, so giving up here would lose it."""
         delay = CLAIM_RETRY_FIRST_S
         while True:
             try:
                 answer = await self._api.claim(wake)
             except Exception as exc:
                 answer = ClaimAnswer(0, str(exc))
-            if answer.status != 0 and answer.status < 500:
+            if answer.status != 0 and answer.status < 500 and not _not_running(answer):
                 return answer
             log.info("claim of %s: %s; retrying in %.1fs", wake.get("wake_id"), answer, delay)
             await asyncio.sleep(delay)

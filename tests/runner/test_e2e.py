@@ -115,6 +115,27 @@ def test_an_offset_the_server_no_longer_has_means_reading_what_it_retains(
             assert "410" in s["diagnostics"]["last_error"]
 
 
+def test_wakes_for_a_disabled_runner_wait_for_it_to_be_enabled(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """Claims answer 409 NOT_RUNNING while the runner is disabled.  Skipping them would
+    commit past wakes the server never announces again; they must wait instead."""
+    handled = Handled(tmp_path)
+    r = start_runner(tmp_path, server.url, "r1", handled)
+    with running(r):
+        wait_streaming(r)
+        assert server.api("POST", "/_electric/runners/r1/disable")[0] == 200
+        published = [server.publish("r1") for _ in range(2)]
+        tail = published[-1]["offset"]
+        s = wait_state(r, lambda s: s["read_offset"] == tail, 10, "the wakes read")
+        assert s["committed_offset"] < tail and handled.ids() == []
+        assert server.api("POST", "/_electric/runners/r1/enable")[0] == 200
+        wakes = [p["wake_id"] for p in published]
+        handled.wait_for(wakes, 15)  # claim retries back off to at most 5 s
+        handled.assert_exactly_once(wakes)
+        wait_state(r, lambda s: s["committed_offset"] == tail, 5, "committed past them now")
+
+
 def test_failed_handler_leaves_the_claim_to_expire_and_the_wake_comes_again(
     tmp_path: Path,
 ) -> None:
