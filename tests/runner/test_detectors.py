@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ from aiohttp import web
 
 from pullwake.protocol import H_KEEPALIVE, EndReason, WakeOutcome
 from runner.config import PROFILES, RunnerConfig
-from runner.dispatch import ClaimAnswer, Dispatcher, shell_handler
+from runner.dispatch import ClaimAnswer, Dispatcher, HandlerFailed, shell_handler
 from runner.errors import SessionEnded
 from runner.observe import RecordingObserver
 from runner.offsets import CommitTracker
@@ -452,3 +453,13 @@ async def test_a_cancelled_shell_handler_leaves_no_process_behind(tmp_path: Path
     finally:
         if pid and _alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+async def test_shell_handler_gets_the_wake_json_on_stdin_and_its_id_in_env(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    wake = {"wake_id": "wk_1", "type": "wake", "stream": "/s", "payload": {"n": 1}}
+    await shell_handler(f'cat > {out}; echo "$PULLWAKE_WAKE_ID" >> {out}.id')(wake)
+    assert json.loads(out.read_text()) == wake
+    assert (tmp_path / "out.id").read_text() == "wk_1\n"
+    with pytest.raises(HandlerFailed, match="status 3"):  # the claim is left to expire
+        await shell_handler("cat >/dev/null; exit 3")(wake)
