@@ -4,6 +4,7 @@ Modules, one concern each:
 
 - `config`    ServerConfig (what the CLI builds)
 - `store`     SQLite (WAL, synchronous=FULL): runners, streams, events, wakes
+- `claimstore` claim state in that store: claim, complete, expire (re-announce)
 - `api`       runners API: register/list/get/heartbeat/enable/disable/health/publish
 - `claims`    claim / complete, and the sweeper that re-announces expired claims
 - `streams`   Durable Streams reads: catch-up, long-poll, SSE (keepalive, rotation)

@@ -21,7 +21,7 @@ from pullwake.protocol import (
     parse_offset,
     wake_stream_path,
 )
-from wakeserver import validate
+from wakeserver import claimstore, validate
 from wakeserver.auth import authenticate, check_owner
 from wakeserver.errors import ApiError, bad_request, not_found
 from wakeserver.health import derive_health, liveness_status, stream_mismatch
@@ -179,7 +179,7 @@ def server_view_json(view: ServerView, mismatch: bool) -> dict[str, Any]:
 async def health(request: web.Request) -> web.Response:
     st, r = await owned_runner(request)
     now = now_ms()
-    claims = await st.db.call(Store.active_claims, r.id, now)
+    claims = await st.db.call(claimstore.active_claims, r.id, now)
     liveness = liveness_status(r.admin_status, r.lease_expires_at, now)
     view = st.live.view(r.id, time.time())
     mismatch = stream_mismatch(r.diagnostics, liveness, view, st.config.stream_grace_seconds)

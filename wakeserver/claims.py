@@ -19,12 +19,11 @@ from typing import Any
 from aiohttp import web
 
 from pullwake.protocol import RUNNERS_PREFIX, ClaimOutcome, ErrorCode
-from wakeserver import validate
+from wakeserver import claimstore, validate
 from wakeserver.api import owned_runner
 from wakeserver.errors import ApiError, bad_request, not_found
 from wakeserver.records import iso, now_ms
 from wakeserver.state import STATE, ServerState
-from wakeserver.store import Store
 
 log = logging.getLogger("wakeserver.claims")
 MAX_CLAIM_LEASE_MS = 3600 * 1000
@@ -53,7 +52,7 @@ async def claim(request: web.Request) -> web.StreamResponse:
     )
     if r.admin_status != "enabled":
         raise ApiError(409, ErrorCode.NOT_RUNNING, f"runner {r.id} is disabled")
-    result = await st.db.call(Store.claim, r.id, wake_id, lease_ms, now_ms())
+    result = await st.db.call(claimstore.claim, r.id, wake_id, lease_ms, now_ms())
     st.observer.claim_answered(r.id, result.outcome)
     if result.outcome is ClaimOutcome.EMPTY:
         return web.Response(status=204)
@@ -88,10 +87,10 @@ async def complete(request: web.Request) -> web.Response:
     token = body.get("claimToken", body.get("claim_token"))
     if not isinstance(token, str) or not token:
         raise bad_request("claimToken is required")
-    wake = await st.db.call(Store.get_wake, wake_id)
+    wake = await st.db.call(claimstore.get_wake, wake_id)
     if wake is None or wake.runner_id != r.id:
         raise not_found(f"wake {wake_id} not found")
-    if not await st.db.call(Store.complete, r.id, wake_id, token, now_ms()):
+    if not await st.db.call(claimstore.complete, r.id, wake_id, token, now_ms()):
         raise ApiError(
             409,
             ErrorCode.INVALID_CLAIM_TOKEN,
@@ -103,7 +102,7 @@ async def complete(request: web.Request) -> web.Response:
 
 async def sweep_once(st: ServerState) -> int:
     """Expire overdue claims once; returns how many wakes were re-announced."""
-    expired = await st.db.call(Store.expire_claims, now_ms())
+    expired = await st.db.call(claimstore.expire_claims, now_ms())
     for runner_id, path in expired:
         st.notifier.notify(path)
         st.observer.claim_answered(runner_id, ClaimOutcome.EXPIRED)

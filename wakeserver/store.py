@@ -8,7 +8,9 @@ so a 201 for a published wake survives `kill -9`.
 Offsets are `format_offset(epoch, seq)`: `epoch` is the stream's creation
 time in ms (a stream recreated in a fresh database gets a later epoch, so
 old offsets answer 410, not silently wrong data) and `seq` counts events
-from 1.  `--retain N` keeps the last N events of each stream.
+from 1.  `--retain N` keeps the last N events of each stream.  Claims on
+wakes live in `wakeserver.claimstore`: functions over this store, on the
+same connection and thread.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import secrets
 import sqlite3
 import threading
 import uuid
@@ -30,16 +31,13 @@ from pullwake.protocol import (
     OFFSET_NOW,
     OFFSET_START,
     WAKE_EVENT_TYPE,
-    ClaimOutcome,
     format_offset,
     parse_offset,
 )
 from wakeserver.records import (
-    CLAIMED,
     COMPLETED,
     PENDING,
     BadOffset,
-    ClaimResult,
     NotOwner,
     OffsetGone,
     Published,
@@ -49,11 +47,9 @@ from wakeserver.records import (
     StreamTaken,
     UnknownRunner,
     UnknownStream,
-    Wake,
     iso,
     now_ms,
     runner_from_row,
-    wake_from_row,
 )
 
 P = ParamSpec("P")
@@ -109,7 +105,7 @@ class Store:
         self.db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self) -> Iterator[sqlite3.Connection]:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -129,7 +125,7 @@ class Store:
                 r.id, r.admin_status, r.lease_expires_at, connected, int(pending)
             )
 
-    def _bump_pending(self, runner_id: str, delta: int) -> None:
+    def bump_pending(self, runner_id: str, delta: int) -> None:
         with self._lock:
             f = self._facts.get(runner_id)
             if f is not None:
@@ -167,7 +163,7 @@ class Store:
         now: int,
     ) -> tuple[Runner, bool]:
         """Upsert; returns (runner, created).  Raises NotOwner / StreamTaken."""
-        with self._tx() as db:
+        with self.tx() as db:
             old = self.get_runner(runner_id)
             if old is not None and old.owner != owner:
                 raise NotOwner(old.owner)
@@ -223,7 +219,7 @@ class Store:
         diagnostics: dict[str, Any] | None,
         now: int,
     ) -> Runner:
-        with self._tx() as db:
+        with self.tx() as db:
             cur = db.execute(
                 "UPDATE runners SET last_seen_at=?, lease_expires_at=?,"
                 " wake_stream_offset=COALESCE(?, wake_stream_offset),"
@@ -244,7 +240,7 @@ class Store:
         return r
 
     def set_admin_status(self, runner_id: str, status: str, now: int) -> Runner:
-        with self._tx() as db:
+        with self.tx() as db:
             cur = db.execute(
                 "UPDATE runners SET admin_status=?, updated_at=? WHERE id=?",
                 (status, now, runner_id),
@@ -260,7 +256,7 @@ class Store:
         row = self.db.execute("SELECT runner_id FROM streams WHERE path=?", (path,)).fetchone()
         return None if row is None else str(row[0])
 
-    def _append(self, db: sqlite3.Connection, path: str, make: Callable[[int], str]) -> str:
+    def append(self, db: sqlite3.Connection, path: str, make: Callable[[int], str]) -> str:
         row = db.execute(
             "SELECT epoch, head_seq, first_seq FROM streams WHERE path=?", (path,)
         ).fetchone()
@@ -275,9 +271,7 @@ class Store:
         return format_offset(epoch, seq)
 
     @staticmethod
-    def _wake_event(
-        runner_id: str, wake_id: str, path: str, payload: str | None, epoch: int
-    ) -> str:
+    def wake_event(runner_id: str, wake_id: str, path: str, payload: str | None, epoch: int) -> str:
         event: dict[str, Any] = {
             "type": WAKE_EVENT_TYPE,
             "wake_id": wake_id,
@@ -295,19 +289,19 @@ class Store:
         """Append a wake to the runner's stream; durable when this returns."""
         wake_id = "wk_" + uuid.uuid4().hex
         raw = None if payload is None else json.dumps(payload, separators=(",", ":"))
-        with self._tx() as db:
+        with self.tx() as db:
             r = self.require_runner(runner_id)
-            offset = self._append(
+            offset = self.append(
                 db,
                 r.wake_stream,
-                functools.partial(self._wake_event, runner_id, wake_id, r.wake_stream, raw),
+                functools.partial(self.wake_event, runner_id, wake_id, r.wake_stream, raw),
             )
             db.execute(
                 "INSERT INTO wakes (wake_id, runner_id, payload, created_at, status)"
                 " VALUES (?,?,?,?,?)",
                 (wake_id, runner_id, raw, now, PENDING),
             )
-        self._bump_pending(runner_id, 1)
+        self.bump_pending(runner_id, 1)
         return Published(wake_id, offset, r.wake_stream)
 
     def read(self, path: str, offset: str) -> ReadResult:
@@ -347,88 +341,6 @@ class Store:
             last, size = int(seq), size + len(body)
         cursor.close()
         return ReadResult(events, format_offset(epoch, last), last >= head, epoch)
-
-    # --- claims -------------------------------------------------------------------
-    def get_wake(self, wake_id: str) -> Wake | None:
-        row = self.db.execute("SELECT * FROM wakes WHERE wake_id=?", (wake_id,)).fetchone()
-        return None if row is None else wake_from_row(row)
-
-    def claim(self, runner_id: str, wake_id: str | None, lease_ms: int, now: int) -> ClaimResult:
-        """Claim a given wake (or the oldest claimable one) for `lease_ms`."""
-        with self._tx() as db:
-            if wake_id is None:
-                row = db.execute(
-                    "SELECT * FROM wakes WHERE runner_id=? AND (status=? OR"
-                    " (status=? AND lease_expires_at<=?)) ORDER BY created_at LIMIT 1",
-                    (runner_id, PENDING, CLAIMED, now),
-                ).fetchone()
-                if row is None:
-                    return ClaimResult(ClaimOutcome.EMPTY)
-            else:
-                row = db.execute(
-                    "SELECT * FROM wakes WHERE wake_id=? AND runner_id=?", (wake_id, runner_id)
-                ).fetchone()
-                if row is None or row["status"] == COMPLETED:
-                    return ClaimResult(ClaimOutcome.EMPTY)
-                if row["status"] == CLAIMED and row["lease_expires_at"] > now:
-                    return ClaimResult(ClaimOutcome.CONFLICT, wake_from_row(row))
-            token = secrets.token_urlsafe(18)
-            db.execute(
-                "UPDATE wakes SET status=?, claim_token=?, lease_expires_at=?, claimed_at=?"
-                " WHERE wake_id=?",
-                (CLAIMED, token, now + lease_ms, now, row["wake_id"]),
-            )
-            return ClaimResult(ClaimOutcome.CLAIMED, self.get_wake(row["wake_id"]))
-
-    def complete(self, runner_id: str, wake_id: str, token: str, now: int) -> bool:
-        """Finish a claimed wake; False if the token is not the live claim's."""
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE wakes SET status=?, completed_at=?, claim_token=NULL WHERE wake_id=?"
-                " AND runner_id=? AND status=? AND claim_token=? AND lease_expires_at>?",
-                (COMPLETED, now, wake_id, runner_id, CLAIMED, token, now),
-            )
-            done = cur.rowcount == 1
-        if done:
-            self._bump_pending(runner_id, -1)
-        return done
-
-    def expire_claims(self, now: int) -> list[tuple[str, str]]:
-        """Re-open claims whose lease ran out and announce each wake again.
-
-        Returns (runner_id, stream path) per re-announced wake so readers
-        can be woken.  At least once: the same wake_id appears again.
-        """
-        with self._tx() as db:
-            rows = db.execute(
-                "SELECT w.wake_id, w.runner_id, w.payload, r.wake_stream FROM wakes w"
-                " JOIN runners r ON r.id = w.runner_id"
-                " WHERE w.status=? AND w.lease_expires_at<=? ORDER BY w.lease_expires_at",
-                (CLAIMED, now),
-            ).fetchall()
-            out: list[tuple[str, str]] = []
-            for row in rows:
-                wake_id, runner_id, payload, path = row[0], row[1], row[2], row[3]
-                db.execute(
-                    "UPDATE wakes SET status=?, claim_token=NULL, lease_expires_at=NULL,"
-                    " announcements=announcements+1 WHERE wake_id=?",
-                    (PENDING, wake_id),
-                )
-                self._append(
-                    db,
-                    path,
-                    functools.partial(self._wake_event, runner_id, wake_id, path, payload),
-                )
-                out.append((runner_id, path))
-        return out
-
-    def active_claims(self, runner_id: str, now: int) -> list[Wake]:
-        rows = self.db.execute(
-            "SELECT * FROM wakes WHERE runner_id=? AND status=? AND lease_expires_at>?"
-            " ORDER BY claimed_at",
-            (runner_id, CLAIMED, now),
-        )
-        return [wake_from_row(r) for r in rows]
 
 
 class AsyncStore:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from pullwake.protocol import ClaimOutcome, format_offset, parse_offset
+from wakeserver import claimstore
 from wakeserver.records import BadOffset, NotOwner, OffsetGone, StreamTaken, UnknownRunner
 from wakeserver.store import READ_BYTES, Store
 
@@ -87,22 +88,22 @@ def test_claim_lifecycle_and_expiry_reannounces() -> None:
     s = make()
     w = s.publish("r", None, NOW)
     assert s.facts()["r"].pending == 1
-    first = s.claim("r", w.wake_id, 1000, NOW)
+    first = claimstore.claim(s, "r", w.wake_id, 1000, NOW)
     assert first.outcome is ClaimOutcome.CLAIMED and first.wake is not None
-    assert s.claim("r", w.wake_id, 1000, NOW + 10).outcome is ClaimOutcome.CONFLICT
-    assert s.claim("r", None, 1000, NOW + 10).outcome is ClaimOutcome.EMPTY
-    assert s.expire_claims(NOW + 999) == []
-    assert s.expire_claims(NOW + 1000) == [("r", "/runners/r/wake")]
+    assert claimstore.claim(s, "r", w.wake_id, 1000, NOW + 10).outcome is ClaimOutcome.CONFLICT
+    assert claimstore.claim(s, "r", None, 1000, NOW + 10).outcome is ClaimOutcome.EMPTY
+    assert claimstore.expire_claims(s, NOW + 999) == []
+    assert claimstore.expire_claims(s, NOW + 1000) == [("r", "/runners/r/wake")]
     events = s.read("/runners/r/wake", "-1").events
     assert [json.loads(e)["wake_id"] for e in events] == [w.wake_id, w.wake_id]
     token = first.wake.claim_token
     assert token is not None
-    assert not s.complete("r", w.wake_id, token, NOW + 1001)  # that claim is gone
-    second = s.claim("r", None, 1000, NOW + 1001)  # the oldest claimable one
+    assert not claimstore.complete(s, "r", w.wake_id, token, NOW + 1001)  # that claim is gone
+    second = claimstore.claim(s, "r", None, 1000, NOW + 1001)  # the oldest claimable one
     assert second.wake is not None and second.wake.wake_id == w.wake_id
     assert second.wake.claim_token is not None
-    assert s.complete("r", w.wake_id, second.wake.claim_token, NOW + 1002)
-    assert s.claim("r", w.wake_id, 1000, NOW + 1003).outcome is ClaimOutcome.EMPTY
+    assert claimstore.complete(s, "r", w.wake_id, second.wake.claim_token, NOW + 1002)
+    assert claimstore.claim(s, "r", w.wake_id, 1000, NOW + 1003).outcome is ClaimOutcome.EMPTY
     assert s.facts()["r"].pending == 0
 
 
