@@ -8,6 +8,7 @@ nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
@@ -24,6 +25,10 @@ from pullwake.protocol import (
 from wakeserver.errors import ApiError, bad_request
 
 MAX_LEASE_MS = 24 * 3600 * 1000
+# A body not complete by then is 408.  Slow clients, and broken chunked framing
+# that arrives after the handler started reading: aiohttp then never ends the
+# read (the connection would hold a handler until the client gives up).
+BODY_READ_SECONDS = 30.0
 MAX_TEXT = 1024  # label, kind, diagnostics strings
 
 
@@ -87,16 +92,24 @@ async def read_json_object(request: web.Request, *, required: bool) -> dict[str,
     chunks: list[bytes] = []
     total = 0
     try:
-        while chunk := await request.content.read(65536):  # chunked bodies have no length
-            total += len(chunk)
-            if total > MAX_BODY_BYTES:
-                raise ApiError(
-                    413, ErrorCode.PAYLOAD_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes"
-                )
-            chunks.append(chunk)
+        async with asyncio.timeout(BODY_READ_SECONDS):
+            while chunk := await request.content.read(65536):  # chunked: no length
+                total += len(chunk)
+                if total > MAX_BODY_BYTES:
+                    raise ApiError(
+                        413, ErrorCode.PAYLOAD_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes"
+                    )
+                chunks.append(chunk)
     except web.RequestPayloadError as exc:  # bad gzip, broken chunked framing
         msg = " ".join(str(exc).split())[:200]
         raise bad_request(f"cannot read the request body: {msg}") from None
+    except TimeoutError:
+        raise ApiError(
+            408,
+            ErrorCode.INVALID_REQUEST,
+            f"request body not complete within {BODY_READ_SECONDS:g} s",
+            headers={"Connection": "close"},
+        ) from None
     raw = b"".join(chunks)
     if not raw.strip():
         if required:
