@@ -132,7 +132,8 @@ async def heartbeat(request: web.Request) -> web.Response:
     st, r = await owned_runner(request)
     body = await validate.read_json_object(request, required=False)
     lease_ms = validate.opt_int(body, "lease_ms", 1, validate.MAX_LEASE_MS)
-    offset = _offset(body.get("wake_stream_offset"))
+    # the original also accepts the camelCase spelling
+    offset = _offset(body.get("wake_stream_offset", body.get("wakeStreamOffset")))
     diag, dropped = validate.clean_diagnostics(body.get("diagnostics"))
     r = await st.db.call(
         Store.heartbeat,

@@ -169,3 +169,12 @@ def test_long_poll_client_counts_as_connected_between_polls(
     status, _, _ = server.api("GET", url.replace("now", headers["Stream-Next-Offset"]))
     assert status == 204
     assert health(server, rid)["server_view"]["stream_open_since"] == since
+
+
+def test_heartbeat_stores_the_reported_offset(server: ServerProcess, rid: str) -> None:
+    server.register(rid)
+    first, second = server.publish(rid)["offset"], server.publish(rid)["offset"]
+    assert beat(server, rid, wake_stream_offset=first)["wake_stream_offset"] == first
+    assert beat(server, rid)["wake_stream_offset"] == first  # no offset: the last one stays
+    assert beat(server, rid, wakeStreamOffset=second)["wake_stream_offset"] == second
+    assert health(server, rid)["runner"]["wake_stream_offset"] == second
