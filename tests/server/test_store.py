@@ -124,3 +124,14 @@ def test_a_read_stops_at_about_read_bytes_and_resumes_exactly() -> None:
     s.publish("r", {"big": "y" * (READ_BYTES + 10)}, NOW)
     alone = s.read("/runners/r/wake", pubs[-1].offset)
     assert len(alone.events) == 1 and alone.up_to_date
+
+
+def test_pending_count_recomputed_on_heartbeat_counts_claimed_not_completed() -> None:
+    s = make()
+    done, held, _open = (s.publish("r", None, NOW) for _ in range(3))
+    c = claimstore.claim(s, "r", done.wake_id, 1000, NOW)
+    assert c.wake is not None and c.wake.claim_token is not None
+    assert claimstore.complete(s, "r", done.wake_id, c.wake.claim_token, NOW)
+    claimstore.claim(s, "r", held.wake_id, 1000, NOW)
+    s.heartbeat("r", lease_ms=1000, offset=None, diagnostics=None, now=NOW)  # recount from db
+    assert s.facts()["r"].pending == 2  # the claimed one and the open one
