@@ -135,3 +135,17 @@ def test_pending_count_recomputed_on_heartbeat_counts_claimed_not_completed() ->
     claimstore.claim(s, "r", held.wake_id, 1000, NOW)
     s.heartbeat("r", lease_ms=1000, offset=None, diagnostics=None, now=NOW)  # recount from db
     assert s.facts()["r"].pending == 2  # the claimed one and the open one
+
+
+def test_claim_without_a_wake_id_takes_the_oldest_claimable() -> None:
+    s = make()
+    a = s.publish("r", None, NOW)
+    b = s.publish("r", None, NOW + 1)
+    assert claimstore.claim(s, "r", a.wake_id, 1000, NOW + 2).outcome is ClaimOutcome.CLAIMED
+    first = claimstore.claim(s, "r", None, 1000, NOW + 3)  # a is held: b
+    assert first.wake is not None and first.wake.wake_id == b.wake_id
+    c = s.publish("r", None, NOW + 4)
+    lapsed = claimstore.claim(s, "r", None, 1000, NOW + 1002)  # a's lease ran out: a, not c
+    assert lapsed.wake is not None and lapsed.wake.wake_id == a.wake_id
+    nxt = claimstore.claim(s, "r", None, 1000, NOW + 1002)  # b held until +1003: c
+    assert nxt.wake is not None and nxt.wake.wake_id == c.wake_id
