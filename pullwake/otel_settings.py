@@ -186,6 +186,11 @@ def settings_from_env(
 
     traces = wanted("traces", TRACE_EXPORTERS)
     metrics = wanted("metrics", METRIC_EXPORTERS)
+    if any(k.startswith("OTEL_EXPORTER_OTLP_") and env[k].strip() for k in env):
+        # OTLP variables set but OTLP not on: still say when one is wrong (a
+        # typo'd protocol must not pass silently, to bite when an endpoint is set)
+        for signal in ("traces", "metrics"):
+            _otlp_target(env, signal)
     interval = _ms(env, "OTEL_METRIC_EXPORT_INTERVAL", 60_000)
     return TelemetrySettings(
         disabled=False,

@@ -94,6 +94,8 @@ def test_resource_env_merges_in() -> None:
         ({"OTEL_METRIC_EXPORT_INTERVAL": "soon"}, "OTEL_METRIC_EXPORT_INTERVAL"),
         ({"OTEL_METRIC_EXPORT_INTERVAL": "0"}, "positive"),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317"}, "http(s)://"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "json"}, "not supported"),  # OTLP off, still checked
+        ({"OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": "soon"}, "milliseconds"),
         (
             {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:1", "OTEL_EXPORTER_OTLP_HEADERS": "novalue"},
             "key=value",
