@@ -30,7 +30,7 @@ from pullwake.faultproxy import ThreadedFaultProxy
 from tests.support.procs import RunnerProcess, ServerProcess, running, wait_until
 
 STREAMING = "running.streaming"
-FAULTS = ("sigterm", "sigkill", "sigstop", "half_open", "blackhole")
+FAULTS = ("sigint", "sigterm", "sigkill", "sigstop", "half_open", "blackhole")
 PROFILES = ("default", "upstream", "legacy")
 
 
@@ -95,8 +95,9 @@ def one(
 
 def inject(server: ServerProcess, proxy: ThreadedFaultProxy, fault: str) -> Callable[[], Any]:
     """Start the fault; return the function that heals it (maybe returning a new server)."""
-    if fault in ("sigterm", "sigkill"):
-        server.signal(signal.SIGTERM if fault == "sigterm" else signal.SIGKILL)
+    signals = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM, "sigkill": signal.SIGKILL}
+    if fault in signals:
+        server.signal(signals[fault])
         server.wait(10)
 
         def restart() -> ServerProcess:
