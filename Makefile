@@ -32,8 +32,11 @@ typecheck: $(STAMP)
 check: lint typecheck
 	$(BIN)/pullwake dashboards build --check
 
+# Benchmarks print figures (targets live here, not in timed tests); each stops by itself.
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_server.py
+	$(BIN)/python bench/bench_detection.py
+	$(BIN)/python bench/bench_telemetry.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,14 @@ import pytest
 
 from pullwake.faultproxy import Mode, ThreadedFaultProxy
 from tests.server.sse import SSEReader
-from tests.support.procs import ServerProcess, free_port, http_json, running, wait_until
+from tests.support.procs import (
+    ServerProcess,
+    free_port,
+    http_json,
+    refused_port,
+    running,
+    wait_until,
+)
 
 P = "/_electric/runners"
 
@@ -159,7 +166,8 @@ def test_publish_cli(server: ServerProcess, rid: str) -> None:
     ("args", "needle"),
     [
         (["publish", "--runner-id", "x", "--payload", "{nope"], "--payload is not JSON"),
-        # {free}: a port nobody listens on (port 1 is not safe: a test elsewhere took it)
+        # {free}: a port bound without listening, so a connect is refused (never a
+        # port someone else may take meanwhile: port 1 was taken by a test elsewhere)
         (["publish", "--runner-id", "x", "--server", "http://127.0.0.1:{free}"], "cannot reach"),
         (["server", "--keepalive-interval", "0"], "must be positive"),
         (["server", "--db", "/nonexistent-dir/x.db"], "cannot open database"),
@@ -175,8 +183,9 @@ def test_publish_cli(server: ServerProcess, rid: str) -> None:
     ],
 )
 def test_cli_errors_are_one_line(args: list[str], needle: str) -> None:
-    args = [a.replace("{free}", str(free_port())) for a in args]
-    out = _cli(*args, "--port", str(free_port())) if args[0] == "server" else _cli(*args)
+    with refused_port() as refused:
+        args = [a.replace("{free}", str(refused)) for a in args]
+        out = _cli(*args, "--port", str(free_port())) if args[0] == "server" else _cli(*args)
     assert out.returncode == 2
     assert needle in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -33,6 +33,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port where a connect is refused for as long as the block runs.
+
+    The port is bound but never listened on, so no other process can take it
+    meanwhile (a port that `free_port()` returned may be reused by anyone).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
 def wait_until(
     cond: Callable[[], T], timeout: float, interval: float = 0.02, what: str = "condition"
 ) -> T:
