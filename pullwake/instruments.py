@@ -8,8 +8,10 @@ checked against the catalog - no unlisted label, so no unbounded series.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from opentelemetry import metrics as metrics_api
 from opentelemetry.context import Context
@@ -116,3 +118,31 @@ def _gauge_adapter(
             return []
 
     return observe
+
+
+S = TypeVar("S")
+
+
+class CachedSnapshot(Generic[S]):
+    """One snapshot per metric collection, shared by all of its gauges.
+
+    A collection calls every gauge callback in a row (on a reader's thread or
+    in the `/metrics` handler); each reading the service's snapshot afresh
+    would take it once per gauge.  `ttl_s` is shorter than any export interval.
+    """
+
+    def __init__(self, source: Callable[[], S] | None, ttl_s: float = 0.2) -> None:
+        self.source = source
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._cached: tuple[float, S] | None = None
+
+    def get(self) -> S | None:
+        """The snapshot, or None while there is no source yet."""
+        if self.source is None:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            if self._cached is None or now - self._cached[0] > self._ttl_s:
+                self._cached = (now, self.source())
+            return self._cached[1]

@@ -1,23 +1,19 @@
 """The runner's observable gauges, read from `Runner.snapshot()` at collection time.
 
 Split from `runner.otel`: this side runs on a metric reader's thread or in
-the `/metrics` handler, never per event.  One collection reads seven gauges;
-a short-lived cached snapshot makes that one `snapshot()` call, not seven.
+the `/metrics` handler, never per event.  One collection reads seven gauges
+from one cached snapshot (`pullwake.instruments.CachedSnapshot`).
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Final
 
 from pullwake import catalog as c
 from pullwake.catalog import RUNNER_ID
+from pullwake.instruments import CachedSnapshot
 from pullwake.protocol import RunnerState
 from runner.observe import RunnerSnapshot
-
-_SNAPSHOT_TTL_S: Final = 0.2  # one snapshot per collection, fresh for the next
 
 Gauge = Iterable[tuple[float, Mapping[str, str]]]
 
@@ -28,12 +24,10 @@ class RunnerGauges:
     def __init__(self, runner_id: str, snapshot: Callable[[], RunnerSnapshot] | None) -> None:
         self.runner_id = runner_id
         self._rid = {RUNNER_ID: runner_id}
-        self._snapshot = snapshot
-        self._lock = threading.Lock()
-        self._cached: tuple[float, RunnerSnapshot] | None = None
+        self._snapshot = CachedSnapshot(snapshot)
 
     def bind(self, snapshot: Callable[[], RunnerSnapshot]) -> None:
-        self._snapshot = snapshot
+        self._snapshot.source = snapshot
 
     def callbacks(self) -> dict[str, Callable[[], Gauge]]:
         one = self._one
@@ -51,21 +45,12 @@ class RunnerGauges:
             c.RUNNER_STATE.name: self._states,
         }
 
-    def _snap(self) -> RunnerSnapshot | None:
-        if self._snapshot is None:
-            return None
-        now = time.monotonic()
-        with self._lock:
-            if self._cached is None or now - self._cached[0] > _SNAPSHOT_TTL_S:
-                self._cached = (now, self._snapshot())
-            return self._cached[1]
-
     def _one(self, value: Callable[[RunnerSnapshot], float]) -> Gauge:
-        snap = self._snap()
+        snap = self._snapshot.get()
         return [] if snap is None else [(float(value(snap)), self._rid)]
 
     def _states(self) -> Gauge:
-        snap = self._snap()
+        snap = self._snapshot.get()
         if snap is None:
             return []
         return [

@@ -11,8 +11,6 @@ runner's W3C `traceparent` with a server span per request.
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final
 
@@ -24,6 +22,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from pullwake import catalog as c
 from pullwake.catalog import RUNNER_ID, Component
+from pullwake.instruments import CachedSnapshot
 from pullwake.protocol import ClaimOutcome, LiveMode
 from pullwake.telemetry import (
     PROMETHEUS_CONTENT_TYPE,
@@ -36,7 +35,6 @@ from wakeserver.config import ServerConfig
 from wakeserver.observe import ServerSnapshot
 
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
-_SNAPSHOT_TTL_S: Final = 0.2  # one snapshot serves every gauge of one collection
 
 Gauge = Iterable[tuple[float, Mapping[str, str]]]
 
@@ -52,9 +50,7 @@ class OtelServerObserver:
         self, telemetry: Telemetry, snapshot: Callable[[], ServerSnapshot] | None = None
     ) -> None:
         self.telemetry = telemetry
-        self._snapshot = snapshot
-        self._lock = threading.Lock()
-        self._cached: tuple[float, ServerSnapshot] | None = None
+        self._snapshot = CachedSnapshot(snapshot)
         self._ins = Instruments(
             telemetry.meter(),
             Component.SERVER,
@@ -67,20 +63,11 @@ class OtelServerObserver:
         )
 
     def bind(self, snapshot: Callable[[], ServerSnapshot]) -> None:
-        self._snapshot = snapshot
+        self._snapshot.source = snapshot
 
     # --- gauges (called on a metric reader's thread or the /metrics handler) ---
-    def _snap(self) -> ServerSnapshot | None:
-        if self._snapshot is None:
-            return None
-        now = time.monotonic()
-        with self._lock:
-            if self._cached is None or now - self._cached[0] > _SNAPSHOT_TTL_S:
-                self._cached = (now, self._snapshot())
-            return self._cached[1]
-
     def _streams_open(self) -> Gauge:
-        snap = self._snap()
+        snap = self._snapshot.get()
         for r in snap.runners if snap else ():
             for mode in LiveMode:
                 yield (
@@ -89,7 +76,7 @@ class OtelServerObserver:
                 )
 
     def _pending(self) -> Gauge:
-        snap = self._snap()
+        snap = self._snapshot.get()
         return (
             [(float(r.pending_wakes), {RUNNER_ID: r.runner_id}) for r in snap.runners]
             if snap
@@ -97,7 +84,7 @@ class OtelServerObserver:
         )
 
     def _lease(self) -> Gauge:
-        snap = self._snap()
+        snap = self._snapshot.get()
         return (
             [
                 (r.lease_remaining_s, {RUNNER_ID: r.runner_id})
@@ -109,7 +96,7 @@ class OtelServerObserver:
         )
 
     def _mismatch(self) -> Gauge:
-        snap = self._snap()
+        snap = self._snapshot.get()
         return (
             [(1.0 if r.stream_mismatch else 0.0, {RUNNER_ID: r.runner_id}) for r in snap.runners]
             if snap
