@@ -157,11 +157,15 @@ class OtelRunnerObserver:
         return None
 
     def _session_links(self) -> Sequence[Link]:
-        """A link to the current session span, built once per session (every wake uses it)."""
+        """A link to the current session span, built once per session (every wake uses it).
+
+        No attributes on the link: the linked span says what it is, and each
+        attribute is paid for on every wake span (cleaned, then encoded).
+        """
         if self._current is None:
             return ()
         if self._links[0] is not self._current:
-            link = Link(self._current.get_span_context(), {"pullwake.link": "stream.session"})
+            link = Link(self._current.get_span_context())
             self._links = (self._current, (link,))
         return self._links[1]
 
