@@ -151,6 +151,7 @@ class Runner:
             self._commit,
             concurrency=self.config.concurrency,
             queue_size=self.config.queue_size,
+            on_error=self.diag.error,
         )
         self._stream_http = stream_http
         self._heartbeater = Heartbeater(self, self._api)

@@ -6,9 +6,13 @@ the bounded queue is full (backpressure pauses reading; nothing is dropped).
 dropped as a duplicate, unless its handling failed or its claim was refused
 (409: maybe our own claim whose answer was lost): then the claim is left to
 expire, the server announces the wake again, and that second delivery must
-get through.  Every wake finishes (handled, skipped, failed or duplicate)
-through the `CommitTracker`, so the committed offset never passes a wake
-that is still being worked on.
+get through.  Only the explicit skip answers (204, 409 `ALREADY_CLAIMED` /
+`NO_PENDING_WORK`) let a wake pass unclaimed; any other answer (no answer,
+5xx, 409 `NOT_RUNNING`, 401/403/404/400 ...) is retried with a capped backoff,
+because a wake whose claim was never made is never announced again.  Every
+wake finishes (handled, skipped, failed or duplicate) through the
+`CommitTracker`, so the committed offset never passes a wake that is still
+being worked on.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ Handler = Callable[[dict[str, Any]], Awaitable[None]]
 SEEN_LIMIT = 10_000
 CLAIM_RETRY_FIRST_S = 0.25
 CLAIM_RETRY_MAX_S = 5.0
-NOT_RUNNING = ErrorCode.NOT_RUNNING.value
+SKIP_CODES = frozenset({ErrorCode.ALREADY_CLAIMED.value, ErrorCode.NO_PENDING_WORK.value})
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,33 @@ class ClaimAPI(Protocol):
     async def complete(self, wake_id: str, claim_token: str) -> int: ...
 
 
-def _not_running(answer: ClaimAnswer) -> bool:
-    """409 NOT_RUNNING: this runner is disabled; the wake waits, it is not skipped."""
+def _error_code(answer: ClaimAnswer) -> str | None:
     error = answer.body.get("error") if isinstance(answer.body, dict) else None
-    return answer.status == 409 and isinstance(error, dict) and error.get("code") == NOT_RUNNING
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def claim_verdict(answer: ClaimAnswer) -> str:
+    """`claimed`, `skipped` (the server says there is nothing for us to do) or `retry`.
+
+    Everything else is retried, 4xx included: a 401/403 (credentials), 404 (the
+    server lost our registration), 400 or 409 `NOT_RUNNING` (disabled) may heal,
+    and skipping would commit the offset past a wake that is then never announced
+    again.
+    """
+    if answer.status == 204 or (answer.status == 409 and _error_code(answer) in SKIP_CODES):
+        return "skipped"
+    token = answer.body.get("claimToken") if isinstance(answer.body, dict) else None
+    if answer.status == 200 and isinstance(token, str):
+        return "claimed"
+    return "retry"
+
+
+def _describe(answer: ClaimAnswer) -> str:
+    if answer.status == 0:
+        return f"no answer ({answer.body})"[:200]
+    code = _error_code(answer)
+    return f"HTTP {answer.status}" + (f" {code}" if code else "")
 
 
 class HandlerFailed(Exception):
@@ -111,12 +138,15 @@ class Dispatcher:
         *,
         concurrency: int = 4,
         queue_size: int = 64,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_error` gets a one-line text for each failed claim (the runner's last_error)."""
         self._api = api
         self._handler = handler
         self._tracker = tracker
         self._observer = observer
         self._on_commit = on_commit
+        self._on_error = on_error or (lambda text: None)
         self._queue: asyncio.Queue[tuple[int, dict[str, Any], float, bool]] = asyncio.Queue(
             queue_size
         )
@@ -195,7 +225,7 @@ class Dispatcher:
             answer = await self._claim_until_answered(wake)
         s.last_claim_at = time.time()
         claim_s = time.monotonic() - started
-        if answer.status in (204, 409):
+        if claim_verdict(answer) == "skipped":
             s.claims_skipped += 1
             s.last_claim_result = "skipped"
             # A 409 may be our own earlier claim whose answer was lost (server frozen
@@ -205,14 +235,7 @@ class Dispatcher:
             self._observer.claim(WakeOutcome.SKIPPED, claim_s)
             self._observer.wake(WakeOutcome.SKIPPED, wake_id)
             return
-        token = answer.body.get("claimToken") if isinstance(answer.body, dict) else None
-        if answer.status != 200 or not isinstance(token, str):
-            s.claims_failed += 1
-            s.last_claim_result = f"failed: {answer.status}"
-            self._forget(wake_id)  # let a later announcement of it through
-            self._observer.claim(WakeOutcome.FAILED, claim_s)
-            self._observer.wake(WakeOutcome.FAILED, wake_id)
-            return
+        token = str(answer.body["claimToken"])
         s.claims_succeeded += 1
         s.last_claim_result = "claimed"
         self._observer.claim(WakeOutcome.CLAIMED, claim_s)
@@ -224,18 +247,30 @@ class Dispatcher:
         await self._complete(wake_id, token)
 
     async def _claim_until_answered(self, wake: dict[str, Any]) -> ClaimAnswer:
-        """Retry while the server cannot answer (down, 5xx) or the runner is disabled
-        (409 NOT_RUNNING, until it is enabled again): a wake whose claim was never
-        made is never announced again, so giving up here would lose it."""
+        """Claim until the server claims or skips it (see `claim_verdict`).
+
+        A failed attempt is counted and shown (claims_failed, last_error, the
+        observer's `claim` failed), then retried after CLAIM_RETRY_FIRST_S doubling
+        up to CLAIM_RETRY_MAX_S: a bounded rate per worker, never a spin."""
         delay = CLAIM_RETRY_FIRST_S
+        wake_id = wake.get("wake_id")
         while True:
+            started = time.monotonic()
             try:
                 answer = await self._api.claim(wake)
             except Exception as exc:
                 answer = ClaimAnswer(0, str(exc))
-            if answer.status != 0 and answer.status < 500 and not _not_running(answer):
+            if claim_verdict(answer) != "retry":
                 return answer
-            log.info("claim of %s: %s; retrying in %.1fs", wake.get("wake_id"), answer, delay)
+            s = self.stats
+            s.claims_failed += 1
+            s.last_claim_at = time.time()
+            s.last_claim_result = f"failed: {answer.status}"
+            what = _describe(answer)
+            self._observer.claim(WakeOutcome.FAILED, time.monotonic() - started)
+            self._on_error(f"claim of wake {wake_id}: {what}; retrying")
+            level = logging.INFO if answer.status == 0 or answer.status >= 500 else logging.WARNING
+            log.log(level, "claim of wake %s: %s; retrying in %.2fs", wake_id, what, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, CLAIM_RETRY_MAX_S)
 

@@ -14,9 +14,19 @@ from typing import Any
 import pytest
 
 from pullwake.protocol import WakeOutcome
+from runner import dispatch
 from runner.dispatch import ClaimAnswer, Dispatcher, HandlerFailed, shell_handler
 from runner.observe import RecordingObserver
 from runner.offsets import CommitTracker
+
+ANSWER_BODIES: dict[int, Any] = {
+    200: {"claimToken": "t"},
+    409: {"error": {"code": "ALREADY_CLAIMED", "message": "claimed"}},
+    401: {"error": {"code": "UNAUTHORIZED", "message": "who are you"}},
+    403: {"error": {"code": "FORBIDDEN", "message": "not yours"}},
+    404: {"error": {"code": "NOT_FOUND", "message": "no such runner"}},
+    400: {"error": {"code": "INVALID_REQUEST", "message": "bad"}},
+}
 
 
 class ScriptedClaims:
@@ -28,7 +38,7 @@ class ScriptedClaims:
 
     async def claim(self, wake: dict[str, Any]) -> ClaimAnswer:
         status = self.answers[wake["wake_id"]].pop(0)
-        return ClaimAnswer(status, {"claimToken": "t"} if status == 200 else None)
+        return ClaimAnswer(status, ANSWER_BODIES.get(status))
 
     async def complete(self, wake_id: str, claim_token: str) -> int:
         self.completed.append(wake_id)
@@ -155,6 +165,60 @@ async def test_a_wake_whose_claim_answer_was_lost_comes_through_when_announced_a
         await d.stop()
     assert handled == ["w"] and claims.completed == ["w"]
     assert d.stats.duplicates == 0
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 400])
+async def test_a_claim_refused_with_a_4xx_is_retried_not_committed_past(
+    status: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only 204 and 409 ALREADY_CLAIMED/NO_PENDING_WORK skip a wake.  A 401/403/404/400
+    (credentials rotated, registration lost ...) must not let the offset pass the wake:
+    a wake whose claim was never made is never announced again.  The retries are
+    visible (claims_failed, last_error, observer `claim` failed) and rate-bounded."""
+    monkeypatch.setattr(dispatch, "CLAIM_RETRY_FIRST_S", 0.02)
+    monkeypatch.setattr(dispatch, "CLAIM_RETRY_MAX_S", 0.1)
+    handled: list[str] = []
+
+    async def handler(wake: dict[str, Any]) -> None:
+        handled.append(wake["wake_id"])
+
+    class Refusing(ScriptedClaims):
+        refuse = True
+        attempts = 0
+
+        async def claim(self, wake: dict[str, Any]) -> ClaimAnswer:
+            self.attempts += 1
+            if self.refuse:
+                return ClaimAnswer(status, ANSWER_BODIES[status])
+            return ClaimAnswer(200, ANSWER_BODIES[200])
+
+    claims = Refusing({})
+    tracker = CommitTracker("-1")
+    errors: list[str] = []
+    obs = RecordingObserver()
+    d = Dispatcher(claims, handler, tracker, obs, lambda o: None, on_error=errors.append)
+    d.start()
+    try:
+        await d.submit({"wake_id": "w"})
+        d.mark("o1")
+        await asyncio.sleep(1.0)
+        # never committed past, never handled, and no spin: 0.02 s doubling to 0.1 s
+        # allows about 12 attempts in a second; a spin would make thousands
+        assert tracker.committed == "-1" and handled == []
+        assert 3 <= claims.attempts <= 15, claims.attempts
+        assert d.stats.claims_failed == claims.attempts
+        assert d.stats.last_claim_result == f"failed: {status}"
+        assert errors and f"HTTP {status}" in errors[-1] and "w" in errors[-1]
+        assert [o for o, _ in obs.of("claim")] == [WakeOutcome.FAILED] * claims.attempts
+        assert (WakeOutcome.FAILED, "w") not in [w[:2] for w in obs.of("wake")]
+        claims.refuse = False  # healed: the wake gets through
+        async with asyncio.timeout(5):
+            while tracker.committed != "o1":
+                await asyncio.sleep(0.01)
+    finally:
+        await d.stop()
+    assert handled == ["w"] and claims.completed == ["w"]
+    assert obs.of("claim")[-1][0] is WakeOutcome.CLAIMED
 
 
 def _alive(pid: int) -> bool:
