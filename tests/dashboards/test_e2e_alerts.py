@@ -32,15 +32,14 @@ from dashboards.build import DEFAULT_OUT
 from dashboards.config import DEFAULT, Config
 from pullwake import catalog
 from tests.dashboards.dashjson import concrete, load, prom_targets
-from tests.dashboards.promstack import (
+from tests.dashboards.promstack import SinkProcess, write_deploy
+from tests.support.procs import RunnerProcess, ServerProcess, http_json, running, wait_until
+from tests.support.prometheus import (
     AlertmanagerProcess,
     PrometheusProcess,
-    SinkProcess,
     needs_alertmanager,
     needs_prometheus,
-    write_deploy,
 )
-from tests.support.procs import RunnerProcess, ServerProcess, http_json, running, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, needs_prometheus, needs_alertmanager]
 

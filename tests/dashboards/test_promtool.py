@@ -24,13 +24,8 @@ from dashboards.rules import alerts
 from pullwake import catalog
 from pullwake.protocol import RunnerState
 from tests.dashboards.dashjson import load, prom_targets
-from tests.dashboards.promstack import (
-    AMTOOL,
-    PROMTOOL,
-    needs_alertmanager,
-    needs_prometheus,
-    write_deploy,
-)
+from tests.dashboards.promstack import write_deploy
+from tests.support.prometheus import AMTOOL, PROMTOOL, needs_alertmanager, needs_prometheus
 from wakeserver.config import ServerConfig
 
 pytestmark = pytest.mark.prometheus

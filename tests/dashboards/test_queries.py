@@ -19,7 +19,7 @@ from dashboards.config import DEFAULT
 from pullwake import catalog
 from pullwake.protocol import EndReason
 from tests.dashboards.dashjson import concrete, load, prom_targets
-from tests.dashboards.promstack import PrometheusProcess, needs_prometheus, write_deploy
+from tests.dashboards.promstack import write_deploy
 from tests.support.procs import (
     RunnerProcess,
     ServerProcess,
@@ -28,6 +28,7 @@ from tests.support.procs import (
     running,
     wait_until,
 )
+from tests.support.prometheus import PrometheusProcess, needs_prometheus
 
 pytestmark = [pytest.mark.prometheus, needs_prometheus]
 

@@ -21,8 +21,8 @@ from pullwake.catalog import CATALOG
 from pullwake.protocol import EndReason
 from runner.otel import CONNECT_SPAN, SESSION_SPAN
 from tests.support.procs import RunnerProcess, ServerProcess, running, wait_until
+from tests.support.prometheus import PrometheusProcess, needs_prometheus
 from tests.telemetry.otlp_receiver import OtlpReceiver, collector_prom_name
-from tests.telemetry.prom import Prometheus, needs_prometheus
 
 pytestmark = [pytest.mark.slow, needs_prometheus]
 
@@ -62,9 +62,9 @@ def test_outage_and_recovery_on_both_paths(tmp_path: Path, receiver: OtlpReceive
         extra=["--heartbeat-interval", "0.5", "--backoff-max", "1", "--connect-timeout", "2"],
         env=otel_env(receiver),
     )
-    prom = Prometheus(
+    prom = PrometheusProcess(
         tmp_path,
-        {
+        scrape={
             "pullwake-runner": [f"127.0.0.1:{runner.status_port}"],
             "pullwake-server": [f"127.0.0.1:{server.port}"],
         },

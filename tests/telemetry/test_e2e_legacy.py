@@ -17,7 +17,7 @@ import pytest
 
 from pullwake import catalog as c
 from tests.support.procs import RunnerProcess, ServerProcess, running, wait_until
-from tests.telemetry.prom import Prometheus, needs_prometheus
+from tests.support.prometheus import PrometheusProcess, needs_prometheus
 
 pytestmark = [pytest.mark.slow, needs_prometheus]
 
@@ -33,7 +33,9 @@ def test_legacy_profile_lies_and_the_metrics_show_it(tmp_path: Path) -> None:
         extra=["--profile", "legacy", "--heartbeat-interval", "0.5"],
         env={"OTEL_SDK_DISABLED": "false"},
     )
-    prom = Prometheus(tmp_path, {"pullwake-runner": [f"127.0.0.1:{runner.status_port}"]})
+    prom = PrometheusProcess(
+        tmp_path, scrape={"pullwake-runner": [f"127.0.0.1:{runner.status_port}"]}
+    )
     sel = f'{{runner_id="{RID}"}}'
     with running(prom, server, runner):
         server.start()
@@ -72,7 +74,7 @@ def test_legacy_profile_lies_and_the_metrics_show_it(tmp_path: Path) -> None:
         )
         assert not failed, failed
         # the lie, in one PromQL expression an alert can use
-        lie = prom.query(
+        lie = prom.vector(
             f"{c.STREAM_CONNECTED.prom_name}{sel} == 1 and on(runner_id) "
             f"{c.HEARTBEAT_CONSECUTIVE_FAILURES.prom_name}{sel} >= 3"
         )
