@@ -164,8 +164,10 @@ class Runner:
         try:
             self.feed(Start())
             await self._done.wait()
-        finally:
+        finally:  # also when `run()` itself is cancelled instead of stopped
             await self._cancel_tasks()
+            await self._dispatcher.stop()
+            self._end_open_session()
             await stream_http.close()
             await api_http.close()
 
@@ -351,8 +353,14 @@ class Runner:
         self.diag.error(
             f"stream {end.reason.value}: {end.detail}" if end.detail else end.reason.value
         )
+        current = self._info is not None and self._info.number == number
+        if end.reason is EndReason.IDLE_TIMEOUT and current:
+            # the firing is what ends the session: observers hear it first
+            self.observer.detector_fired(
+                self._info, "idle_timeout", {"idle_timeout_s": self.diag.idle_timeout_s}
+            )
         self.feed(StreamEnded(number, end.reason))
-        if self._info is not None and self._info.number == number and self._info.ended_at is None:
+        if self._info is not None and current and self._info.ended_at is None:
             self._info = replace(
                 self._info,
                 ended_at=time.time(),
@@ -361,10 +369,6 @@ class Runner:
                 end_offset=self.read_offset,
             )
             self.observer.session_ended(self._info)
-        if end.reason is EndReason.IDLE_TIMEOUT:
-            self.observer.detector_fired(
-                self._info, "idle_timeout", {"idle_timeout_s": self.diag.idle_timeout_s}
-            )
         log.info("session %d ended: %s", number, end)
 
     def _backing_off(self, wait: float, tries: int, end: SessionEnded) -> None:
@@ -388,9 +392,7 @@ class Runner:
     async def _shutdown(self) -> None:
         me = asyncio.current_task()
         await self._cancel_tasks(keep=me)
-        if self._info is not None and self._info.ended_at is None:  # every session ends once
-            self._info = replace(self._info, ended_at=time.time(), reason=EndReason.STOPPED)
-            self.observer.session_ended(self._info)
+        self._end_open_session()
         if self._dispatcher is not None:
             await self._dispatcher.stop()
         if self._heartbeater is not None:  # tell the server we are gone, best effort
@@ -399,6 +401,17 @@ class Runner:
                     await self._heartbeater.beat()
         self.feed(StopComplete())
         self._done.set()
+
+    def _end_open_session(self) -> None:
+        """Every session ends exactly once: one a stop cancelled ends `stopped`."""
+        if self._info is not None and self._info.ended_at is None:
+            self._info = replace(
+                self._info,
+                ended_at=time.time(),
+                reason=EndReason.STOPPED,
+                end_offset=self.read_offset,
+            )
+            self.observer.session_ended(self._info)
 
     async def _cancel_tasks(self, keep: asyncio.Task[Any] | None = None) -> None:
         tasks = [t for t in self._tasks if t is not keep and not t.done()]
@@ -421,6 +434,9 @@ class _Hooks:
 
     def got_bytes(self) -> None:
         self._r.diag.got_bytes()
+        info = self._r._info
+        if info is not None and info.first_byte_at is None and info.number == self._n:
+            self._r._info = replace(info, first_byte_at=time.time())
 
     async def wakes(self, events: Any) -> None:
         assert self._r._dispatcher is not None
