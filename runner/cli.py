@@ -89,6 +89,14 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
         " stdin, PULLWAKE_WAKE_ID in env; non-zero exit leaves the claim to expire"
         " (default: log the wake)",
     ),
+    (
+        "--handler-timeout",
+        "PULLWAKE_HANDLER_TIMEOUT",
+        "300",
+        "seconds a handler may run; then it (for --handler, its whole process group) is"
+        " killed and the wake counts as failed: its claim expires and it is delivered"
+        " again; 0 = no limit",
+    ),
     ("--concurrency", "PULLWAKE_CONCURRENCY", "4", "wakes handled at the same time"),
     (
         "--queue-size",
@@ -183,6 +191,7 @@ def config_from_args(args: argparse.Namespace) -> RunnerConfig:
             backoff_max=_number("backoff_max", v["backoff_max"]),
             offset_file=v["offset_file"],
             handler_cmd=v["handler"],
+            handler_timeout=_number("handler_timeout", v["handler_timeout"]),
             concurrency=_number("concurrency", v["concurrency"], int),
             queue_size=_number("queue_size", v["queue_size"], int),
             status_listen=v["status_listen"],

@@ -70,6 +70,7 @@ class RunnerConfig:
     healthy_after: float = 5.0  # a session this old (and connected) resets the backoff
     offset_file: str | None = None
     handler_cmd: str | None = None
+    handler_timeout: float = 300.0  # a handler still running then is killed; 0 = no limit
     concurrency: int = 4
     queue_size: int = 64
     status_listen: str | None = None
@@ -140,6 +141,11 @@ def validate(c: RunnerConfig) -> None:
             raise ConfigError(f"{what} must be > 0, got {value}")
         if not math.isfinite(value):  # inf would overflow the lease or never time out
             raise ConfigError(f"{what} must be a finite number of seconds, got {value}")
+    if not (c.handler_timeout >= 0 and math.isfinite(c.handler_timeout)):
+        raise ConfigError(
+            f"handler timeout must be a finite number of seconds >= 0 (0 = none),"
+            f" got {c.handler_timeout}"
+        )
     for what, n in {
         "heartbeat failure threshold": c.heartbeat_failure_threshold,
         "concurrency": c.concurrency,

@@ -152,6 +152,7 @@ class Runner:
             concurrency=self.config.concurrency,
             queue_size=self.config.queue_size,
             on_error=self.diag.error,
+            handler_timeout=self.config.handler_timeout or None,
         )
         self._stream_http = stream_http
         self._heartbeater = Heartbeater(self, self._api)

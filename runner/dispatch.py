@@ -139,14 +139,20 @@ class Dispatcher:
         concurrency: int = 4,
         queue_size: int = 64,
         on_error: Callable[[str], None] | None = None,
+        handler_timeout: float | None = None,
     ) -> None:
-        """`on_error` gets a one-line text for each failed claim (the runner's last_error)."""
+        """`on_error` gets a one-line text for each failed claim (the runner's last_error).
+
+        `handler_timeout`: a handler still running after that many seconds is
+        cancelled (`shell_handler` then kills its process group) and the wake
+        counts as failed, so a hung handler cannot hold its worker forever."""
         self._api = api
         self._handler = handler
         self._tracker = tracker
         self._observer = observer
         self._on_commit = on_commit
         self._on_error = on_error or (lambda text: None)
+        self._handler_timeout = handler_timeout
         self._queue: asyncio.Queue[tuple[int, dict[str, Any], float, bool]] = asyncio.Queue(
             queue_size
         )
@@ -278,15 +284,21 @@ class Dispatcher:
         s = self.stats
         s.last_dispatch_at = time.time()
         h_started = time.monotonic()
+        limit = asyncio.timeout(self._handler_timeout)
         try:
             with self._observer.span("handle", {"wake_id": wake_id}):
-                await self._handler(wake)
+                async with limit:
+                    await self._handler(wake)
         except Exception as exc:
+            why = str(exc) or type(exc).__name__
+            if limit.expired():
+                why = f"still running after {self._handler_timeout:g}s: killed"
             s.handler_failures += 1
             self._forget(wake_id)
             self._observer.handler(WakeOutcome.FAILED, time.monotonic() - h_started)
             self._observer.wake(WakeOutcome.FAILED, wake_id)
-            log.warning("handler failed for wake %s: %s (claim left to expire)", wake_id, exc)
+            log.warning("handler failed for wake %s: %s (claim left to expire)", wake_id, why)
+            self._on_error(f"handler for wake {wake_id}: {why}")
             return False
         self._observer.handler(WakeOutcome.HANDLED, time.monotonic() - h_started)
         return True

@@ -252,6 +252,52 @@ async def test_a_cancelled_shell_handler_leaves_no_process_behind(tmp_path: Path
             os.kill(pid, signal.SIGKILL)
 
 
+async def test_a_handler_past_its_timeout_is_killed_group_and_all_and_the_wake_fails(
+    tmp_path: Path,
+) -> None:
+    """A hung handler must not hold its worker forever: after `handler_timeout` the
+    shell and what it started (a real `sleep`) are killed, the wake counts as failed
+    (not completed: its claim expires and the server announces it again), and that
+    second announcement is handled, not dropped as a duplicate."""
+    pidfile = tmp_path / "pid"
+    handle = shell_handler(
+        f"cat >/dev/null; if [ ! -e {pidfile} ]; then sleep 30 & echo $! > {pidfile}; wait; fi"
+    )
+    claims = ScriptedClaims({"w": [200, 200]})
+    tracker = CommitTracker("-1")
+    errors: list[str] = []
+    obs = RecordingObserver()
+    d = Dispatcher(
+        claims, handle, tracker, obs, lambda o: None, on_error=errors.append, handler_timeout=0.5
+    )
+    d.start()
+    pid = 0
+    try:
+        await d.submit({"wake_id": "w"})
+        d.mark("o1")
+        async with asyncio.timeout(10):  # 0.5 s, plus slack for a loaded machine
+            while tracker.committed != "o1":
+                await asyncio.sleep(0.02)
+        pid = int(pidfile.read_text())
+        async with asyncio.timeout(5):
+            while _alive(pid):
+                await asyncio.sleep(0.02)
+        assert d.stats.handler_failures == 1 and claims.completed == []
+        assert (WakeOutcome.FAILED, "w") in [w[:2] for w in obs.of("wake")]
+        assert obs.of("handler")[0][0] is WakeOutcome.FAILED
+        assert "still running after 0.5s" in errors[-1]
+        await d.submit({"wake_id": "w"})  # announced again once the claim expired
+        d.mark("o2")
+        async with asyncio.timeout(10):
+            while tracker.committed != "o2":
+                await asyncio.sleep(0.02)
+    finally:
+        await d.stop()
+        if pid and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert claims.completed == ["w"] and d.stats.handled == 1
+
+
 async def test_shell_handler_gets_the_wake_json_on_stdin_and_its_id_in_env(tmp_path: Path) -> None:
     out = tmp_path / "out"
     wake = {"wake_id": "wk_1", "type": "wake", "stream": "/s", "payload": {"n": 1}}

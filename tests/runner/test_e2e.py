@@ -162,6 +162,52 @@ def test_failed_handler_leaves_the_claim_to_expire_and_the_wake_comes_again(
         assert s["diagnostics"]["claims_succeeded"] >= 2  # claimed, failed, claimed again
 
 
+def test_a_hung_handler_is_killed_at_its_timeout_and_the_wake_comes_again(
+    tmp_path: Path,
+) -> None:
+    """`--handler-timeout 1`: the first run hangs in a real `sleep`; it is killed with
+    its process group, the claim expires and the redelivered wake is handled."""
+    server = ServerProcess(tmp_path, keepalive=0.5, extra=["--claim-lease", "1"]).start()
+    pidfile = tmp_path / "sleep.pid"
+    log = tmp_path / "handled.txt"
+    cmd = (
+        f"cat >/dev/null; if [ ! -e {pidfile} ]; then sleep 60 & echo $! > {pidfile}; wait; fi; "
+        f'echo "$PULLWAKE_WAKE_ID" >> {log}'
+    )
+    r = RunnerProcess(
+        tmp_path,
+        server.url,
+        "r1",
+        extra=["--heartbeat-interval", "1", "--handler", cmd, "--handler-timeout", "1"],
+    )
+    pid = 0
+    try:
+        with running(server, r):
+            server.register("r1")
+            r.start()
+            wait_streaming(r)
+            [wake] = publish(server, "r1")
+            wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, what="sleep")
+            pid = int(pidfile.read_text())
+            wait_until(
+                lambda: log.exists() and log.read_text().split() == [wake], 20, what="redelivery"
+            )
+            assert not _alive(pid)  # killed at the timeout, not left behind
+            s = r.status()
+            assert s["diagnostics"]["claims_succeeded"] >= 2  # claimed, killed, claimed again
+            assert "still running after 1s" in (s["diagnostics"]["last_error"] or "")
+    finally:
+        if pid and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def test_a_runner_killed_mid_handler_gets_the_wake_again_after_restart(tmp_path: Path) -> None:
     """kill -9 while a handler runs: the wake was claimed, never completed, never
     committed.  The restarted runner reads it again and gets 409 (the dead runner's
@@ -279,6 +325,8 @@ def test_unreachable_server_at_start_means_connecting_with_backoff(tmp_path: Pat
         (["--server", "http://[::1"], {}, "bad server URL"),
         (["--heartbeat-interval", "inf"], {}, "finite"),
         (["--offset-file", "/"], {}, "cannot read offset file"),
+        ([], {"PULLWAKE_HANDLER_TIMEOUT": "-1"}, "handler timeout"),
+        (["--handler-timeout", "soon"], {}, "--handler-timeout: not a number"),
     ],
 )
 def test_bad_config_is_one_line_exit_2(args: list[str], env: dict[str, str], message: str) -> None:
@@ -308,6 +356,7 @@ def test_options_come_from_env_and_help_names_them(tmp_path: Path, server: Serve
         "PULLWAKE_PROFILE",
         "PULLWAKE_OFFSET_FILE",
         "PULLWAKE_HANDLER",
+        "PULLWAKE_HANDLER_TIMEOUT",
     ):
         assert env in help_text
     port = free_port()

@@ -139,6 +139,8 @@ def test_which_ends_reset_the_backoff() -> None:
         ({"heartbeat_interval": float("inf")}, "finite"),
         ({"backoff_max": float("inf")}, "finite"),
         ({"idle_timeout": float("inf")}, "finite"),
+        ({"handler_timeout": -1}, "handler timeout"),
+        ({"handler_timeout": float("nan")}, "handler timeout"),
     ],
 )
 def test_bad_config_is_one_line(kw: dict[str, Any], message: str) -> None:
