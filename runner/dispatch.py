@@ -217,11 +217,13 @@ class Dispatcher:
             try:
                 await self._one(wake, queued_at, run_handler)
             except asyncio.CancelledError:
+                # stopped mid-wake: it is not done, so the committed offset must stay
+                # before it (its claim may never have been made: nothing would
+                # announce it again after a restart)
                 raise
             except Exception:
                 log.exception("dispatch of %r failed", wake.get("wake_id"))
-            finally:
-                self._finish(ticket)
+            self._finish(ticket)
 
     async def _one(self, wake: dict[str, Any], queued_at: float, run_handler: bool) -> None:
         wake_id = str(wake.get("wake_id", ""))

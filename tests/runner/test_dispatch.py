@@ -221,6 +221,34 @@ async def test_a_claim_refused_with_a_4xx_is_retried_not_committed_past(
     assert obs.of("claim")[-1][0] is WakeOutcome.CLAIMED
 
 
+@pytest.mark.parametrize("status", [503, 401])
+async def test_a_stop_mid_claim_does_not_commit_past_the_wake(
+    status: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped while a wake's claim is still being retried: the wake is not done, and
+    a committed offset past it would lose it (no claim, so nothing announces it
+    again after the restart reads from that offset)."""
+    monkeypatch.setattr(dispatch, "CLAIM_RETRY_FIRST_S", 0.02)
+    claims = ScriptedClaims({"w": [status] * 1000})
+    commits: list[str] = []
+    tracker = CommitTracker("-1")
+    d = Dispatcher(claims, _never, tracker, RecordingObserver(), commits.append)
+    d.start()
+    try:
+        await d.submit({"wake_id": "w"})
+        d.mark("o1")
+        async with asyncio.timeout(5):
+            while d.stats.claims_failed < 2:
+                await asyncio.sleep(0.01)
+    finally:
+        await d.stop()
+    assert commits == [] and tracker.committed == "-1"
+
+
+async def _never(wake: dict[str, Any]) -> None:
+    raise AssertionError("never claimed, never handled")
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie waiting for its reaper counts as gone)."""
     try:
