@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from pullwake.protocol import ErrorCode, WakeOutcome
@@ -125,6 +126,24 @@ class DispatchStats:
     last_claim_at: float | None = None
     last_claim_result: str | None = None
     last_dispatch_at: float | None = None
+
+
+def publish_latency(wake: dict[str, Any], queued_at: float) -> float:
+    """Seconds from the wake's publication (its `ts`) to now, the handler's start.
+
+    `ts` is the server's clock; a skewed clock must not give a negative latency,
+    so it is clamped at 0.  A wake without a readable `ts` falls back to the time
+    since the runner read it off the stream (`queued_at`, monotonic).
+    """
+    ts = wake.get("ts")
+    if isinstance(ts, str):
+        try:
+            published = datetime.fromisoformat(ts)
+        except ValueError:
+            published = None
+        if published is not None and published.tzinfo is not None:
+            return max(0.0, time.time() - published.timestamp())
+    return max(0.0, time.monotonic() - queued_at)
 
 
 class Dispatcher:
@@ -248,10 +267,11 @@ class Dispatcher:
         s.last_claim_result = "claimed"
         self._observer.claim(WakeOutcome.CLAIMED, claim_s)
         if run_handler:
+            latency_s = publish_latency(wake, queued_at)  # measured as the handler starts
             if not await self._handle(wake, wake_id):
                 return
             s.handled += 1
-            self._observer.wake(WakeOutcome.HANDLED, wake_id, time.monotonic() - queued_at)
+            self._observer.wake(WakeOutcome.HANDLED, wake_id, latency_s)
         await self._complete(wake_id, token)
 
     async def _claim_until_answered(self, wake: dict[str, Any]) -> ClaimAnswer:

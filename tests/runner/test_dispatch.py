@@ -7,7 +7,9 @@ import asyncio
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 
 from pullwake.protocol import WakeOutcome
 from runner import dispatch
-from runner.dispatch import ClaimAnswer, Dispatcher, HandlerFailed, shell_handler
+from runner.dispatch import ClaimAnswer, Dispatcher, HandlerFailed, publish_latency, shell_handler
 from runner.observe import RecordingObserver
 from runner.offsets import CommitTracker
 
@@ -334,3 +336,17 @@ async def test_shell_handler_gets_the_wake_json_on_stdin_and_its_id_in_env(tmp_p
     assert (tmp_path / "out.id").read_text() == "wk_1\n"
     with pytest.raises(HandlerFailed, match="status 3"):  # the claim is left to expire
         await shell_handler("cat >/dev/null; exit 3")(wake)
+
+
+def test_wake_latency_runs_from_publication_to_handler_start() -> None:
+    """The catalog's wake latency: published (the wake's `ts`) -> handler start."""
+    now = time.monotonic()
+    two_s_ago = (datetime.now(UTC) - timedelta(seconds=2)).isoformat().replace("+00:00", "Z")
+    # read off the stream just now, but published 2 s ago: the 2 s count
+    assert 1.9 <= publish_latency({"ts": two_s_ago}, now) < 3.0
+    # a server clock ahead of ours never gives a negative latency
+    ahead = (datetime.now(UTC) + timedelta(seconds=5)).isoformat()
+    assert publish_latency({"ts": ahead}, now) == 0.0
+    # no usable ts (missing, garbage, no zone): time since the runner read it
+    for wake in ({}, {"ts": "yesterday"}, {"ts": "2026-01-01T00:00:00"}, {"ts": 17}):
+        assert 0.0 <= publish_latency(wake, now - 0.5) < 1.5
