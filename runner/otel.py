@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Final
@@ -74,8 +73,6 @@ SESSION_SPAN: Final = "pullwake.stream.session"
 CONNECT_SPAN: Final = "pullwake.stream.connect"
 HEARTBEAT_SPAN: Final = "pullwake.heartbeat"
 WAKE_STEPS_ENV: Final = "PULLWAKE_OTEL_WAKE_STEPS"
-_DETECTOR_REASONS: Final = frozenset({EndReason.IDLE_TIMEOUT, EndReason.HEARTBEAT_FAILURES})
-_MAX_OPEN_SESSIONS: Final = 8
 
 
 def _ns(unix_s: float | None) -> int | None:
@@ -117,10 +114,9 @@ class OtelRunnerObserver:
         self._traceparent = Traceparent(lambda: self._current)
         self._attr_cache: dict[tuple[str, str], Mapping[str, str]] = {}
         self._tracer = telemetry.tracer()
-        self._sessions: OrderedDict[int, Span] = OrderedDict()
+        self._sessions: dict[int, Span] = {}  # open sessions: each ends exactly once
         self._current: Span | None = None
-        self._fired: dict[int, set[str]] = {}  # detectors already on each open session
-        self._connected: set[int] = set()  # open sessions that got their response
+        self._phase = RunnerState.STOPPED
         self._heartbeat_span: Span | None = None  # block done, awaiting its outcome
         self._heartbeat_open: Span | None = None  # block running
         self._links: tuple[Span | None, Sequence[Link]] = (None, ())
@@ -180,21 +176,9 @@ class OtelRunnerObserver:
             self._current.add_event(
                 "state", {"pullwake.state.old": t.old.value, "pullwake.state.new": t.new.value}
             )
-        if t.new is RunnerState.STOPPED:
-            self._end_open_sessions()
+        self._phase = t.new
+        if t.new is RunnerState.STOPPED:  # a stop: its dispatcher has stopped
             self.close()
-
-    def _end_open_sessions(self) -> None:
-        """A stop may cancel a session without reporting its end: end its span `stopped`."""
-        while self._sessions:
-            number, span = self._sessions.popitem(last=False)
-            self._fired.pop(number, None)
-            if number not in self._connected:
-                span.update_name(CONNECT_SPAN)
-            self._connected.discard(number)
-            span.set_attribute("pullwake.end.reason", EndReason.STOPPED.value)
-            span.end()
-        self._current = None
 
     def session_started(self, s: SessionInfo) -> None:
         attributes: dict[str, Any] = {
@@ -218,20 +202,12 @@ class OtelRunnerObserver:
             start_time=_ns(s.started_at),
         )
         self._sessions[s.number] = span
-        self._fired[s.number] = set()
         self._current = span
-        while len(self._sessions) > _MAX_OPEN_SESSIONS:  # bounded even if ends go missing
-            number, stale = self._sessions.popitem(last=False)
-            self._fired.pop(number, None)
-            self._connected.discard(number)
-            stale.set_attribute("pullwake.session.abandoned", True)
-            stale.end()
 
     def session_connected(self, s: SessionInfo) -> None:
         span = self._sessions.get(s.number)
         if span is None:
             return
-        self._connected.add(s.number)
         if s.connected_at is not None:
             span.set_attribute(
                 "pullwake.session.connect_s", max(0.0, s.connected_at - s.started_at)
@@ -240,8 +216,6 @@ class OtelRunnerObserver:
 
     def session_ended(self, s: SessionInfo) -> None:
         span = self._sessions.pop(s.number, None)
-        fired = self._fired.pop(s.number, set())
-        self._connected.discard(s.number)
         if self._current is span:
             self._current = None
         reason = s.reason or EndReason.ERROR
@@ -252,25 +226,27 @@ class OtelRunnerObserver:
                 self._attrs("reason", reason.value),
                 None if span is None else trace.set_span_in_context(span),
             )
-        if span is None:
-            return
+        if span is not None:
+            self._end_session_span(span, s, reason)
+        if reason is EndReason.STOPPED and self._phase is not RunnerState.STOPPING:
+            # A cancelled `run()` (no Stop: no STOPPING, and no STOPPED transition
+            # to call `close()`) reports this end last, once its dispatcher has
+            # stopped: without this, the spans of wakes in flight or queued and a
+            # heartbeat awaiting its outcome would never end, so never export.
+            self.close()
+
+    def _end_session_span(self, span: Span, s: SessionInfo, reason: EndReason) -> None:
         if s.connected_at is None:
             span.update_name(CONNECT_SPAN)  # never streamed: a failed connect attempt
         span.set_attribute("pullwake.end.reason", reason.value)
         span.set_attribute("pullwake.wakes.received", s.wakes_received)
         if s.end_offset is not None:
             span.set_attribute("pullwake.offset.end", s.end_offset)
-        # Time to first byte: of the body when the runner reports it, else of the
-        # response (its headers are the first bytes the server sends).
-        first_byte = s.first_byte_at if s.first_byte_at is not None else s.connected_at
-        if first_byte is not None:
-            span.set_attribute("pullwake.session.ttfb_s", max(0.0, first_byte - s.started_at))
+        if s.first_byte_at is not None:  # the body's first byte, not the headers'
+            span.set_attribute("pullwake.session.ttfb_s", max(0.0, s.first_byte_at - s.started_at))
         if s.error:
             span.set_attribute("error.type", reason.value)
             span.set_attribute("pullwake.error", s.error[:500])
-        if reason in _DETECTOR_REASONS and reason.value not in fired:
-            # the runner may report the firing only after the end: keep it on the span
-            span.add_event(f"detector.{reason.value}", {"pullwake.detector": reason.value})
         if reason.is_failure:
             span.set_status(Status(StatusCode.ERROR, f"{reason.value}: {s.error or ''}"[:200]))
         span.end(end_time=_ns(s.ended_at))
@@ -278,11 +254,10 @@ class OtelRunnerObserver:
     def detector_fired(
         self, s: SessionInfo | None, detector: str, details: Mapping[str, Any]
     ) -> None:
+        # the runner reports a firing before the end of the session it ends
         span = self._sessions.get(s.number) if s is not None else self._current
         if span is None:
             return
-        if s is not None and s.number in self._fired:
-            self._fired[s.number].add(detector)
         attributes = {_attr_key(k): _attr_value(v) for k, v in details.items()}
         span.add_event(f"detector.{detector}", {"pullwake.detector": detector, **attributes})
 
@@ -349,8 +324,13 @@ class OtelRunnerObserver:
                 self._heartbeat_span.end()
             hb = self._tracer.start_span(full, attributes=attrs, links=links)
             self._heartbeat_open = hb
-            with trace.use_span(hb, end_on_exit=False):
-                yield
+            try:
+                with trace.use_span(hb, end_on_exit=False):
+                    yield
+            except BaseException:  # cancelled mid-request (stop, cancelled run): no outcome
+                self._heartbeat_open = None
+                hb.end()
+                raise
             if self._heartbeat_open is hb:  # outcome not reported yet: heartbeat() ends it
                 self._heartbeat_span = hb
             else:

@@ -90,7 +90,7 @@ def test_one_span_per_session_failure_is_error_with_detector_event(rig: Rig) -> 
             1,
             started_at=t0,
             connected_at=t0 + 0.01,
-            first_byte_at=t0 + 0.02,
+            first_byte_at=t0 + 0.4,  # the body's first byte, well after the headers
             ended_at=t0 + 5,
             end_offset="0000000000000001_0000000000000007",
             wakes_received=7,
@@ -104,9 +104,10 @@ def test_one_span_per_session_failure_is_error_with_detector_event(rig: Rig) -> 
     assert a["pullwake.live.mode"] == "sse"
     assert a["pullwake.offset.end"].endswith("07") and a["pullwake.wakes.received"] == 7
     assert a["pullwake.end.reason"] == "idle_timeout"
-    assert a["pullwake.session.ttfb_s"] == pytest.approx(0.02, abs=1e-3)
+    assert a["pullwake.session.ttfb_s"] == pytest.approx(0.4, abs=1e-3)
+    assert a["pullwake.session.connect_s"] == pytest.approx(0.01, abs=1e-3)
     assert span.status.status_code is StatusCode.ERROR
-    assert "detector.idle_timeout" in [e.name for e in span.events]
+    assert [e.name for e in span.events].count("detector.idle_timeout") == 1
     assert span.end_time is not None and span.start_time is not None
     assert (span.end_time - span.start_time) / 1e9 == pytest.approx(5, abs=0.01)
     assert rig.sample("pullwake_stream_reconnects_total", reason="idle_timeout") == 1
@@ -143,6 +144,8 @@ def test_stopped_session_is_not_an_error(rig: Rig) -> None:
     )
     (span,) = rig.finished(SESSION_SPAN)
     assert span.status.status_code is not StatusCode.ERROR
+    # connected, but no body byte before the stop: no time to first byte
+    assert "pullwake.session.ttfb_s" not in (span.attributes or {})
 
 
 def test_heartbeat_span_links_to_session_and_counts_failures(rig: Rig) -> None:
@@ -281,40 +284,55 @@ async def test_traceparent_on_runner_requests(rig: Rig, hook: str) -> None:
     assert seen[1].split("-")[2] == f"{hb.context.span_id:016x}"
 
 
-def test_stop_ends_sessions_the_runner_did_not_report(rig: Rig) -> None:
+def test_a_stop_ends_wake_spans_once_the_runner_has_stopped(rig: Rig) -> None:
+    """On a stop the session ends `stopped` while the dispatcher still runs; the
+    wakes it leaves in flight are ended at the STOPPED transition, after it."""
     s = session(1)
     rig.obs.session_started(s)
-    rig.obs.session_connected(session(1, started_at=s.started_at, connected_at=time.time()))
-    rig.obs.session_started(session(2))  # an attempt in flight, never connected
-    rig.obs.transition(Transition(RunnerState.STREAMING, RunnerState.STOPPING, "Stop"))
-    assert rig.finished() == []
     rig.obs.wake(WakeOutcome.RECEIVED, "in-flight")
+    rig.obs.transition(Transition(RunnerState.STREAMING, RunnerState.STOPPING, "Stop"))
+    rig.obs.session_ended(session(1, started_at=s.started_at, reason=EndReason.STOPPED))
+    (attempt,) = rig.finished(CONNECT_SPAN)  # never connected
+    assert dict(attempt.attributes or {})["pullwake.end.reason"] == "stopped"
+    assert attempt.status.status_code is not StatusCode.ERROR
+    assert rig.finished(WAKE_SPAN) == []  # still being dispatched
     rig.obs.transition(Transition(RunnerState.STOPPING, RunnerState.STOPPED, "StopComplete"))
     (wake,) = rig.finished(WAKE_SPAN)
     assert dict(wake.attributes or {})["pullwake.wake.abandoned"] is True
-    (streamed,) = rig.finished(SESSION_SPAN)
-    (attempt,) = rig.finished(CONNECT_SPAN)
-    for span in (streamed, attempt):
-        assert dict(span.attributes or {})["pullwake.end.reason"] == "stopped"
-        assert span.status.status_code is not StatusCode.ERROR
 
 
-def test_detector_reported_after_the_end_still_marks_the_span(rig: Rig) -> None:
+def test_a_cancelled_run_ends_wake_spans_with_its_session(rig: Rig) -> None:
+    """A cancelled `run()` reports no STOPPING/STOPPED transition: its session's
+    `stopped` end, reported once the dispatcher has stopped, is the last word."""
+    s = session(1)
+    rig.obs.session_started(s)
+    rig.obs.wake(WakeOutcome.RECEIVED, "in-flight")
+    rig.obs.session_ended(session(1, started_at=s.started_at, reason=EndReason.STOPPED))
+    (wake,) = rig.finished(WAKE_SPAN)
+    assert dict(wake.attributes or {})["pullwake.wake.abandoned"] is True
+
+
+@pytest.mark.parametrize("reason", [EndReason.IDLE_TIMEOUT, EndReason.HEARTBEAT_FAILURES])
+def test_detector_reported_before_the_end_is_one_event_on_an_error_span(
+    rig: Rig, reason: EndReason
+) -> None:
     s = session(1, connected_at=time.time())
     rig.obs.session_started(s)
+    rig.obs.detector_fired(s, reason.value, {"limit_s": 1.5})
     rig.obs.session_ended(
         session(
             1,
             started_at=s.started_at,
             connected_at=s.connected_at,
             ended_at=time.time(),
-            reason=EndReason.IDLE_TIMEOUT,
+            reason=reason,
         )
     )
-    rig.obs.detector_fired(s, "idle_timeout", {"idle_timeout_s": 1.5})  # late: ignored
     (span,) = rig.finished(SESSION_SPAN)
-    assert [e.name for e in span.events].count("detector.idle_timeout") == 1
-    assert rig.obs._fired == {}  # nothing kept for ended sessions
+    (event,) = [e for e in span.events if e.name.startswith("detector.")]
+    assert event.name == f"detector.{reason.value}"
+    assert dict(event.attributes or {})["pullwake.limit_s"] == 1.5
+    assert span.status.status_code is StatusCode.ERROR
 
 
 def test_wake_steps_as_events_keep_one_span_per_wake() -> None:
