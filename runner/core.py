@@ -139,7 +139,11 @@ class Runner:
         return self.phase is RunnerState.STREAMING and self.diag.last_heartbeat_ok is True
 
     async def run(self) -> None:
-        """Run until `stop()`; returns once every task has ended."""
+        """Run until `stop()`; returns once every task has ended.
+
+        Cancelling the task running it stops the runner the same way, then
+        re-raises `CancelledError`.
+        """
         stream_http = open_stream_session(self.config, self.request_class)
         api_http = open_api_session(self.config, self.request_class)
         self._api = ServerAPI(api_http, self.config)
@@ -164,11 +168,20 @@ class Runner:
         )
         try:
             self.feed(Start())
-            await self._done.wait()
-        finally:  # also when `run()` itself is cancelled instead of stopped
+            try:
+                await self._done.wait()
+            except asyncio.CancelledError:
+                # cancelled from outside (an embedding app): stop exactly as `stop()`
+                # does, so observers see stopping/stopped and a later `stop()` is a no-op
+                self.feed(Stop())
+                await self._done.wait()
+                raise
+        finally:  # a second cancel cut the shutdown short: end what is left, by force
             await self._cancel_tasks()
             await self._dispatcher.stop()
             self._end_open_session()
+            if self.phase is RunnerState.STOPPING:
+                self.feed(StopComplete())
             await stream_http.close()
             await api_http.close()
 
