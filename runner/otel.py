@@ -228,12 +228,6 @@ class OtelRunnerObserver:
             )
         if span is not None:
             self._end_session_span(span, s, reason)
-        if reason is EndReason.STOPPED and self._phase is not RunnerState.STOPPING:
-            # A cancelled `run()` (no Stop: no STOPPING, and no STOPPED transition
-            # to call `close()`) reports this end last, once its dispatcher has
-            # stopped: without this, the spans of wakes in flight or queued and a
-            # heartbeat awaiting its outcome would never end, so never export.
-            self.close()
 
     def _end_session_span(self, span: Span, s: SessionInfo, reason: EndReason) -> None:
         if s.connected_at is None:

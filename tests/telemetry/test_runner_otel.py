@@ -301,17 +301,6 @@ def test_a_stop_ends_wake_spans_once_the_runner_has_stopped(rig: Rig) -> None:
     assert dict(wake.attributes or {})["pullwake.wake.abandoned"] is True
 
 
-def test_a_cancelled_run_ends_wake_spans_with_its_session(rig: Rig) -> None:
-    """A cancelled `run()` reports no STOPPING/STOPPED transition: its session's
-    `stopped` end, reported once the dispatcher has stopped, is the last word."""
-    s = session(1)
-    rig.obs.session_started(s)
-    rig.obs.wake(WakeOutcome.RECEIVED, "in-flight")
-    rig.obs.session_ended(session(1, started_at=s.started_at, reason=EndReason.STOPPED))
-    (wake,) = rig.finished(WAKE_SPAN)
-    assert dict(wake.attributes or {})["pullwake.wake.abandoned"] is True
-
-
 @pytest.mark.parametrize("reason", [EndReason.IDLE_TIMEOUT, EndReason.HEARTBEAT_FAILURES])
 def test_detector_reported_before_the_end_is_one_event_on_an_error_span(
     rig: Rig, reason: EndReason
