@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from pullwake.addresses import parse_hostport
 from pullwake.cli import CLIError
 from pullwake.protocol import utc_now_iso
 
@@ -140,10 +141,10 @@ def make_app(sink: Sink) -> Any:
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise CLIError(f"--listen must be HOST:PORT, got {text!r}")
-    return host, int(port)
+    try:
+        return parse_hostport(text)
+    except ValueError:
+        raise CLIError(f"--listen must be HOST:PORT, got {text!r}") from None
 
 
 async def serve(host: str, port: int, sink: Sink) -> None:

@@ -61,14 +61,6 @@ def parse_mode(value: str | Mode) -> Mode:
         raise ValueError(f"unknown proxy mode {value!r} (one of: {names})") from None
 
 
-def parse_hostport(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` -> (host, port); ValueError with a one-line message."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
-
-
 def _rst(writer: asyncio.StreamWriter | None) -> None:
     """Close with RST: linger 0 makes the kernel reset instead of FIN."""
     if writer is None:

@@ -13,7 +13,8 @@ import json
 import signal
 from typing import Any
 
-from pullwake.faultproxy import FaultProxy, Mode, parse_hostport, parse_mode
+from pullwake.addresses import parse_hostport
+from pullwake.faultproxy import FaultProxy, Mode, parse_mode
 
 
 def run_proxy_command(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pullwake.addresses import parse_hostport
 from pullwake.cli import CLIError
 
 D = "(default: %(default)s)"
@@ -163,10 +164,11 @@ def run_wait(args: argparse.Namespace) -> int:
 
     checks: list[Readiness] = [HttpReady(u, timeout=2.0) for u in args.urls]
     for hp in args.tcp:
-        host, _, port = hp.rpartition(":")
-        if not host or not port.isdigit():
-            raise CLIError(f"--tcp wants HOST:PORT, got {hp!r}")
-        checks.append(PortReady(host, int(port), timeout=2.0))
+        try:
+            host, port = parse_hostport(hp)
+        except ValueError:
+            raise CLIError(f"--tcp wants HOST:PORT, got {hp!r}") from None
+        checks.append(PortReady(host, port, timeout=2.0))
     if not checks:
         raise CLIError("nothing to wait for: give URLs and/or --tcp HOST:PORT")
     deadline = time.monotonic() + args.timeout

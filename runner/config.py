@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from pullwake.addresses import parse_hostport
 from pullwake.protocol import DEV_PRINCIPAL, PRINCIPAL_KINDS, RUNNER_ID_RE, LiveMode
 
 
@@ -157,13 +158,7 @@ def validate(c: RunnerConfig) -> None:
 
 def parse_listen(text: str) -> tuple[str, int]:
     """`HOST:PORT` or `PORT` (loopback) for the status listener."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", text
     try:
-        number = int(port)
+        return parse_hostport(text, default_host="127.0.0.1")
     except ValueError:
         raise ConfigError(f"bad listen address {text!r} (want 127.0.0.1:PORT)") from None
-    if not 0 <= number < 65536:
-        raise ConfigError(f"bad port in listen address {text!r}")
-    return host or "127.0.0.1", number

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pullwake.faultproxy import FaultProxy, Mode, ThreadedFaultProxy, parse_hostport, parse_mode
+from pullwake.addresses import parse_hostport
+from pullwake.faultproxy import FaultProxy, Mode, ThreadedFaultProxy, parse_mode
 from tests.support.procs import free_port, wait_until
 
 SILENCE_S = 0.3  # how long "nothing arrives" is watched for
