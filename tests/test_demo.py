@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pullwake.demo_status import format_status, wakes_delivered
-from tests.support.procs import wait_until
+from tests.support.procs import pid_alive, wait_until
 
 HAVE_RUNNER = importlib.util.find_spec("runner.cli") is not None
 STATUS_RE = re.compile(r"^\[\s*\d+s\] ")
@@ -84,14 +84,6 @@ def descendants(pid: int) -> set[int]:
         frontier = {c for c, p in parents.items() if p in frontier} - found
         found |= frontier
     return found
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def test_status_line_reads_the_runner_status() -> None:

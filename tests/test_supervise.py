@@ -12,18 +12,9 @@ from pathlib import Path
 import pytest
 
 from pullwake.supervise import ChildSpec, HttpReady, PortReady, Supervisor, SupervisorError
-from tests.support.procs import free_port, wait_until
+from tests.support.procs import free_port, pid_alive, wait_until
 
 PY = sys.executable
-
-
-def pid_alive(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie may wait for a lazy init to reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def http_server(tmp: Path, port: int, name: str = "web") -> ChildSpec:

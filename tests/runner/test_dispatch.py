@@ -20,6 +20,7 @@ from runner import dispatch
 from runner.dispatch import ClaimAnswer, Dispatcher, HandlerFailed, publish_latency, shell_handler
 from runner.observe import RecordingObserver
 from runner.offsets import CommitTracker
+from tests.support.procs import pid_alive
 
 ANSWER_BODIES: dict[int, Any] = {
     200: {"claimToken": "t"},
@@ -251,14 +252,6 @@ async def _never(wake: dict[str, Any]) -> None:
     raise AssertionError("never claimed, never handled")
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for its reaper counts as gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 async def test_a_cancelled_shell_handler_leaves_no_process_behind(tmp_path: Path) -> None:
     """Stopping the runner cancels running handlers: what their shell started dies too."""
     pidfile = tmp_path / "pid"
@@ -270,15 +263,15 @@ async def test_a_cancelled_shell_handler_leaves_no_process_behind(tmp_path: Path
             while not (pidfile.exists() and pidfile.read_text().strip()):
                 await asyncio.sleep(0.02)
         pid = int(pidfile.read_text())
-        assert _alive(pid)
+        assert pid_alive(pid)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         async with asyncio.timeout(5):
-            while _alive(pid):
+            while pid_alive(pid):
                 await asyncio.sleep(0.02)
     finally:
-        if pid and _alive(pid):
+        if pid and pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -310,7 +303,7 @@ async def test_a_handler_past_its_timeout_is_killed_group_and_all_and_the_wake_f
                 await asyncio.sleep(0.02)
         pid = int(pidfile.read_text())
         async with asyncio.timeout(5):
-            while _alive(pid):
+            while pid_alive(pid):
                 await asyncio.sleep(0.02)
         assert d.stats.handler_failures == 1 and claims.completed == []
         assert (WakeOutcome.FAILED, "w") in [w[:2] for w in obs.of("wake")]
@@ -323,7 +316,7 @@ async def test_a_handler_past_its_timeout_is_killed_group_and_all_and_the_wake_f
                 await asyncio.sleep(0.02)
     finally:
         await d.stop()
-        if pid and _alive(pid):
+        if pid and pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     assert claims.completed == ["w"] and d.stats.handled == 1
 

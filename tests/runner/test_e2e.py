@@ -27,6 +27,7 @@ from tests.support.procs import (
     ServerProcess,
     free_port,
     http_json,
+    pid_alive,
     running,
     wait_until,
 )
@@ -192,20 +193,13 @@ def test_a_hung_handler_is_killed_at_its_timeout_and_the_wake_comes_again(
             wait_until(
                 lambda: log.exists() and log.read_text().split() == [wake], 20, what="redelivery"
             )
-            assert not _alive(pid)  # killed at the timeout, not left behind
+            assert not pid_alive(pid)  # killed at the timeout, not left behind
             s = r.status()
             assert s["diagnostics"]["claims_succeeded"] >= 2  # claimed, killed, claimed again
             assert "still running after 1s" in (s["diagnostics"]["last_error"] or "")
     finally:
-        if pid and _alive(pid):
+        if pid and pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def test_a_runner_killed_mid_handler_gets_the_wake_again_after_restart(tmp_path: Path) -> None:

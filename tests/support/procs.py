@@ -33,6 +33,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def pid_alive(pid: int) -> bool:
+    """Running: not gone, not a zombie (an orphan's zombie may wait for a lazy reaper)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 @contextlib.contextmanager
 def refused_port() -> Iterator[int]:
     """A loopback port where a connect is refused for as long as the block runs.
