@@ -18,7 +18,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY pullwake ./pullwake
 COPY runner ./runner
-COPY wakeserver ./wakeserver
+COPY server ./server
+COPY otel-collector ./otel-collector
 COPY dashboards ./dashboards
 RUN pip install . && rm -rf /src
 

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pullwake.faultproxy import ThreadedFaultProxy
+from pullwake.tools.faultproxy import ThreadedFaultProxy
 from tests.support.procs import RunnerProcess, ServerProcess, running, wait_until
 
 STREAMING = "running.streaming"

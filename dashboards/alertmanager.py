@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashboards import queries as q
-from dashboards.config import Config
+from pullwake.dashboards import queries as q
+from pullwake.dashboards.config import Config
 
 RECEIVER_CRITICAL = "pullwake-critical"
 RECEIVER_WARNING = "pullwake-warning"

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pullwake.cli import CLIError
+from pullwake.core.errors import CLIError
 
 
 def register(subparsers: Any) -> None:
@@ -41,8 +41,8 @@ def register(subparsers: Any) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from dashboards.build import DEFAULT_OUT, generate, leftovers, stale, write
-    from dashboards.config import DEFAULT
+    from pullwake.dashboards.build import DEFAULT_OUT, generate, leftovers, stale, write
+    from pullwake.dashboards.config import DEFAULT
 
     out: Path = args.out or DEFAULT_OUT
     if out.exists() and not out.is_dir():

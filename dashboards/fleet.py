@@ -13,9 +13,10 @@ from grafana_foundation_sdk.builders import alertgroups, table
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import dashboard as dm
 
-from dashboards import queries as q
-from dashboards.config import Config
-from dashboards.panels import (
+from pullwake.core import catalog as c
+from pullwake.dashboards import queries as q
+from pullwake.dashboards.config import Config
+from pullwake.dashboards.panels import (
     REF_IDS,
     nav_links,
     runner_link,
@@ -27,8 +28,7 @@ from dashboards.panels import (
     transformation,
     value_texts,
 )
-from dashboards.rules import recording_names
-from pullwake import catalog as c
+from pullwake.dashboards.rules import recording_names
 
 TITLE = "Pull-wake fleet"
 

@@ -18,8 +18,8 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
 
-from dashboards.config import Config
-from pullwake import catalog as c
+from pullwake.core import catalog as c
+from pullwake.dashboards.config import Config
 
 REF_IDS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 

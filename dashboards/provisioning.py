@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashboards.config import Config
+from pullwake.dashboards.config import Config
 
 
 def datasources(config: Config) -> dict[str, Any]:

@@ -12,9 +12,9 @@ and the alert labels must not depend on the path the metric took.
 
 from __future__ import annotations
 
-from dashboards.config import Config
-from pullwake import catalog as c
-from pullwake.protocol import EndReason, RunnerState
+from pullwake.core import catalog as c
+from pullwake.core.protocol import EndReason, RunnerState
+from pullwake.dashboards.config import Config
 
 RUNNER: str = c.prom_label(c.RUNNER_ID)
 REASON: str = c.prom_label("reason")

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dashboards import queries as q
-from dashboards.config import Config
-from pullwake import catalog as c
+from pullwake.core import catalog as c
+from pullwake.dashboards import queries as q
+from pullwake.dashboards.config import Config
 
 Severity = Literal["critical", "warning"]
 

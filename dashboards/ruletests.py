@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashboards import queries as q
-from dashboards.config import Config, format_duration, parse_duration
-from dashboards.rules import Alert, alerts
-from pullwake import catalog as c
-from pullwake.protocol import EndReason, RunnerState
+from pullwake.core import catalog as c
+from pullwake.core.protocol import EndReason, RunnerState
+from pullwake.dashboards import queries as q
+from pullwake.dashboards.config import Config, format_duration, parse_duration
+from pullwake.dashboards.rules import Alert, alerts
 
 STEP = 15  # seconds between input samples (and rule evaluations)
 SAMPLES = 120  # 30 minutes of data per case

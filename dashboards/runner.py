@@ -14,9 +14,11 @@ from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
-from dashboards import queries as q
-from dashboards.config import Config
-from dashboards.panels import (
+from pullwake.core import catalog as c
+from pullwake.core.protocol import RunnerState
+from pullwake.dashboards import queries as q
+from pullwake.dashboards.config import Config
+from pullwake.dashboards.panels import (
     nav_links,
     prom_ds,
     target,
@@ -25,9 +27,7 @@ from dashboards.panels import (
     traceql,
     value_texts,
 )
-from pullwake import catalog as c
-from pullwake.protocol import RunnerState
-from runner.otel import CONNECT_SPAN, SESSION_SPAN
+from pullwake.runner.otel import CONNECT_SPAN, SESSION_SPAN
 
 TITLE = "Pull-wake runner"
 STATE_COLORS = {

@@ -11,9 +11,10 @@ from grafana_foundation_sdk.builders import common, stat
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import common as cm
 
-from dashboards import queries as q
-from dashboards.config import Config
-from dashboards.panels import (
+from pullwake.core import catalog as c
+from pullwake.dashboards import queries as q
+from pullwake.dashboards.config import Config
+from pullwake.dashboards.panels import (
     nav_links,
     prom_ds,
     runner_list,
@@ -22,7 +23,6 @@ from dashboards.panels import (
     thresholds,
     timeseries_panel,
 )
-from pullwake import catalog as c
 
 TITLE = "Pull-wake server"
 RATE = "$__rate_interval"

@@ -14,22 +14,19 @@ import sys
 from collections.abc import Sequence
 
 from pullwake import __version__
+from pullwake.core.errors import CLIError
 
 # (module that registers the subcommand), in the order --help lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "wakeserver.cli",  # server, publish
-    "runner.cli",  # run
-    "pullwake.demo",  # demo
-    "pullwake.faultproxy",  # proxy
-    "dashboards.cli",  # dashboards build
-    "pullwake.alertsink",  # alerts sink
-    "pullwake.stack",  # stack up
-    "pullwake.docs",  # docs
+    "pullwake.server.cli",  # server, publish
+    "pullwake.runner.cli",  # run
+    "pullwake.tools.demo",  # demo
+    "pullwake.tools.faultproxy",  # proxy
+    "pullwake.dashboards.cli",  # dashboards build
+    "pullwake.tools.alertsink",  # alerts sink
+    "pullwake.tools.stack",  # stack up
+    "pullwake.tools.docs",  # docs
 )
-
-
-class CLIError(Exception):
-    """A user error: printed as one line, exit status 2, never a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

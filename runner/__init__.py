@@ -2,7 +2,7 @@
 
 Embedding::
 
-    from runner import Runner
+    from pullwake.runner import Runner
 
     async def handle(wake: dict) -> None: ...
 
@@ -12,11 +12,11 @@ Embedding::
 
 from __future__ import annotations
 
-from runner.config import PROFILES, ConfigError, Profile, RunnerConfig, TcpKeepalive
-from runner.core import Runner
-from runner.dispatch import Handler, HandlerFailed
-from runner.errors import SessionEnded
-from runner.observe import NullObserver, RecordingObserver, RunnerObserver, RunnerSnapshot
+from pullwake.runner.config import PROFILES, ConfigError, Profile, RunnerConfig, TcpKeepalive
+from pullwake.runner.core import Runner
+from pullwake.runner.dispatch import Handler, HandlerFailed
+from pullwake.runner.errors import SessionEnded
+from pullwake.runner.observe import NullObserver, RecordingObserver, RunnerObserver, RunnerSnapshot
 
 __all__ = [
     "PROFILES",

@@ -11,9 +11,9 @@ from typing import Any
 
 import aiohttp
 
-from pullwake.protocol import RUNNERS_PREFIX, HeartbeatErrorType, wake_stream_path
-from runner.config import RunnerConfig
-from runner.dispatch import ClaimAnswer
+from pullwake.core.protocol import RUNNERS_PREFIX, HeartbeatErrorType, wake_stream_path
+from pullwake.runner.config import RunnerConfig
+from pullwake.runner.dispatch import ClaimAnswer
 
 
 class RequestFailed(Exception):

@@ -17,13 +17,13 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pullwake.protocol import DEV_PRINCIPAL, LiveMode
+from pullwake.core.protocol import DEV_PRINCIPAL, LiveMode
 
 if TYPE_CHECKING:
-    from pullwake.telemetry import Telemetry
-    from runner.config import RunnerConfig
-    from runner.core import Runner
-    from runner.observe import RunnerObserver
+    from pullwake.core.telemetry import Telemetry
+    from pullwake.runner.config import RunnerConfig
+    from pullwake.runner.core import Runner
+    from pullwake.runner.observe import RunnerObserver
 
 # (flag, env var, default, help) - the single list behind parser, env and --help.
 OPTIONS: list[tuple[str, str, str | None, str]] = [
@@ -147,7 +147,7 @@ def _values(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def _number(name: str, text: str | None, kind: Callable[[str], Any] = float) -> Any:
-    from pullwake.cli import CLIError
+    from pullwake.core.errors import CLIError
 
     if text is None:
         return None
@@ -158,8 +158,8 @@ def _number(name: str, text: str | None, kind: Callable[[str], Any] = float) -> 
 
 
 def config_from_args(args: argparse.Namespace) -> RunnerConfig:
-    from pullwake.cli import CLIError
-    from runner.config import ConfigError, RunnerConfig, parse_listen, profile_named
+    from pullwake.core.errors import CLIError
+    from pullwake.runner.config import ConfigError, RunnerConfig, parse_listen, profile_named
 
     v = _values(args)
     for required in ("server", "runner_id"):
@@ -208,16 +208,16 @@ def build_runner(config: RunnerConfig, observer: RunnerObserver | None = None) -
     The telemetry layer passes its observer here and may hang a `/metrics`
     renderer on the returned runner's `metrics` attribute.
     """
-    from runner.core import Runner
+    from pullwake.runner.core import Runner
 
     return Runner(config, observer=observer)
 
 
 async def serve(runner: Runner) -> None:
     """Run `runner` with its status listener until SIGINT/SIGTERM."""
-    from pullwake.cli import CLIError
-    from runner.config import parse_listen
-    from runner.status import StatusServer
+    from pullwake.core.errors import CLIError
+    from pullwake.runner.config import parse_listen
+    from pullwake.runner.status import StatusServer
 
     status = None
     if runner.config.status_listen:
@@ -240,8 +240,8 @@ async def serve(runner: Runner) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pullwake.cli import CLIError
-    from runner.config import ConfigError
+    from pullwake.core.errors import CLIError
+    from pullwake.runner.config import ConfigError
 
     config = config_from_args(args)
     level = str(_values(args)["log_level"]).upper()
@@ -261,9 +261,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _telemetry(runner: Runner) -> Telemetry:
     """OTel observer, `/metrics` and traceparent from the `OTEL_*` environment."""
-    from pullwake.cli import CLIError
-    from pullwake.telemetry import TelemetryConfigError
-    from runner.otel import instrument_runner
+    from pullwake.core.errors import CLIError
+    from pullwake.core.telemetry import TelemetryConfigError
+    from pullwake.runner.otel import instrument_runner
 
     try:
         return instrument_runner(runner)

@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from pullwake.addresses import parse_hostport
-from pullwake.protocol import DEV_PRINCIPAL, PRINCIPAL_KINDS, RUNNER_ID_RE, LiveMode
+from pullwake.core.addresses import parse_hostport
+from pullwake.core.protocol import DEV_PRINCIPAL, PRINCIPAL_KINDS, RUNNER_ID_RE, LiveMode
 
 
 class ConfigError(ValueError):

@@ -26,14 +26,14 @@ from typing import Any, NoReturn
 
 import aiohttp
 
-from pullwake.protocol import OFFSET_START, EndReason, RunnerState
-from runner.api import ServerAPI
-from runner.config import RunnerConfig
-from runner.diagnostics import Diagnostics, iso
-from runner.dispatch import Dispatcher, Handler, shell_handler
-from runner.errors import SessionEnded, describe
-from runner.heartbeat import Heartbeater
-from runner.machine import (
+from pullwake.core.protocol import OFFSET_START, EndReason, RunnerState
+from pullwake.runner.api import ServerAPI
+from pullwake.runner.config import RunnerConfig
+from pullwake.runner.diagnostics import Diagnostics, iso
+from pullwake.runner.dispatch import Dispatcher, Handler, shell_handler
+from pullwake.runner.errors import SessionEnded, describe
+from pullwake.runner.heartbeat import Heartbeater
+from pullwake.runner.machine import (
     BackoffElapsed,
     CancelStream,
     Connected,
@@ -55,17 +55,17 @@ from runner.machine import (
     StreamEnded,
     StreamReset,
 )
-from runner.observe import (
+from pullwake.runner.observe import (
     Observers,
     RunnerObserver,
     RunnerSnapshot,
     SessionInfo,
     Transition,
 )
-from runner.offsets import CommitTracker, OffsetStore
-from runner.reconnect import Reconnector
-from runner.session import Session
-from runner.transport import open_api_session, open_stream_session
+from pullwake.runner.offsets import CommitTracker, OffsetStore
+from pullwake.runner.reconnect import Reconnector
+from pullwake.runner.session import Session
+from pullwake.runner.transport import open_api_session, open_stream_session
 
 log = logging.getLogger("runner")
 

@@ -7,13 +7,13 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pullwake.protocol import EndReason, RunnerState
-from runner.config import RunnerConfig
-from runner.observe import RunnerSnapshot
+from pullwake.core.protocol import EndReason, RunnerState
+from pullwake.runner.config import RunnerConfig
+from pullwake.runner.observe import RunnerSnapshot
 
 if TYPE_CHECKING:
-    from runner.dispatch import DispatchStats
-    from runner.machine import Machine
+    from pullwake.runner.dispatch import DispatchStats
+    from pullwake.runner.machine import Machine
 
 STATUS_WORDS = {
     RunnerState.STOPPED: "stopped",

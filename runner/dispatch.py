@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from pullwake.protocol import ErrorCode, WakeOutcome
-from runner.observe import RunnerObserver
-from runner.offsets import CommitTracker
+from pullwake.core.protocol import ErrorCode, WakeOutcome
+from pullwake.runner.observe import RunnerObserver
+from pullwake.runner.offsets import CommitTracker
 
-log = logging.getLogger("runner.dispatch")
+log = logging.getLogger("pullwake.runner.dispatch")
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
 SEEN_LIMIT = 10_000

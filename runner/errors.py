@@ -22,7 +22,7 @@ import asyncio
 
 import aiohttp
 
-from pullwake.protocol import EndReason
+from pullwake.core.protocol import EndReason
 
 
 class SessionEnded(Exception):

@@ -19,14 +19,14 @@ import logging
 import time
 from typing import TYPE_CHECKING, NoReturn
 
-from pullwake.protocol import EndReason, HeartbeatOutcome, RunnerState
-from runner.api import ServerAPI, error_type_of
-from runner.errors import describe
+from pullwake.core.protocol import EndReason, HeartbeatOutcome, RunnerState
+from pullwake.runner.api import ServerAPI, error_type_of
+from pullwake.runner.errors import describe
 
 if TYPE_CHECKING:
-    from runner.core import Runner
+    from pullwake.runner.core import Runner
 
-log = logging.getLogger("runner.heartbeat")
+log = logging.getLogger("pullwake.runner.heartbeat")
 
 
 class Heartbeater:

@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from pullwake.protocol import EndReason, RunnerState
+from pullwake.core.protocol import EndReason, RunnerState
 
 S = RunnerState
 

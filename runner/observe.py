@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pullwake.protocol import (
+from pullwake.core.protocol import (
     EndReason,
     HeartbeatErrorType,
     HeartbeatOutcome,
@@ -27,7 +27,7 @@ from pullwake.protocol import (
     WakeOutcome,
 )
 
-log = logging.getLogger("runner.observe")
+log = logging.getLogger("pullwake.runner.observe")
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import tempfile
 from collections import deque
 from pathlib import Path
 
-from pullwake.protocol import OFFSET_START
-from runner.config import ConfigError
+from pullwake.core.protocol import OFFSET_START
+from pullwake.runner.config import ConfigError
 
 # The protocol's offsets never contain these (nor whitespace): such a file was clobbered.
 _NOT_IN_OFFSETS = frozenset(",&=?/ \t\r\n")

@@ -33,16 +33,16 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
-from pullwake import catalog as c
-from pullwake.catalog import RUNNER_ID, Component
-from pullwake.protocol import (
+from pullwake.core import catalog as c
+from pullwake.core.catalog import RUNNER_ID, Component
+from pullwake.core.protocol import (
     EndReason,
     HeartbeatErrorType,
     HeartbeatOutcome,
     RunnerState,
     WakeOutcome,
 )
-from pullwake.telemetry import (
+from pullwake.core.telemetry import (
     PROMETHEUS_CONTENT_TYPE,
     SERVICE_RUNNER,
     Instruments,
@@ -50,10 +50,10 @@ from pullwake.telemetry import (
     TelemetryConfigError,
     build_telemetry,
 )
-from runner.observe import RunnerSnapshot, SessionInfo, Transition
-from runner.otel_gauges import RunnerGauges
-from runner.otel_propagation import Traceparent
-from runner.otel_wakes import WAKE_SPAN, WAKE_STEPS, WakeTraces
+from pullwake.runner.observe import RunnerSnapshot, SessionInfo, Transition
+from pullwake.runner.otel_gauges import RunnerGauges
+from pullwake.runner.otel_propagation import Traceparent
+from pullwake.runner.otel_wakes import WAKE_SPAN, WAKE_STEPS, WakeTraces
 
 __all__ = [
     "CONNECT_SPAN",
@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from runner.core import Runner
+    from pullwake.runner.core import Runner
 
 
 SESSION_SPAN: Final = "pullwake.stream.session"

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from pullwake import catalog as c
-from pullwake.catalog import RUNNER_ID
-from pullwake.instruments import CachedSnapshot
-from pullwake.protocol import RunnerState
-from runner.observe import RunnerSnapshot
+from pullwake.core import catalog as c
+from pullwake.core.catalog import RUNNER_ID
+from pullwake.core.instruments import CachedSnapshot
+from pullwake.core.protocol import RunnerState
+from pullwake.runner.observe import RunnerSnapshot
 
 Gauge = Iterable[tuple[float, Mapping[str, str]]]
 

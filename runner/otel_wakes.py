@@ -28,10 +28,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, Status, StatusCode, Tracer
 
-from pullwake import catalog as c
-from pullwake.catalog import RUNNER_ID, Metric
-from pullwake.protocol import WakeOutcome
-from pullwake.telemetry import Instruments
+from pullwake.core import catalog as c
+from pullwake.core.catalog import RUNNER_ID, Metric
+from pullwake.core.protocol import WakeOutcome
+from pullwake.core.telemetry import Instruments
 
 WAKE_SPAN: Final = "pullwake.wake"
 WAKE_STEPS: Final = frozenset({"claim", "handle", "complete"})

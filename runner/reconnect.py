@@ -24,9 +24,9 @@ from typing import Any, NoReturn
 
 import backoff
 
-from runner.errors import SessionEnded
+from pullwake.runner.errors import SessionEnded
 
-log = logging.getLogger("runner.reconnect")
+log = logging.getLogger("pullwake.runner.reconnect")
 
 
 def _resets_backoff(exc: Exception) -> bool:

@@ -26,7 +26,7 @@ from typing import Any, NoReturn, Protocol
 
 import aiohttp
 
-from pullwake.protocol import (
+from pullwake.core.protocol import (
     H_CLOSED,
     H_CURSOR,
     H_KEEPALIVE,
@@ -35,11 +35,11 @@ from pullwake.protocol import (
     LiveMode,
     current_cursor,
 )
-from runner.config import RunnerConfig
-from runner.errors import SessionEnded, classify, describe
-from runner.sse import Comment, Control, DataBatch, SSEParser, SSEProtocolError, decode
+from pullwake.runner.config import RunnerConfig
+from pullwake.runner.errors import SessionEnded, classify, describe
+from pullwake.runner.sse import Comment, Control, DataBatch, SSEParser, SSEProtocolError, decode
 
-log = logging.getLogger("runner.session")
+log = logging.getLogger("pullwake.runner.session")
 
 DEFAULT_IDLE_S = 15.0
 IDLE_FACTOR = 3.0

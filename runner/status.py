@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from runner.core import Runner
+    from pullwake.runner.core import Runner
 
 
 class StatusServer:

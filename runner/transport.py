@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 from aiohappyeyeballs import AddrInfoType
 
-from pullwake.protocol import H_PRINCIPAL, H_RUNNER_ID
-from runner.config import RunnerConfig, TcpKeepalive
+from pullwake.core.protocol import H_PRINCIPAL, H_RUNNER_ID
+from pullwake.runner.config import RunnerConfig, TcpKeepalive
 
 # Linux option numbers (present in `socket` on Linux; guarded for other systems).
 _TCP_KEEPIDLE = getattr(socket, "TCP_KEEPIDLE", None)

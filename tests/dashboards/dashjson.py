@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dashboards.build import DASHBOARDS, dashboard_path
-from dashboards.config import Config
+from pullwake.dashboards.build import DASHBOARDS, dashboard_path
+from pullwake.dashboards.config import Config
 
 
 def load(out: Path, config: Config) -> dict[str, dict[str, Any]]:

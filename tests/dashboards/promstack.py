@@ -12,8 +12,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from dashboards.build import generate, write
-from dashboards.config import Config
+from pullwake.dashboards.build import generate, write
+from pullwake.dashboards.config import Config
 from tests.support.procs import Proc, free_port, http_json, wait_until
 
 

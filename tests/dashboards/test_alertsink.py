@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pullwake.alertsink import BadNotification, format_line, parse_notification
+from pullwake.tools.alertsink import BadNotification, format_line, parse_notification
 from tests.dashboards.promstack import SinkProcess
 from tests.support.procs import http_json, running, wait_until
 

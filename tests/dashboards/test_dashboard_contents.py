@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from dashboards import queries as q
-from dashboards.build import DEFAULT_OUT
-from dashboards.config import DEFAULT
-from dashboards.rules import alerts, recording_names, recording_rules
-from pullwake import catalog as c
-from pullwake.protocol import RunnerState
+from pullwake.core import catalog as c
+from pullwake.core.protocol import RunnerState
+from pullwake.dashboards import queries as q
+from pullwake.dashboards.build import DEFAULT_OUT
+from pullwake.dashboards.config import DEFAULT
+from pullwake.dashboards.rules import alerts, recording_names, recording_rules
 from tests.dashboards.dashjson import load, panels, prom_targets
 
 DASH = load(DEFAULT_OUT, DEFAULT)

@@ -28,9 +28,9 @@ from typing import Any
 
 import pytest
 
-from dashboards.build import DEFAULT_OUT
-from dashboards.config import DEFAULT, Config
-from pullwake import catalog
+from pullwake.core import catalog
+from pullwake.dashboards.build import DEFAULT_OUT
+from pullwake.dashboards.config import DEFAULT, Config
 from tests.dashboards.dashjson import concrete, load, prom_targets
 from tests.dashboards.promstack import SinkProcess, write_deploy
 from tests.support.procs import RunnerProcess, ServerProcess, http_json, running, wait_until
@@ -51,7 +51,7 @@ FAULT_PANELS = ("Heartbeat failure rate by error type", "Backoff waits p50 / p99
 TRUTHFUL = ("PullWakeRunnerNotStreaming", "PullWakeHeartbeatsFailing")
 OTEL_ON = {"OTEL_SDK_DISABLED": "false"}
 
-faultproxy = pytest.importorskip("pullwake.faultproxy", reason="pullwake.faultproxy missing")
+faultproxy = pytest.importorskip("pullwake.tools.faultproxy", reason="pullwake.faultproxy missing")
 
 
 def fast_config(webhook: str) -> Config:

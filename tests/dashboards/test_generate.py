@@ -14,10 +14,11 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
-from dashboards import rules
-from dashboards.alertmanager import alertmanager_config
-from dashboards.build import DEFAULT_OUT, generate, stale
-from dashboards.config import (
+from pullwake.core import catalog
+from pullwake.dashboards import rules
+from pullwake.dashboards.alertmanager import alertmanager_config
+from pullwake.dashboards.build import DEFAULT_OUT, generate, stale
+from pullwake.dashboards.config import (
     DEFAULT,
     Config,
     ForDurations,
@@ -25,7 +26,6 @@ from dashboards.config import (
     format_duration,
     parse_duration,
 )
-from pullwake import catalog
 from tests.dashboards.dashjson import load, panels, prom_targets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,7 +166,7 @@ def test_every_metric_name_comes_from_the_catalog() -> None:
     for src in (ROOT / "dashboards").glob("*.py"):
         assert "pullwake_" not in src.read_text(), src
     # Nor do this area's tests, the alert sink or the runbooks (OTel or Prometheus name).
-    sources = [*(ROOT / "tests/dashboards").glob("*.py"), ROOT / "pullwake/alertsink.py"]
+    sources = [*(ROOT / "tests/dashboards").glob("*.py"), ROOT / "pullwake/tools/alertsink.py"]
     sources.append(ROOT / "docs/runbooks.md")
     for src in sources:
         text = src.read_text()

@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dashboards import queries as q
-from dashboards import ruletests
-from dashboards.build import DEFAULT_OUT
-from dashboards.config import DEFAULT, Config, ForDurations, Thresholds
-from dashboards.rules import alerts
-from pullwake import catalog
-from pullwake.protocol import RunnerState
+from pullwake.core import catalog
+from pullwake.core.protocol import RunnerState
+from pullwake.dashboards import queries as q
+from pullwake.dashboards import ruletests
+from pullwake.dashboards.build import DEFAULT_OUT
+from pullwake.dashboards.config import DEFAULT, Config, ForDurations, Thresholds
+from pullwake.dashboards.rules import alerts
+from pullwake.server.config import ServerConfig
 from tests.dashboards.dashjson import load, prom_targets
 from tests.dashboards.promstack import write_deploy
 from tests.support.prometheus import AMTOOL, PROMTOOL, needs_alertmanager, needs_prometheus
-from wakeserver.config import ServerConfig
 
 pytestmark = pytest.mark.prometheus
 

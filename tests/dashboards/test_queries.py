@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from dashboards import queries as q
-from dashboards.config import DEFAULT
-from pullwake import catalog
-from pullwake.protocol import EndReason
+from pullwake.core import catalog
+from pullwake.core.protocol import EndReason
+from pullwake.dashboards import queries as q
+from pullwake.dashboards.config import DEFAULT
 from tests.dashboards.dashjson import concrete, load, prom_targets
 from tests.dashboards.promstack import write_deploy
 from tests.support.procs import (

@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from pullwake.protocol import EndReason, RunnerState
-from runner import RecordingObserver, Runner
+from pullwake.core.protocol import EndReason, RunnerState
+from pullwake.runner import RecordingObserver, Runner
 from tests.support.procs import ServerProcess
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from pullwake.protocol import OFFSET_START, EndReason, HeartbeatOutcome, RunnerState
-from runner import RecordingObserver, Runner
-from runner.observe import Transition
+from pullwake.core.protocol import OFFSET_START, EndReason, HeartbeatOutcome, RunnerState
+from pullwake.runner import RecordingObserver, Runner
+from pullwake.runner.observe import Transition
 from tests.runner.test_detectors import sse_headers, stub
 from tests.runner.test_observer_contract import ends, keepalives, until
 

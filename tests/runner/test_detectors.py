@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from pullwake.protocol import H_KEEPALIVE, EndReason
-from runner.config import PROFILES, RunnerConfig
-from runner.errors import SessionEnded
-from runner.session import Session
-from runner.transport import open_stream_session
+from pullwake.core.protocol import H_KEEPALIVE, EndReason
+from pullwake.runner.config import PROFILES, RunnerConfig
+from pullwake.runner.errors import SessionEnded
+from pullwake.runner.session import Session
+from pullwake.runner.transport import open_stream_session
 
 HandlerFn = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -231,8 +231,8 @@ async def test_a_healthy_session_ended_by_the_heartbeat_bridge_resets_the_backof
     """Two refused attempts, then a session healthy past `healthy_after`, then the
     heartbeats fail and the bridge ends it: the next wait starts a fresh sequence
     (backoff reset after a healthy session), not try 3 of the old one."""
-    from runner import RecordingObserver as Recorder
-    from runner import Runner
+    from pullwake.runner import RecordingObserver as Recorder
+    from pullwake.runner import Runner
 
     state = {"stream_calls": 0, "hb_ok": True}
 

@@ -15,11 +15,17 @@ from typing import Any
 
 import pytest
 
-from pullwake.protocol import WakeOutcome
-from runner import dispatch
-from runner.dispatch import ClaimAnswer, Dispatcher, HandlerFailed, publish_latency, shell_handler
-from runner.observe import RecordingObserver
-from runner.offsets import CommitTracker
+from pullwake.core.protocol import WakeOutcome
+from pullwake.runner import dispatch
+from pullwake.runner.dispatch import (
+    ClaimAnswer,
+    Dispatcher,
+    HandlerFailed,
+    publish_latency,
+    shell_handler,
+)
+from pullwake.runner.observe import RecordingObserver
+from pullwake.runner.offsets import CommitTracker
 from tests.support.procs import pid_alive
 
 ANSWER_BODIES: dict[int, Any] = {

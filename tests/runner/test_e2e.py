@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pullwake.protocol import DIAGNOSTIC_FIELDS
+from pullwake.core.protocol import DIAGNOSTIC_FIELDS
 from tests.runner.harness import (
     Handled,
     publish,

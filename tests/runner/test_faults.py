@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from pullwake.faultproxy import ThreadedFaultProxy
+from pullwake.tools.faultproxy import ThreadedFaultProxy
 from tests.runner.harness import (
     IDLE_TIMEOUT_S,
     LOAD_MARGIN_S,

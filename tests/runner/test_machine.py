@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from pullwake.protocol import EndReason, RunnerState
-from runner.machine import (
+from pullwake.core.protocol import EndReason, RunnerState
+from pullwake.runner.machine import (
     EVENT_TYPES,
     BackoffElapsed,
     CancelStream,

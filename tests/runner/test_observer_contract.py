@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from pullwake.protocol import EndReason, RunnerState
-from runner import RecordingObserver, Runner
+from pullwake.core.protocol import EndReason, RunnerState
+from pullwake.runner import RecordingObserver, Runner
 from tests.runner.test_detectors import sse_headers, stub
 
 Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]

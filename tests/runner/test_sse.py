@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runner.sse import (
+from pullwake.runner.sse import (
     Comment,
     Control,
     DataBatch,

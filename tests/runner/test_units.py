@@ -14,14 +14,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import runner
-from pullwake.protocol import H_KEEPALIVE, EndReason, LiveMode
-from runner.config import PROFILES, ConfigError, RunnerConfig, parse_listen, profile_named
-from runner.errors import SessionEnded, classify, describe
-from runner.offsets import CommitTracker, OffsetStore
-from runner.reconnect import Reconnector
-from runner.session import idle_bound
-from runner.transport import keepalive_options, stream_timeout
+from pullwake import runner
+from pullwake.core.protocol import H_KEEPALIVE, EndReason, LiveMode
+from pullwake.runner.config import PROFILES, ConfigError, RunnerConfig, parse_listen, profile_named
+from pullwake.runner.errors import SessionEnded, classify, describe
+from pullwake.runner.offsets import CommitTracker, OffsetStore
+from pullwake.runner.reconnect import Reconnector
+from pullwake.runner.session import idle_bound
+from pullwake.runner.transport import keepalive_options, stream_timeout
 
 
 def cfg(**kw: Any) -> RunnerConfig:

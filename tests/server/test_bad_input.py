@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pullwake.protocol import MAX_BODY_BYTES
+from pullwake.core.protocol import MAX_BODY_BYTES
 from tests.support.procs import PRINCIPAL, ServerProcess
 
 P = "/_electric/runners"

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from wakeserver import validate
-from wakeserver.app import create_app
-from wakeserver.config import ServerConfig
+from pullwake.server import validate
+from pullwake.server.app import create_app
+from pullwake.server.config import ServerConfig
 
 DEADLINE = 0.5
 HEAD = (

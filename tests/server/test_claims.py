@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.server.sse import SSEReader
 from tests.support.procs import ServerProcess
+from tests.support.sse import SSEReader
 
 P = "/_electric/runners"
 

@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from pullwake.protocol import ClaimOutcome, LiveMode
-from wakeserver.app import create_app, snapshot_source
-from wakeserver.config import ServerConfig
-from wakeserver.observe import RecordingServerObserver, RunnerGauges
+from pullwake.core.protocol import ClaimOutcome, LiveMode
+from pullwake.server.app import create_app, snapshot_source
+from pullwake.server.config import ServerConfig
+from pullwake.server.observe import RecordingServerObserver, RunnerGauges
 
 P = "/_electric/runners"
 H = {"electric-principal": "system:dev-local"}

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from pullwake.faultproxy import Mode, ThreadedFaultProxy
-from tests.server.sse import SSEReader
+from pullwake.tools.faultproxy import Mode, ThreadedFaultProxy
 from tests.support.procs import (
     ServerProcess,
     free_port,
@@ -23,6 +22,7 @@ from tests.support.procs import (
     running,
     wait_until,
 )
+from tests.support.sse import SSEReader
 
 P = "/_electric/runners"
 

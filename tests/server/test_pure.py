@@ -7,18 +7,18 @@ from typing import Any
 
 import pytest
 
-from pullwake.protocol import DEV_PRINCIPAL, LiveMode, current_cursor
-from wakeserver.auth import parse_principal
-from wakeserver.errors import ApiError
-from wakeserver.health import (
+from pullwake.core.protocol import DEV_PRINCIPAL, LiveMode, current_cursor
+from pullwake.server.auth import parse_principal
+from pullwake.server.errors import ApiError
+from pullwake.server.health import (
     MISMATCH_ISSUE,
     derive_health,
     liveness_status,
     stream_mismatch,
 )
-from wakeserver.live import LiveReads
-from wakeserver.streams import next_cursor
-from wakeserver.validate import clean_diagnostics, parse_json
+from pullwake.server.live import LiveReads
+from pullwake.server.streams import next_cursor
+from pullwake.server.validate import clean_diagnostics, parse_json
 
 NOW = 1_000_000
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.server.sse import SSEReader
 from tests.support.procs import ServerProcess, wait_until
+from tests.support.sse import SSEReader
 
 P = "/_electric/runners"
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from pullwake.protocol import ClaimOutcome, format_offset, parse_offset
-from wakeserver import claimstore
-from wakeserver.records import BadOffset, NotOwner, OffsetGone, StreamTaken, UnknownRunner
-from wakeserver.store import READ_BYTES, Store
+from pullwake.core.protocol import ClaimOutcome, format_offset, parse_offset
+from pullwake.server import claimstore
+from pullwake.server.records import BadOffset, NotOwner, OffsetGone, StreamTaken, UnknownRunner
+from pullwake.server.store import READ_BYTES, Store
 
 NOW = 1_700_000_000_000
 

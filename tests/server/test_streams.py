@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pullwake.protocol import current_cursor, parse_offset
-from tests.server.sse import SSEReader
+from pullwake.core.protocol import current_cursor, parse_offset
 from tests.support.procs import ServerProcess, running
+from tests.support.sse import SSEReader
 
 
 def stream(rid: str, query: str) -> str:

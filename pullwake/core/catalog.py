@@ -1,0 +1,395 @@
+"""The metric catalog: the one public contract for names, units and labels.
+
+The runner and the server create their instruments from these entries, the
+dashboard and alert generators build their queries from `prom_name` and
+`prom_label`, and `docs/metrics.md` is generated from here (a test fails when
+it is stale).  Nothing else in the project may spell a metric name.
+
+Attribute rules: every runner metric carries `runner.id`; every other
+attribute is a small closed enum from `pullwake.protocol`.  Session ids,
+offsets and wake ids never become metric attributes (they go on spans).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from pullwake.core.protocol import (
+    ClaimOutcome,
+    EndReason,
+    HeartbeatErrorType,
+    HeartbeatOutcome,
+    LiveMode,
+    RunnerState,
+    WakeOutcome,
+)
+
+
+class Kind(enum.StrEnum):
+    COUNTER = "counter"
+    GAUGE = "gauge"  # observable gauge, read from a snapshot at collection time
+    UPDOWN = "updown_counter"
+    HISTOGRAM = "histogram"
+
+
+class Component(enum.StrEnum):
+    RUNNER = "runner"
+    SERVER = "server"
+
+
+RUNNER_ID: Final = "runner.id"
+
+# Allowed values of every enum attribute.  `runner.id` is free-form but bounded
+# by the number of runners.
+ATTRIBUTE_VALUES: Final[Mapping[str, tuple[str, ...]]] = {
+    "reason": tuple(r.value for r in EndReason),
+    "outcome.heartbeat": tuple(o.value for o in HeartbeatOutcome),
+    "outcome.wake": tuple(o.value for o in WakeOutcome),
+    "outcome.claim": tuple(o.value for o in ClaimOutcome),
+    "error.type": tuple(e.value for e in HeartbeatErrorType),
+    "state": tuple(s.value for s in RunnerState),
+    "live.mode": tuple(m.value for m in LiveMode),
+}
+
+_UNIT_SUFFIX: Final = {"s": "seconds", "By": "bytes", "ms": "milliseconds"}
+
+
+def prom_label(attribute: str) -> str:
+    """OTel attribute key -> Prometheus label name (`runner.id` -> `runner_id`)."""
+    return attribute.replace(".", "_")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # OTel instrument name
+    kind: Kind
+    unit: str  # UCUM; "" for dimensionless (see below)
+    description: str
+    component: Component
+    attributes: tuple[str, ...] = ()  # keys, `runner.id` first where present
+    # For attributes whose key is shared by instruments with different value
+    # sets (`outcome`), which ATTRIBUTE_VALUES entry applies.
+    value_sets: Mapping[str, str] = field(default_factory=dict)
+    buckets: tuple[float, ...] | None = None  # explicit histogram boundaries
+
+    @property
+    def prom_name(self) -> str:
+        """The name Prometheus shows, on the scrape path and through OTLP.
+
+        Dots become underscores, the unit adds its suffix (`s` -> `_seconds`),
+        monotonic counters end in `_total`.  0/1 gauges carry no unit on
+        purpose: unit `1` becomes `_ratio` in the collector but not in the
+        Python reader, and both paths must agree.
+        """
+        base = self.name.replace(".", "_")
+        suffix = _UNIT_SUFFIX.get(self.unit)
+        if suffix and not base.endswith("_" + suffix):
+            base = f"{base}_{suffix}"
+        if self.kind is Kind.COUNTER:
+            base += "_total"
+        return base
+
+    @property
+    def prom_series(self) -> tuple[str, ...]:
+        """Every series name this metric produces in Prometheus."""
+        if self.kind is Kind.HISTOGRAM:
+            return tuple(f"{self.prom_name}_{s}" for s in ("bucket", "sum", "count"))
+        return (self.prom_name,)
+
+    @property
+    def prom_labels(self) -> tuple[str, ...]:
+        return tuple(prom_label(a) for a in self.attributes)
+
+    def allowed_values(self, attribute: str) -> tuple[str, ...] | None:
+        """Closed value set of an attribute, None for `runner.id`."""
+        if attribute == RUNNER_ID:
+            return None
+        return ATTRIBUTE_VALUES[self.value_sets.get(attribute, attribute)]
+
+
+_LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+_REQUEST_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_BACKOFF_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
+_SESSION_BUCKETS: Final = (0.1, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
+
+R = Component.RUNNER
+S = Component.SERVER
+
+# --- runner --------------------------------------------------------------------
+STREAM_CONNECTED = Metric(
+    "pullwake.stream.connected",
+    Kind.GAUGE,
+    "",
+    "1 while the runner believes its wake stream is connected, else 0.",
+    R,
+    (RUNNER_ID,),
+)
+STREAM_AGE = Metric(
+    "pullwake.stream.age",
+    Kind.GAUGE,
+    "s",
+    "Seconds since stream_connected_since; 0 when not connected.",
+    R,
+    (RUNNER_ID,),
+)
+STREAM_IDLE = Metric(
+    "pullwake.stream.idle",
+    Kind.GAUGE,
+    "s",
+    "Seconds since the last byte was read from the wake stream.",
+    R,
+    (RUNNER_ID,),
+)
+STREAM_IDLE_TIMEOUT = Metric(
+    "pullwake.stream.idle_timeout",
+    Kind.GAUGE,
+    "s",
+    "The read-idle watchdog's current limit (0 when the watchdog is off).",
+    R,
+    (RUNNER_ID,),
+)
+STREAM_RECONNECTS = Metric(
+    "pullwake.stream.reconnects",
+    Kind.COUNTER,
+    "",
+    "Reconnect attempts, by the reason the previous session ended.",
+    R,
+    (RUNNER_ID, "reason"),
+)
+STREAM_SESSION_DURATION = Metric(
+    "pullwake.stream.session.duration",
+    Kind.HISTOGRAM,
+    "s",
+    "Lifetime of each ended stream session, by end reason.",
+    R,
+    (RUNNER_ID, "reason"),
+    buckets=_SESSION_BUCKETS,
+)
+HEARTBEATS = Metric(
+    "pullwake.heartbeats",
+    Kind.COUNTER,
+    "",
+    "Heartbeats sent, by outcome.",
+    R,
+    (RUNNER_ID, "outcome"),
+    value_sets={"outcome": "outcome.heartbeat"},
+)
+HEARTBEAT_FAILURES = Metric(
+    "pullwake.heartbeat.failures",
+    Kind.COUNTER,
+    "",
+    "Failed heartbeats, by error type.",
+    R,
+    (RUNNER_ID, "error.type"),
+)
+HEARTBEAT_CONSECUTIVE_FAILURES = Metric(
+    "pullwake.heartbeat.consecutive_failures",
+    Kind.GAUGE,
+    "",
+    "Heartbeats failed in a row; 0 after a success.",
+    R,
+    (RUNNER_ID,),
+)
+HEARTBEAT_LAST_SUCCESS = Metric(
+    "pullwake.heartbeat.last_success",
+    Kind.GAUGE,
+    "s",
+    "Unix time of the last successful heartbeat (0 before the first).",
+    R,
+    (RUNNER_ID,),
+)
+HEARTBEAT_DURATION = Metric(
+    "pullwake.heartbeat.duration",
+    Kind.HISTOGRAM,
+    "s",
+    "Heartbeat request duration, successes and failures.",
+    R,
+    (RUNNER_ID, "outcome"),
+    value_sets={"outcome": "outcome.heartbeat"},
+    buckets=_REQUEST_BUCKETS,
+)
+RUNNER_STATE = Metric(
+    "pullwake.runner.state",
+    Kind.GAUGE,
+    "",
+    "1 for the runner's current state, 0 for the others.",
+    R,
+    (RUNNER_ID, "state"),
+)
+RECONNECT_BACKOFF = Metric(
+    "pullwake.reconnect.backoff",
+    Kind.HISTOGRAM,
+    "s",
+    "Each backoff wait before a reconnect attempt, as drawn (before any cut short).",
+    R,
+    (RUNNER_ID,),
+    buckets=_BACKOFF_BUCKETS,
+)
+WAKES = Metric(
+    "pullwake.wakes",
+    Kind.COUNTER,
+    "",
+    "Wakes seen by the runner, by outcome.",
+    R,
+    (RUNNER_ID, "outcome"),
+    value_sets={"outcome": "outcome.wake"},
+)
+WAKE_LATENCY = Metric(
+    "pullwake.wake.latency",
+    Kind.HISTOGRAM,
+    "s",
+    "Time from a wake's publication (its ts) to its handler starting.",
+    R,
+    (RUNNER_ID,),
+    buckets=_LATENCY_BUCKETS,
+)
+CLAIM_DURATION = Metric(
+    "pullwake.claim.duration",
+    Kind.HISTOGRAM,
+    "s",
+    "Claim request duration, by outcome.",
+    R,
+    (RUNNER_ID, "outcome"),
+    value_sets={"outcome": "outcome.wake"},
+    buckets=_REQUEST_BUCKETS,
+)
+HANDLER_DURATION = Metric(
+    "pullwake.handler.duration",
+    Kind.HISTOGRAM,
+    "s",
+    "Handler run time per wake, by outcome (handled/failed).",
+    R,
+    (RUNNER_ID, "outcome"),
+    value_sets={"outcome": "outcome.wake"},
+    buckets=_LATENCY_BUCKETS,
+)
+
+# --- server --------------------------------------------------------------------
+SERVER_STREAMS_OPEN = Metric(
+    "pullwake.server.streams.open",
+    Kind.GAUGE,
+    "",
+    "Live reads of a runner's wake stream open right now, by live mode.",
+    S,
+    (RUNNER_ID, "live.mode"),
+)
+SERVER_WAKES_PUBLISHED = Metric(
+    "pullwake.server.wakes.published",
+    Kind.COUNTER,
+    "",
+    "Wakes appended to runners' wake streams (each one durable).",
+    S,
+    (RUNNER_ID,),
+)
+SERVER_WAKES_PENDING = Metric(
+    "pullwake.server.wakes.pending",
+    Kind.GAUGE,
+    "",
+    "Wakes not yet completed (unclaimed or claimed with a live lease).",
+    S,
+    (RUNNER_ID,),
+)
+SERVER_HEARTBEATS = Metric(
+    "pullwake.server.heartbeats",
+    Kind.COUNTER,
+    "",
+    "Heartbeats received and accepted.",
+    S,
+    (RUNNER_ID,),
+)
+SERVER_CLAIMS = Metric(
+    "pullwake.server.claims",
+    Kind.COUNTER,
+    "",
+    "Claim answers, by outcome.",
+    S,
+    (RUNNER_ID, "outcome"),
+    value_sets={"outcome": "outcome.claim"},
+)
+SERVER_LEASE_REMAINING = Metric(
+    "pullwake.server.lease.remaining",
+    Kind.GAUGE,
+    "s",
+    "Seconds left on the runner's liveness lease (negative once expired).",
+    S,
+    (RUNNER_ID,),
+)
+SERVER_STREAM_MISMATCH = Metric(
+    "pullwake.server.stream.mismatch",
+    Kind.GAUGE,
+    "",
+    "1 when the runner's last diagnostics say stream_connected but the server has no "
+    "open read of its wake stream (the seed bug, seen from the server).",
+    S,
+    (RUNNER_ID,),
+)
+SERVER_REQUEST_DURATION = Metric(
+    "pullwake.server.request.duration",
+    Kind.HISTOGRAM,
+    "s",
+    "Non-streaming API request duration.",
+    S,
+    (),
+    buckets=_REQUEST_BUCKETS,
+)
+
+CATALOG: Final[tuple[Metric, ...]] = tuple(
+    v for v in dict(globals()).values() if isinstance(v, Metric)
+)
+
+
+def by_name(name: str) -> Metric:
+    for m in CATALOG:
+        if m.name == name:
+            return m
+    raise KeyError(name)
+
+
+def for_component(component: Component) -> Iterator[Metric]:
+    return (m for m in CATALOG if m.component is component)
+
+
+__all__ = [
+    "ATTRIBUTE_VALUES",
+    "CATALOG",
+    "RUNNER_ID",
+    "Component",
+    "Kind",
+    "Metric",
+    "by_name",
+    "for_component",
+    "prom_label",
+]

@@ -1,0 +1,294 @@
+"""OpenTelemetry providers for a pullwake service, built in one place.
+
+Why one place: the runner and the server must agree on resource attributes,
+on how the standard `OTEL_*` environment is read, on histogram buckets (from
+the catalog) and on the Prometheus text their `/metrics` serves.  And the
+rule that telemetry never hurts the process lives here too:
+
+- OTLP exporters exist only when configured (an endpoint variable or an
+  explicit `OTEL_*_EXPORTER=otlp`), so the embedded default never retries
+  against a collector that is not there;
+- spans go through a `BatchSpanProcessor` (bounded queue, its own thread),
+  metrics through a `PeriodicExportingMetricReader` (its own thread), both
+  with export timeouts: nothing here blocks the caller's event loop;
+- the exporters' own warnings are rate limited;
+- `shutdown()` flushes on a helper thread and gives up after a deadline.
+
+The Prometheus reader writes into a private `CollectorRegistry`, never the
+global one, so several providers (tests) can live in one process.  The
+environment itself is read by `pullwake.otel_settings` (pure); the catalog's
+instruments live in `pullwake.instruments`, the log rate limit in
+`pullwake.otel_logging` (both re-exported here).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from opentelemetry import metrics as metrics_api
+from opentelemetry import trace as trace_api
+from opentelemetry.context import Context
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
+
+from pullwake import __version__
+from pullwake.core.catalog import CATALOG, Component, Kind
+from pullwake.core.instruments import GaugeCallback, Instruments
+from pullwake.core.otel_logging import RateLimitFilter, install_log_rate_limit
+from pullwake.core.otel_settings import (
+    OtlpTarget,
+    TelemetryConfigError,
+    TelemetrySettings,
+    settings_from_env,
+)
+
+log = logging.getLogger("pullwake.core.telemetry")
+
+SERVICE_RUNNER: Final = "pullwake-runner"
+SERVICE_SERVER: Final = "pullwake-server"
+SCOPE: Final = "pullwake"
+PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+__all__ = [
+    "PROMETHEUS_CONTENT_TYPE",
+    "SERVICE_RUNNER",
+    "SERVICE_SERVER",
+    "GaugeCallback",
+    "Instruments",
+    "KeepRootsSampler",
+    "OtlpTarget",
+    "RateLimitFilter",
+    "Telemetry",
+    "TelemetryConfigError",
+    "TelemetrySettings",
+    "build_telemetry",
+    "catalog_views",
+    "settings_from_env",
+]
+
+
+# --- exporters -----------------------------------------------------------------
+def _span_exporter(t: OtlpTarget) -> SpanExporter:
+    if t.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(endpoint=t.endpoint, headers=dict(t.headers), timeout=t.timeout_s)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpSpanExporter,
+    )
+
+    return HttpSpanExporter(endpoint=t.endpoint, headers=dict(t.headers), timeout=t.timeout_s)
+
+
+def _metric_exporter(t: OtlpTarget) -> MetricExporter:
+    if t.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        return OTLPMetricExporter(endpoint=t.endpoint, headers=dict(t.headers), timeout=t.timeout_s)
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpMetricExporter,
+    )
+
+    return HttpMetricExporter(endpoint=t.endpoint, headers=dict(t.headers), timeout=t.timeout_s)
+
+
+def _batch(exporter: SpanExporter, settings: TelemetrySettings) -> BatchSpanProcessor:
+    b = settings.span_batch
+    return BatchSpanProcessor(
+        exporter,
+        max_queue_size=b.get("max_queue_size"),
+        schedule_delay_millis=b.get("schedule_delay_millis"),
+        max_export_batch_size=b.get("max_export_batch_size"),
+        export_timeout_millis=b.get("export_timeout_millis"),
+    )
+
+
+def catalog_views(component: Component | None = None) -> list[View]:
+    """Histogram bucket Views from the catalog (the one place buckets live)."""
+    return [
+        View(instrument_name=m.name, aggregation=ExplicitBucketHistogramAggregation(m.buckets))
+        for m in CATALOG
+        if m.kind is Kind.HISTOGRAM
+        and m.buckets
+        and (component is None or m.component is component)
+    ]
+
+
+# --- sampling: the configured sampler, except for a few essential roots -----------
+class KeepRootsSampler(Sampler):
+    """Always record the named root spans; the configured sampler decides the rest.
+
+    Stream sessions and heartbeats are rare and are what an operator needs
+    most; wake traces are many.  So `OTEL_TRACES_SAMPLER=parentbased_traceidratio`
+    thins out wake traces without ever losing a session span.
+    """
+
+    def __init__(self, names: frozenset[str], base: Sampler) -> None:
+        self._names = names
+        self._base = base
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if name in self._names:
+            parent = trace_api.get_current_span(parent_context).get_span_context()
+            if not parent.is_valid:
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
+        return self._base.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"KeepRoots{{{','.join(sorted(self._names))}}}+{self._base.get_description()}"
+
+
+# --- the providers ----------------------------------------------------------------
+class Telemetry:
+    """Tracer + meter providers and the Prometheus text for one service.
+
+    Tests inject `span_processors` / `metric_readers` (in-memory ones) and
+    never touch the global providers; nothing here sets them either.
+    """
+
+    def __init__(
+        self,
+        settings: TelemetrySettings,
+        *,
+        span_processors: Sequence[SpanProcessor] = (),
+        metric_readers: Sequence[MetricReader] = (),
+        prometheus: bool = True,
+        always_sample: frozenset[str] = frozenset(),
+        sampler: Sampler | None = None,
+    ) -> None:
+        self.settings = settings
+        self.enabled = not settings.disabled
+        self._registry: Any = None
+        self._shutdown_done = False
+        if not self.enabled:
+            self.tracer_provider: trace_api.TracerProvider = trace_api.NoOpTracerProvider()
+            self.meter_provider: metrics_api.MeterProvider = metrics_api.NoOpMeterProvider()
+            return
+        install_log_rate_limit()
+        resource = Resource.create(dict(settings.resource))
+        processors = list(span_processors)
+        if settings.traces_otlp:
+            processors.append(_batch(_span_exporter(settings.traces_otlp), settings))
+        if settings.traces_console:
+            processors.append(_batch(ConsoleSpanExporter(), settings))
+        base = sampler or sampling._get_from_env_or_default()  # OTEL_TRACES_SAMPLER(_ARG)
+        tp = TracerProvider(
+            resource=resource,
+            shutdown_on_exit=False,
+            sampler=KeepRootsSampler(always_sample, base) if always_sample else base,
+        )
+        for p in processors:
+            tp.add_span_processor(p)
+        readers = list(metric_readers)
+        interval_ms = settings.metric_export_interval_s * 1000
+        timeout_ms = settings.metric_export_timeout_s * 1000
+        if settings.metrics_otlp:
+            readers.append(
+                PeriodicExportingMetricReader(
+                    _metric_exporter(settings.metrics_otlp), interval_ms, timeout_ms
+                )
+            )
+        if settings.metrics_console:
+            readers.append(
+                PeriodicExportingMetricReader(ConsoleMetricExporter(), interval_ms, timeout_ms)
+            )
+        if prometheus:
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+            from prometheus_client import CollectorRegistry
+
+            self._registry = CollectorRegistry(auto_describe=False)
+            readers.append(PrometheusMetricReader(registry=self._registry))
+        self.tracer_provider = tp
+        self.meter_provider = MeterProvider(
+            resource=resource, metric_readers=readers, views=catalog_views(), shutdown_on_exit=False
+        )
+
+    def tracer(self) -> trace_api.Tracer:
+        return self.tracer_provider.get_tracer(SCOPE, __version__)
+
+    def meter(self) -> metrics_api.Meter:
+        return self.meter_provider.get_meter(SCOPE, __version__)
+
+    @property
+    def has_prometheus(self) -> bool:
+        return self._registry is not None
+
+    def prometheus_text(self) -> bytes:
+        """The Prometheus exposition; collection runs the gauge callbacks (fast)."""
+        if self._registry is None:
+            return b"# telemetry disabled (OTEL_SDK_DISABLED=true)\n"
+        from prometheus_client import generate_latest
+
+        return bytes(generate_latest(self._registry))
+
+    def shutdown(self, timeout_s: float = 5.0) -> bool:
+        """Flush and stop within `timeout_s`; True when everything flushed in time.
+
+        Runs on a daemon thread: an unreachable collector cannot hold the
+        process past the deadline.
+        """
+        if not self.enabled or self._shutdown_done:
+            return True
+        self._shutdown_done = True
+        tp, mp = self.tracer_provider, self.meter_provider
+        ms = max(timeout_s * 1000 - 100, 100)
+
+        def run() -> None:
+            try:
+                if isinstance(tp, TracerProvider):
+                    tp.force_flush(int(ms / 2))
+                    tp.shutdown()
+                if isinstance(mp, MeterProvider):
+                    mp.shutdown(timeout_millis=ms / 2)
+            except Exception:  # never let telemetry fail the caller's exit
+                log.warning("telemetry shutdown failed", exc_info=True)
+
+        t = threading.Thread(target=run, name="pullwake-telemetry-shutdown", daemon=True)
+        t.start()
+        t.join(timeout_s)
+        if t.is_alive():
+            log.warning("telemetry did not flush within %.1fs; dropping the rest", timeout_s)
+            return False
+        return True
+
+
+def build_telemetry(
+    service_name: str,
+    instance_id: str,
+    version: str = __version__,
+    env: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> Telemetry:
+    """Settings from the environment, then providers; raises TelemetryConfigError."""
+    return Telemetry(settings_from_env(service_name, instance_id, version, env), **kwargs)
