@@ -3,7 +3,7 @@
 once as `stopped`, the workers are gone, the committed offset stays before an
 unhandled wake, a goodbye heartbeat is sent, `CancelledError` comes back out;
 a `stop()` afterwards is a quiet no-op.  In-process `Runner`, real sockets,
-tiny stub servers (`tests.runner.test_detectors.stub`)."""
+the scripted fake server (`tests.support.fakeserver`)."""
 
 from __future__ import annotations
 
@@ -18,43 +18,11 @@ from aiohttp import web
 from pullwake.core.protocol import OFFSET_START, EndReason, HeartbeatOutcome, RunnerState
 from pullwake.runner import RecordingObserver, Runner
 from pullwake.runner.observe import Transition
-from tests.runner.test_detectors import sse_headers, stub
-from tests.runner.test_observer_contract import ends, keepalives, until
+from tests.support.fakeserver import FakeServer, keepalives, sse_headers, unavailable
+from tests.support.waits import never, until
 
 S = RunnerState
-Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
 WORKERS = ("reconnect", "heartbeat", "shutdown", "session-", "dispatch-")
-
-
-class Server:
-    """Register, heartbeat (counted), claim; the stream is `stream`."""
-
-    def __init__(self, stream: Behaviour) -> None:
-        self.stream = stream
-        self.heartbeats = 0
-        self.claims: list[str] = []
-        self.completed: list[str] = []
-        self.hang_heartbeats = False
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        if request.method == "POST" and request.path.endswith("/heartbeat"):
-            self.heartbeats += 1
-            if self.hang_heartbeats:
-                await asyncio.sleep(30)
-            return web.json_response({})
-        if request.method == "POST" and request.path.endswith("/claim"):
-            self.claims.append((await request.json())["wake_id"])
-            return web.json_response({"claimToken": "t"})
-        if request.method == "POST" and request.path.endswith("/complete"):
-            self.completed.append(request.path)
-            return web.json_response({})
-        if request.method == "POST":
-            return web.json_response({"id": "r1", "wake_stream": "/runners/r1/wake"}, status=201)
-        return await self.stream(request)
-
-
-async def unavailable(request: web.Request) -> web.StreamResponse:
-    return web.json_response({"error": "down"}, status=503)
 
 
 async def one_wake_then_keepalives(request: web.Request) -> web.StreamResponse:
@@ -77,7 +45,7 @@ class CancelOnBackoff(RecordingObserver):
             self.task.cancel()
 
 
-Start = Callable[..., Awaitable[tuple[Runner, RecordingObserver, Server, "asyncio.Task[None]"]]]
+Start = Callable[..., Awaitable[tuple[Runner, RecordingObserver, FakeServer, "asyncio.Task[None]"]]]
 
 
 @pytest.fixture
@@ -85,9 +53,9 @@ async def run_against() -> AsyncIterator[Start]:
     started: list[tuple[Runner, asyncio.Task[None], web.AppRunner]] = []
 
     async def start(
-        server: Server, obs: RecordingObserver | None = None, **options: Any
-    ) -> tuple[Runner, RecordingObserver, Server, asyncio.Task[None]]:
-        app_runner, url = await stub(server.handle)
+        server: FakeServer, obs: RecordingObserver | None = None, **options: Any
+    ) -> tuple[Runner, RecordingObserver, FakeServer, asyncio.Task[None]]:
+        app_runner, url = await server.start()
         obs = obs if obs is not None else RecordingObserver()
         options = {"heartbeat_interval": 5.0, "backoff_max": 0.2} | options
         r = Runner(server=url, runner_id="r1", observer=obs, **options)
@@ -101,6 +69,10 @@ async def run_against() -> AsyncIterator[Start]:
         async with asyncio.timeout(10):
             await asyncio.gather(task, return_exceptions=True)
         await app_runner.cleanup()
+
+
+def ends(obs: RecordingObserver) -> list[tuple[int, EndReason | None]]:
+    return [(s.number, s.reason) for (s,) in obs.of("session_ended")]
 
 
 def moves(obs: RecordingObserver) -> list[tuple[S, S, str]]:
@@ -127,7 +99,7 @@ async def test_cancel_during_a_backoff_wait_goes_through_stopping_to_stopped(
     run_against: Any,
 ) -> None:
     obs = CancelOnBackoff()
-    r, obs, _, task = await run_against(Server(unavailable), obs, backoff_max=30.0)
+    r, obs, _, task = await run_against(FakeServer(unavailable), obs, backoff_max=30.0)
     obs.task = task
     await cancelled(task)
     assert r.phase is S.STOPPED
@@ -157,7 +129,7 @@ async def test_cancel_while_streaming_ends_the_session_once_and_commits_only_wha
         await asyncio.Event().wait()
 
     r, obs, server, task = await run_against(
-        Server(one_wake_then_keepalives), handler=never_finishes
+        FakeServer(one_wake_then_keepalives), handler=never_finishes
     )
     await until(lambda: r.phase is S.STREAMING and handling.is_set() and r.read_offset == "o1")
     task.cancel()
@@ -179,7 +151,7 @@ async def test_cancel_while_streaming_ends_the_session_once_and_commits_only_wha
 async def test_stop_after_a_cancelled_run_is_a_quiet_no_op(
     run_against: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    r, obs, server, task = await run_against(Server(keepalives))
+    r, obs, server, task = await run_against(FakeServer(keepalives))
     await until(lambda: r.phase is S.STREAMING and obs.of("heartbeat"))
     task.cancel()
     await cancelled(task)
@@ -190,7 +162,12 @@ async def test_stop_after_a_cancelled_run_is_a_quiet_no_op(
         r.stop()
         r.stop()
         assert workers_left() == []  # no second shutdown was started
-        await asyncio.sleep(0.3)  # room for one to run, were there any
+        # were one started anyway, it would call the observer or send a heartbeat
+        await never(
+            lambda: obs.calls[calls:] or server.heartbeats != heartbeats or workers_left(),
+            within=0.3,
+            what="a second shutdown",
+        )
     assert r.phase is S.STOPPED
     assert obs.calls[calls:] == []
     assert server.heartbeats == heartbeats
@@ -201,7 +178,7 @@ async def test_stop_after_a_cancelled_run_is_a_quiet_no_op(
 
 async def test_a_second_cancel_during_the_shutdown_still_ends_stopped(run_against: Any) -> None:
     """The goodbye heartbeat hangs (its bound: 1 s); cancelling again cuts it short."""
-    r, obs, server, task = await run_against(Server(keepalives), heartbeat_timeout=20.0)
+    r, obs, server, task = await run_against(FakeServer(keepalives), heartbeat_timeout=20.0)
     await until(lambda: r.phase is S.STREAMING and obs.of("heartbeat"))
     server.hang_heartbeats = True
     beats = server.heartbeats

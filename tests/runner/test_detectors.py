@@ -18,13 +18,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from pullwake.core.protocol import H_KEEPALIVE, EndReason
+from pullwake.core.protocol import EndReason
 from pullwake.runner.config import PROFILES, RunnerConfig
 from pullwake.runner.errors import SessionEnded
 from pullwake.runner.session import Session
 from pullwake.runner.transport import open_stream_session
+from tests.support.fakeserver import Behaviour, FakeServer, keepalives, serve, sse_headers
+from tests.support.waits import until
 
-HandlerFn = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HandlerFn = Behaviour
 
 
 class Hooks:
@@ -47,19 +49,8 @@ class Hooks:
         self.offsets.append(next_offset)
 
 
-async def stub(handler: HandlerFn) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    r = web.AppRunner(app, shutdown_timeout=0.1)
-    await r.setup()
-    site = web.TCPSite(r, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return r, f"http://127.0.0.1:{port}"
-
-
 async def end_of(handler: HandlerFn, **cfg: Any) -> tuple[SessionEnded, Hooks, float]:
-    r, url = await stub(handler)
+    r, url = await serve(handler)
     config = RunnerConfig(server=url, runner_id="r1", **cfg)
     http = open_stream_session(config)
     hooks = Hooks()
@@ -74,10 +65,6 @@ async def end_of(handler: HandlerFn, **cfg: Any) -> tuple[SessionEnded, Hooks, f
         await http.close()
         await r.cleanup()
     raise AssertionError("a session must never return")
-
-
-def sse_headers(keepalive: str = "0.2") -> dict[str, str]:
-    return {"Content-Type": "text/event-stream", H_KEEPALIVE: keepalive}
 
 
 async def sse_then(
@@ -234,23 +221,18 @@ async def test_a_healthy_session_ended_by_the_heartbeat_bridge_resets_the_backof
     from pullwake.runner import RecordingObserver as Recorder
     from pullwake.runner import Runner
 
-    state = {"stream_calls": 0, "hb_ok": True}
+    hb_ok = True
+    refused = 0
 
-    async def handler(request: web.Request) -> web.StreamResponse:
-        if request.method == "POST" and request.path.endswith("/heartbeat"):
-            return web.json_response({}, status=200 if state["hb_ok"] else 503)
-        if request.method == "POST":
-            return web.json_response({"id": "r1", "wake_stream": "/runners/r1/wake"}, status=201)
-        state["stream_calls"] += 1
-        if state["stream_calls"] <= 2:
+    async def refused_twice_then_keepalives(request: web.Request) -> web.StreamResponse:
+        nonlocal refused
+        if refused < 2:
+            refused += 1
             return web.json_response({"error": {"code": "INTERNAL"}}, status=503)
-        resp = web.StreamResponse(headers=sse_headers("0.2"))
-        await resp.prepare(request)
-        while True:
-            await resp.write(b": keepalive\n\n")
-            await asyncio.sleep(0.1)
+        return await keepalives(request)
 
-    app_runner, url = await stub(handler)
+    fake = FakeServer(refused_twice_then_keepalives, heartbeat_status=lambda: 200 if hb_ok else 503)
+    app_runner, url = await fake.start()
     obs = Recorder()
     r = Runner(
         server=url, runner_id="r1", observer=obs, heartbeat_interval=0.2, backoff_max=0.05,
@@ -258,14 +240,10 @@ async def test_a_healthy_session_ended_by_the_heartbeat_bridge_resets_the_backof
     )  # fmt: skip
     task = asyncio.create_task(r.run())
     try:
-        async with asyncio.timeout(10):
-            while r.snapshot().stream_age_s < 0.5:  # healthy by now
-                await asyncio.sleep(0.02)
+        await until(lambda: r.snapshot().stream_age_s >= 0.5, what="a healthy session")
         assert [tries for _, tries, _ in obs.of("backoff_wait")] == [1, 2]
-        state["hb_ok"] = False
-        async with asyncio.timeout(10):
-            while len(obs.of("backoff_wait")) < 3:
-                await asyncio.sleep(0.02)
+        hb_ok = False
+        await until(lambda: len(obs.of("backoff_wait")) >= 3, what="the bridge's backoff wait")
         wait, tries, reason = obs.of("backoff_wait")[2]
         assert reason is EndReason.HEARTBEAT_FAILURES
         assert (wait, tries) == (0.0, 0)  # a healthy end: afresh, at once

@@ -14,28 +14,15 @@ from aiohttp import web
 
 from pullwake.core.protocol import EndReason, RunnerState
 from pullwake.runner import RecordingObserver, Runner
-from tests.runner.test_detectors import sse_headers, stub
-
-Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def server(stream: Behaviour, *, heartbeat_status: Callable[[], int] = lambda: 200) -> Behaviour:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        if request.method == "POST" and request.path.endswith("/heartbeat"):
-            return web.json_response({}, status=heartbeat_status())
-        if request.method == "POST":
-            return web.json_response({"id": "r1", "wake_stream": "/runners/r1/wake"}, status=201)
-        return await stream(request)
-
-    return handle
-
-
-async def keepalives(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(headers=sse_headers("0.2"))
-    await resp.prepare(request)
-    while True:
-        await resp.write(b": keepalive\n\n")
-        await asyncio.sleep(0.1)
+from tests.support.fakeserver import (
+    Behaviour,
+    FakeServer,
+    forever,
+    headers_never_come,
+    keepalives,
+    sse_headers,
+)
+from tests.support.waits import until
 
 
 async def one_comment_then_silence(request: web.Request) -> web.StreamResponse:
@@ -43,21 +30,16 @@ async def one_comment_then_silence(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     await asyncio.sleep(0.05)  # the body's first byte comes after the headers
     await resp.write(b": hello\n\n")
-    await asyncio.sleep(30)
+    await forever()
     return resp
-
-
-async def headers_never_come(request: web.Request) -> web.StreamResponse:
-    await asyncio.sleep(30)
-    raise AssertionError("unreachable")
 
 
 @pytest.fixture
 async def run_against() -> AsyncIterator[Callable[..., Awaitable[tuple[Runner, Any]]]]:
     started: list[tuple[Runner, asyncio.Task[None], web.AppRunner]] = []
 
-    async def start(behaviour: Behaviour, **options: Any) -> tuple[Runner, RecordingObserver]:
-        app_runner, url = await stub(behaviour)
+    async def start(fake: FakeServer, **options: Any) -> tuple[Runner, RecordingObserver]:
+        app_runner, url = await fake.start()
         obs = RecordingObserver()
         options = {"heartbeat_interval": 5.0, "backoff_max": 0.2} | options
         r = Runner(server=url, runner_id="r1", observer=obs, **options)
@@ -72,12 +54,6 @@ async def run_against() -> AsyncIterator[Callable[..., Awaitable[tuple[Runner, A
         await app_runner.cleanup()
 
 
-async def until(cond: Callable[[], object], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.02)
-
-
 def ends(obs: RecordingObserver) -> list[tuple[int, EndReason | None]]:
     return [(s.number, s.reason) for (s,) in obs.of("session_ended")]
 
@@ -89,7 +65,7 @@ def index(obs: RecordingObserver, method: str, pred: Callable[[tuple[Any, ...]],
 async def test_idle_timeout_fires_before_its_session_ends_and_first_byte_is_set(
     run_against: Any,
 ) -> None:
-    _, obs = await run_against(server(one_comment_then_silence), idle_timeout=0.5)
+    _, obs = await run_against(FakeServer(one_comment_then_silence), idle_timeout=0.5)
     await until(lambda: obs.of("session_ended"))
     [(ended,)] = obs.of("session_ended")[:1]
     assert ended.reason is EndReason.IDLE_TIMEOUT
@@ -103,7 +79,7 @@ async def test_idle_timeout_fires_before_its_session_ends_and_first_byte_is_set(
 async def test_heartbeat_bridge_fires_before_its_session_ends(run_against: Any) -> None:
     hb = {"status": 200}
     r, obs = await run_against(
-        server(keepalives, heartbeat_status=lambda: hb["status"]),
+        FakeServer(keepalives, heartbeat_status=lambda: hb["status"]),
         heartbeat_interval=0.2,
         healthy_after=60.0,
     )
@@ -118,17 +94,20 @@ async def test_heartbeat_bridge_fires_before_its_session_ends(run_against: Any) 
 
 @pytest.mark.parametrize(
     ("behaviour", "phase"),
-    [
-        (server(keepalives), RunnerState.STREAMING),
-        (server(headers_never_come), RunnerState.CONNECTING),
-    ],
+    [(keepalives, RunnerState.STREAMING), (headers_never_come, RunnerState.CONNECTING)],
 )
 async def test_a_stop_ends_the_session_once_as_stopped(
     run_against: Any, behaviour: Behaviour, phase: RunnerState
 ) -> None:
-    r, obs = await run_against(behaviour, connect_timeout=20.0)
+    fake = FakeServer(behaviour)
+    r, obs = await run_against(fake, connect_timeout=20.0)
     await until(lambda: r.phase is phase and obs.of("session_started"))
-    await asyncio.sleep(0.2)  # well inside the session (first byte read, when streaming)
+    # well inside the session: the stream request is at the server, and when streaming
+    # a body byte has been read (the snapshot's idle clock runs only after one)
+    if phase is RunnerState.STREAMING:
+        await until(lambda: r.snapshot().stream_idle_s > 0, what="a body byte read")
+    else:
+        await until(lambda: fake.stream_requests == 1, what="the stream request at the server")
     r.stop()
     await until(lambda: r.phase is RunnerState.STOPPED)
     assert ends(obs) == [(1, EndReason.STOPPED)]
@@ -140,7 +119,7 @@ async def test_a_cancelled_run_ends_its_session_as_stopped_and_leaves_no_worker(
     run_against: Any,
 ) -> None:
     """An embedding app may cancel `run()` instead of calling `stop()`."""
-    r, obs = await run_against(server(keepalives))
+    r, obs = await run_against(FakeServer(keepalives))
     await until(lambda: r.phase is RunnerState.STREAMING)
     task = next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Runner.run")
     task.cancel()

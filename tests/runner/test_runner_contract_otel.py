@@ -25,9 +25,9 @@ from pullwake.core.protocol import RunnerState
 from pullwake.core.telemetry import SERVICE_RUNNER, build_telemetry
 from pullwake.runner import Runner
 from pullwake.runner.otel import HEARTBEAT_SPAN, SESSION_SPAN, WAKE_SPAN, OtelRunnerObserver
-from tests.runner.test_detectors import sse_headers, stub
+from tests.support.fakeserver import FakeServer, forever, sse_headers
+from tests.support.waits import until
 
-Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FIRST_BYTE_DELAY = 0.3  # between the response headers and the body's first byte
 
 
@@ -47,31 +47,12 @@ class Spans:
         return [s for s in self.exporter.get_finished_spans() if s.name == name]
 
 
-async def until(cond: Callable[[], object], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.02)
-
-
-def api(stream: Behaviour, heartbeat: Behaviour | None = None) -> Behaviour:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        if request.method == "POST" and request.path.endswith("/heartbeat"):
-            return await heartbeat(request) if heartbeat else web.json_response({})
-        if request.method == "POST" and request.path.endswith("/claim"):
-            return web.json_response({"claimToken": "t"})
-        if request.method == "POST":
-            return web.json_response({"id": "r1", "wake_stream": "/runners/r1/wake"}, status=201)
-        return await stream(request)
-
-    return handle
-
-
 async def late_first_byte_then_silence(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers=sse_headers("0.2"))
     await resp.prepare(request)
     await asyncio.sleep(FIRST_BYTE_DELAY)
     await resp.write(b": hello\n\n")
-    await asyncio.sleep(30)
+    await forever()
     return resp
 
 
@@ -84,17 +65,12 @@ async def two_wakes_then_keepalives(request: web.Request) -> web.StreamResponse:
         await resp.write(b": keepalive\n\n")
 
 
-async def hanging(request: web.Request) -> web.StreamResponse:
-    await asyncio.sleep(30)
-    raise AssertionError("unreachable")
-
-
 @pytest.fixture
 async def run_against() -> AsyncIterator[Callable[..., Awaitable[tuple[Runner, Spans]]]]:
     started: list[tuple[Runner, asyncio.Task[None], web.AppRunner, Spans]] = []
 
-    async def start(behaviour: Behaviour, **options: Any) -> tuple[Runner, Spans]:
-        app_runner, url = await stub(behaviour)
+    async def start(fake: FakeServer, **options: Any) -> tuple[Runner, Spans]:
+        app_runner, url = await fake.start()
         spans = Spans()
         options = {"heartbeat_interval": 5.0, "backoff_max": 0.2} | options
         r = Runner(server=url, runner_id="r1", observer=spans.observer, **options)
@@ -114,7 +90,7 @@ async def run_against() -> AsyncIterator[Callable[..., Awaitable[tuple[Runner, S
 async def test_idle_timeout_on_its_session_span_and_ttfb_from_the_first_byte(
     run_against: Any,
 ) -> None:
-    _, spans = await run_against(api(late_first_byte_then_silence), idle_timeout=1.0)
+    _, spans = await run_against(FakeServer(late_first_byte_then_silence), idle_timeout=1.0)
     await until(lambda: spans.finished(SESSION_SPAN))
     first = spans.finished(SESSION_SPAN)[0]
     a = dict(first.attributes or {})
@@ -136,10 +112,12 @@ async def test_nothing_left_open_after_a_stop_or_a_cancelled_run(
 
     async def handler(wake: dict[str, Any]) -> None:
         handling.set()
-        await asyncio.sleep(30)
+        await forever()
 
+    fake = FakeServer(two_wakes_then_keepalives)
+    fake.hang_heartbeats = True
     r, spans = await run_against(
-        api(two_wakes_then_keepalives, heartbeat=hanging),
+        fake,
         handler=handler,
         concurrency=1,
         heartbeat_interval=0.2,

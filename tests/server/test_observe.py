@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from pullwake.core.protocol import ClaimOutcome, LiveMode
 from pullwake.server.app import create_app, snapshot_source
 from pullwake.server.config import ServerConfig
 from pullwake.server.observe import RecordingServerObserver, RunnerGauges
+from tests.support.waits import until
 
 P = "/_electric/runners"
 H = {"electric-principal": "system:dev-local"}
@@ -37,15 +36,6 @@ class Harness:
     def gauges(self, rid: str) -> RunnerGauges:
         snap = snapshot_source(self.server.app).snapshot()  # type: ignore[arg-type]
         return next(g for g in snap.runners if g.runner_id == rid)
-
-
-async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `cond` on the event loop until true, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

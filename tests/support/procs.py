@@ -14,14 +14,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from tests.support.waits import wait_until
+
+__all__ = ["wait_until"]  # re-exported: procs users wait on processes
 
 PRINCIPAL = "system:dev-local"
 
@@ -52,31 +53,6 @@ def refused_port() -> Iterator[int]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         yield int(s.getsockname()[1])
-
-
-def wait_until(
-    cond: Callable[[], T], timeout: float, interval: float = 0.02, what: str = "condition"
-) -> T:
-    """Poll `cond` until it returns a truthy value or `timeout` passes.
-
-    Exceptions from `cond` count as "not yet".  Raises AssertionError naming
-    `what` and the last value or error on timeout.
-    """
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            value = cond()
-            if value:
-                return value
-            last = value
-        except Exception as exc:
-            last = exc
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"timed out after {timeout:.1f}s waiting for {what}; last: {last!r}"
-            )
-        time.sleep(interval)
 
 
 def http_json(
