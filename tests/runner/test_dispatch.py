@@ -27,6 +27,7 @@ from pullwake.runner.dispatch import (
 from pullwake.runner.observe import RecordingObserver
 from pullwake.runner.offsets import CommitTracker
 from tests.support.procs import pid_alive
+from tests.support.waits import never
 
 ANSWER_BODIES: dict[int, Any] = {
     200: {"claimToken": "t"},
@@ -136,8 +137,7 @@ async def test_full_queue_pauses_reading() -> None:
         await d.submit({"wake_id": "w0"})  # taken by the worker
         await d.submit({"wake_id": "w1"})  # fills the queue
         put = asyncio.create_task(d.submit({"wake_id": "w2"}))
-        await asyncio.sleep(0.2)
-        assert not put.done()  # the reader waits: nothing is dropped
+        await never(put.done, within=0.2, what="a submit into a full queue returning")
         release.set()
         async with asyncio.timeout(5):
             await put
@@ -210,7 +210,9 @@ async def test_a_claim_refused_with_a_4xx_is_retried_not_committed_past(
     try:
         await d.submit({"wake_id": "w"})
         d.mark("o1")
-        await asyncio.sleep(1.0)
+        await never(
+            lambda: tracker.committed != "-1" or handled, within=1.0, what="a commit or handling"
+        )
         # never committed past, never handled, and no spin: 0.02 s doubling to 0.1 s
         # allows about 12 attempts in a second; a spin would make thousands
         assert tracker.committed == "-1" and handled == []

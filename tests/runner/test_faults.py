@@ -41,6 +41,7 @@ from tests.runner.harness import (
     wait_streaming,
 )
 from tests.support.procs import ServerProcess, free_port, http_json, running
+from tests.support.waits import holds_for
 
 pytestmark = pytest.mark.slow
 
@@ -296,7 +297,16 @@ def test_legacy_profile_reproduces_the_seed_under_kill_9(
                 15,
                 "heartbeats failing",
             )
-            time.sleep(1.0)  # an outage the runner should have noticed by now, and does not
+            # an outage the runner should have noticed by now, and does not: for a whole
+            # second it keeps saying "streaming, connected, no reconnect"
+            holds_for(
+                lambda: (
+                    (st := r.status())["state"] == STREAMING
+                    and st["diagnostics"]["reconnect_count"] == 0
+                ),
+                1.0,
+                "the legacy runner's claim to be streaming",
+            )
             s = r.status()
             d = s["diagnostics"]
             assert s["state"] == STREAMING
