@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.procs import RunnerProcess, ServerProcess, wait_until
-from tests.telemetry.otlp_receiver import OtlpReceiver
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RID = "bench-telemetry"

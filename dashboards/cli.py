@@ -1,4 +1,4 @@
-"""`pullwake dashboards build [--out DIR] [--check]`: write or verify deploy/."""
+"""`pullwake dashboards build [--out DIR] [--check]`: write or verify ./deploy (or DIR)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def register(subparsers: Any) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="deploy directory to write into (default: the repository's deploy/)",
+        help="deploy directory to write into or check (default: ./deploy, relative to the "
+        "current directory)",
     )
     b.add_argument(
         "--check",

@@ -27,7 +27,6 @@ from pullwake.dashboards.panels import (
     traceql,
     value_texts,
 )
-from pullwake.runner.otel import CONNECT_SPAN, SESSION_SPAN
 
 TITLE = "Pull-wake runner"
 STATE_COLORS = {
@@ -86,7 +85,7 @@ def _sessions_table(config: Config) -> table.Panel:
             traceql(
                 config,
                 f'{{ .{c.RUNNER_ID} = "${VAR}" && '
-                f'(name = "{SESSION_SPAN}" || name = "{CONNECT_SPAN}") }}',
+                f'(name = "{c.SPAN_SESSION}" || name = "{c.SPAN_CONNECT}") }}',
             )
         )
         .span(12)

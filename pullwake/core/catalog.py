@@ -366,6 +366,13 @@ SERVER_REQUEST_DURATION = Metric(
     buckets=_REQUEST_BUCKETS,
 )
 
+# Span names: the trace half of the contract.  The runner names its spans from
+# these, the dashboards query them (Tempo links), docs/metrics.md lists them.
+SPAN_SESSION: Final = "pullwake.stream.session"
+SPAN_CONNECT: Final = "pullwake.stream.connect"  # a session that never got a response
+SPAN_HEARTBEAT: Final = "pullwake.heartbeat"
+SPAN_WAKE: Final = "pullwake.wake"  # children: pullwake.wake.claim / .handle / .complete
+
 CATALOG: Final[tuple[Metric, ...]] = tuple(
     v for v in dict(globals()).values() if isinstance(v, Metric)
 )
@@ -386,6 +393,10 @@ __all__ = [
     "ATTRIBUTE_VALUES",
     "CATALOG",
     "RUNNER_ID",
+    "SPAN_CONNECT",
+    "SPAN_HEARTBEAT",
+    "SPAN_SESSION",
+    "SPAN_WAKE",
     "Component",
     "Kind",
     "Metric",

@@ -119,7 +119,10 @@ def render_metrics() -> str:
 
 
 def _span_rows() -> list[str]:
-    from pullwake.runner.otel import CONNECT_SPAN, SESSION_SPAN, WAKE_SPAN
+    from pullwake.core.catalog import SPAN_CONNECT as CONNECT_SPAN
+    from pullwake.core.catalog import SPAN_HEARTBEAT
+    from pullwake.core.catalog import SPAN_SESSION as SESSION_SPAN
+    from pullwake.core.catalog import SPAN_WAKE as WAKE_SPAN
 
     rows = {
         SESSION_SPAN: "one per stream session, from the connect attempt to its end: `runner.id`, "
@@ -130,7 +133,7 @@ def _span_rows() -> list[str]:
         CONNECT_SPAN: "a connect attempt that never got a response, with "
         "`pullwake.backoff.wait_s`, `pullwake.backoff.tries` and "
         "`pullwake.backoff.after_reason` of the wait before it",
-        "pullwake.heartbeat": "each heartbeat, linked to the current session span",
+        SPAN_HEARTBEAT: "each heartbeat, linked to the current session span",
         WAKE_SPAN: "each wake from receipt to completion (`runner.id`, `pullwake.wake.id`, "
         "`pullwake.wake.outcome`), linked to its session; children "
         f"`{WAKE_SPAN}.claim`, `{WAKE_SPAN}.handle`, `{WAKE_SPAN}.complete` "
@@ -179,7 +182,7 @@ def register(subparsers: Any) -> None:
     metrics = sub.add_parser(
         "metrics",
         help="write docs/metrics.md from the metric catalog",
-        description="Write the metrics reference from pullwake/catalog.py.",
+        description="Write the metrics reference from pullwake/core/catalog.py.",
     )
     metrics.add_argument(
         "--output",

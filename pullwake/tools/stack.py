@@ -15,13 +15,8 @@ restarts).
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +24,6 @@ from pullwake.core.addresses import parse_hostport
 from pullwake.core.errors import CLIError
 
 D = "(default: %(default)s)"
-MAX_CRASH_RESTARTS = 5
-# Set in every child's environment so tests (and people) can find all of them.
-STACK_ID_ENV = "PULLWAKE_STACK_ID"
 
 
 def register(subparsers: Any) -> None:
@@ -47,10 +39,11 @@ def register(subparsers: Any) -> None:
         "up",
         help="start server, runners, publisher, Prometheus, Alertmanager and the alert sink",
         description="Start the stack on loopback ports from this machine's binaries "
-        "(Debian packages prometheus and prometheus-alertmanager), with the rules and "
-        "Alertmanager routes in deploy/, print the URLs, and run until Ctrl-C (or "
-        "--duration), then stop every process. Grafana and the OpenTelemetry Collector "
-        "start only when their binaries are on PATH.",
+        "(Debian packages prometheus and prometheus-alertmanager), with the rules, "
+        "Alertmanager routes and Grafana dashboards generated into the workdir by the "
+        "dashboards package (what `dashboards build` writes to deploy/), print the URLs, "
+        "and run until Ctrl-C (or --duration), then stop every process. Grafana and the "
+        "OpenTelemetry Collector start only when their binaries are on PATH.",
     )
     up.add_argument("--runners", type=int, default=2, help=f"number of runners {D}")
     up.add_argument(
@@ -102,13 +95,6 @@ def register(subparsers: Any) -> None:
         "removed at exit unless --keep)",
     )
     up.add_argument("--keep", action="store_true", help="keep the workdir at exit (default: off)")
-    up.add_argument(
-        "--deploy-dir",
-        type=Path,
-        default=None,
-        help="the checkout's deploy/ with the generated rules and Alertmanager config "
-        "(default: deploy/ next to this package)",
-    )
     up.add_argument(
         "--ready-timeout",
         type=float,
@@ -222,27 +208,3 @@ def _validate_up(args: argparse.Namespace) -> None:
         raise CLIError("--duration must not be negative")
     if args.base_port and not 1024 <= args.base_port <= 65535 - 10 - args.runners:
         raise CLIError(f"--base-port {args.base_port} leaves no room for the stack's ports")
-
-
-def find_binary(names: Sequence[str]) -> str | None:
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def default_deploy_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "deploy"
-
-
-def make_workdir(requested: Path | None) -> tuple[Path, bool]:
-    """(workdir, created_by_us): a temporary one is ours to remove."""
-    if requested is None:
-        return Path(tempfile.mkdtemp(prefix="pullwake-stack-")), True
-    requested.mkdir(parents=True, exist_ok=True)
-    return requested.resolve(), False
-
-
-def new_stack_id() -> str:
-    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -1,9 +1,15 @@
 """Carry out a `pullwake stack up` plan: write configs, start children, watch, stop.
 
-The plan (ports, argv, generated configs) is `pullwake.stackplan`; this module
-is the edge that touches files, binaries and processes.  Everything runs on one
-`Supervisor` from the main thread (its parent-death signal is tied to the
-thread that starts a child), including chaos kills and crash restarts.
+The plan (ports, argv, generated configs) is `pullwake.tools.stackplan`; this
+module is the edge that touches files, binaries and processes.  Every file it
+needs is written into the run's workdir: the rules, Alertmanager config and
+Grafana dashboards straight from the dashboards package (in-process, the same
+code as `pullwake dashboards build`), the collector config from package data.
+Nothing is read from a checkout, so an installed wheel works from any directory.
+
+Everything runs on one `Supervisor` from the main thread (its parent-death
+signal is tied to the thread that starts a child), including chaos kills and
+crash restarts.
 """
 
 from __future__ import annotations
@@ -13,7 +19,11 @@ import contextlib
 import os
 import shutil
 import socket
+import tempfile
 import time
+import uuid
+from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +32,6 @@ import yaml
 from pullwake.core.errors import CLIError
 from pullwake.tools import stackoptional as opt
 from pullwake.tools import stackplan as sp
-from pullwake.tools.stack import (
-    MAX_CRASH_RESTARTS,
-    STACK_ID_ENV,
-    default_deploy_dir,
-    find_binary,
-    make_workdir,
-    new_stack_id,
-)
 from pullwake.tools.supervise import (
     ChildSpec,
     HttpReady,
@@ -39,6 +41,9 @@ from pullwake.tools.supervise import (
     SupervisorError,
 )
 
+MAX_CRASH_RESTARTS = 5
+# Set in every child's environment so tests (and people) can find all of them.
+STACK_ID_ENV = "PULLWAKE_STACK_ID"
 GRAFANA_HOMES = (Path("/usr/share/grafana"), Path("/opt/grafana"))
 # Banner names of the children that run only when their binaries exist.
 OPTIONAL = {"grafana": "Grafana", "otel-collector": "collector"}
@@ -62,6 +67,47 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def find_binary(names: Sequence[str]) -> str | None:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def make_workdir(requested: Path | None) -> tuple[Path, bool]:
+    """(workdir, created_by_us): a temporary one is ours to remove."""
+    if requested is None:
+        return Path(tempfile.mkdtemp(prefix="pullwake-stack-")), True
+    requested.mkdir(parents=True, exist_ok=True)
+    return requested.resolve(), False
+
+
+def new_stack_id() -> str:
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def generate_deploy(out: Path) -> Path:
+    """The dashboards package's files (rules, Alertmanager, Grafana) written under `out`."""
+    from pullwake.dashboards.build import generate, write
+    from pullwake.dashboards.config import DEFAULT
+
+    write(out, generate(DEFAULT))
+    return out
+
+
+def collector_source() -> dict[str, Any]:
+    """otel-collector/config.yaml, shipped as package data (pullwake/otel_collector/)."""
+    ref = resources.files("pullwake").joinpath("otel_collector", "config.yaml")
+    try:
+        data = yaml.safe_load(ref.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CLIError(f"cannot read the packaged collector config: {exc}") from None
+    if not isinstance(data, dict):
+        raise CLIError("the packaged collector config is not a YAML mapping")
+    return data
+
+
 def _load_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
@@ -83,7 +129,7 @@ def _runner_line(r: sp.RunnerPlan) -> str:
 class StackRun:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.deploy = (args.deploy_dir or default_deploy_dir()).resolve()
+        self.deploy = Path()  # set by prepare(): <workdir>/deploy
         self.stack_id = new_stack_id()
         self.crashes: dict[str, int] = {}
 
@@ -106,12 +152,8 @@ class StackRun:
         return sp.ports_from_list(_free_ports(sp.ports_needed(n)), n)
 
     def prepare(self, workdir: Path) -> list[sp.Step]:
-        if not (self.deploy / "prometheus" / "rules").is_dir():
-            raise CLIError(
-                f"no generated rules in {self.deploy}/prometheus/rules; pass --deploy-dir "
-                "(a checkout's deploy/) or run `pullwake dashboards build`"
-            )
         prom, am = self._binaries()
+        self.deploy = generate_deploy(workdir / "deploy")
         ports = self._ports()
         runners = sp.runner_plans(ports, self.args.legacy_runners)
         prom_cfg = sp.prometheus_config(ports, runners, self.deploy / "prometheus" / "rules")
@@ -126,7 +168,7 @@ class StackRun:
         collector = find_binary(["otelcol-contrib", "otelcol"])
         otlp = None
         if collector:
-            src = _load_yaml(self.deploy.parent / "otel-collector" / "config.yaml")
+            src = collector_source()
             (workdir / "otel-collector.yaml").write_text(
                 sp.dump_yaml(opt.collector_config(src, ports))
             )

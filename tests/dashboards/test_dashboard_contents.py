@@ -14,12 +14,12 @@ import pytest
 from pullwake.core import catalog as c
 from pullwake.core.protocol import RunnerState
 from pullwake.dashboards import queries as q
-from pullwake.dashboards.build import DEFAULT_OUT
 from pullwake.dashboards.config import DEFAULT
 from pullwake.dashboards.rules import alerts, recording_names, recording_rules
 from tests.dashboards.dashjson import load, panels, prom_targets
+from tests.support.repo import DEPLOY
 
-DASH = load(DEFAULT_OUT, DEFAULT)
+DASH = load(DEPLOY, DEFAULT)
 REC = recording_names(DEFAULT)
 
 EXPECTED = {

@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 
 from pullwake.core import catalog
-from pullwake.dashboards.build import DEFAULT_OUT
 from pullwake.dashboards.config import DEFAULT, Config
 from tests.dashboards.dashjson import concrete, load, prom_targets
 from tests.dashboards.promstack import SinkProcess, write_deploy
@@ -40,6 +39,7 @@ from tests.support.prometheus import (
     needs_alertmanager,
     needs_prometheus,
 )
+from tests.support.repo import DEPLOY
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, needs_prometheus, needs_alertmanager]
 
@@ -138,7 +138,7 @@ class Stack:
 
     def panel(self, title: str, dashboard: str = "fleet") -> list[dict[str, str]]:
         """Label sets a panel's queries return now (from the committed dashboard JSON)."""
-        data = load(DEFAULT_OUT, DEFAULT)[dashboard]
+        data = load(DEPLOY, DEFAULT)[dashboard]
         exprs = [t["expr"] for name, t in prom_targets(data) if name == title]
         assert exprs, title
         answers = [r for e in exprs for r in self.prom.query(concrete(e))["data"]["result"]]

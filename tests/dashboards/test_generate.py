@@ -17,7 +17,7 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 from pullwake.core import catalog
 from pullwake.dashboards import rules
 from pullwake.dashboards.alertmanager import alertmanager_config
-from pullwake.dashboards.build import DEFAULT_OUT, generate, stale
+from pullwake.dashboards.build import generate, stale
 from pullwake.dashboards.config import (
     DEFAULT,
     Config,
@@ -27,12 +27,11 @@ from pullwake.dashboards.config import (
     parse_duration,
 )
 from tests.dashboards.dashjson import load, panels, prom_targets
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.repo import DEPLOY, ROOT
 
 
 def test_committed_files_are_current() -> None:
-    assert stale(DEFAULT_OUT, generate(DEFAULT)) == []
+    assert stale(DEPLOY, generate(DEFAULT)) == []
 
 
 def test_check_names_each_stale_file(tmp_path: Path) -> None:
@@ -53,6 +52,17 @@ def test_check_names_each_stale_file(tmp_path: Path) -> None:
     (tmp_path / "grafana/dashboards/old-uid.json").write_text("{}")
     res = subprocess.run([*cmd, "--check"], capture_output=True, text=True, check=False)
     assert res.returncode == 1 and "grafana/dashboards/old-uid.json" in res.stderr
+
+
+def test_default_out_is_deploy_under_the_current_directory(tmp_path: Path) -> None:
+    """Never next to the package (an installed one would write into site-packages)."""
+    cmd = [sys.executable, "-m", "pullwake", "dashboards", "build"]
+    res = subprocess.run([*cmd, "--check"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 1 and "missing: deploy/alertmanager/alertmanager.yml" in res.stderr
+    assert subprocess.run(cmd, capture_output=True, cwd=tmp_path).returncode == 0
+    assert stale(tmp_path / "deploy", generate(DEFAULT)) == []
+    res = subprocess.run([*cmd, "--check"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
 
 
 def test_a_directory_where_a_file_belongs_is_named_not_a_traceback(tmp_path: Path) -> None:
@@ -106,7 +116,7 @@ def test_scaled_config_shrinks_every_wait() -> None:
 
 def test_dashboards_round_trip_through_sdk_models() -> None:
     register_default_plugins()
-    for key, data in load(DEFAULT_OUT, DEFAULT).items():
+    for key, data in load(DEPLOY, DEFAULT).items():
         model = Dashboard.from_json(data)
         again = json.loads(json.dumps(model, cls=JSONEncoder))
         assert again == data, key
@@ -115,7 +125,7 @@ def test_dashboards_round_trip_through_sdk_models() -> None:
 
 def test_panels_have_unique_ids_and_known_datasources() -> None:
     uids = {DEFAULT.datasources.prometheus, DEFAULT.datasources.tempo}
-    for key, data in load(DEFAULT_OUT, DEFAULT).items():
+    for key, data in load(DEPLOY, DEFAULT).items():
         ids = [p["id"] for p in panels(data)]
         assert len(ids) == len(set(ids)), key
         for p in panels(data):
@@ -126,22 +136,20 @@ def test_panels_have_unique_ids_and_known_datasources() -> None:
 
 def test_alert_groups_panel_names_the_provisioned_alertmanager() -> None:
     """Grafana's alertGroups panel looks its Alertmanager up by datasource name, not uid."""
-    ds = yaml.safe_load(
-        (DEFAULT_OUT / "grafana/provisioning/datasources/datasources.yml").read_text()
-    )
+    ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/datasources.yml").read_text())
     [am] = [d for d in ds["datasources"] if d["type"] == "alertmanager"]
     assert am["uid"] == DEFAULT.datasources.alertmanager
-    fleet = load(DEFAULT_OUT, DEFAULT)["fleet"]
+    fleet = load(DEPLOY, DEFAULT)["fleet"]
     [panel] = [p for p in panels(fleet) if p["type"] == "alertGroups"]
     assert panel["options"]["alertmanager"] == am["name"]
 
 
 def test_dashboards_have_the_issue_panels() -> None:
-    titles = {k: [p["title"] for p in panels(d)] for k, d in load(DEFAULT_OUT, DEFAULT).items()}
+    titles = {k: [p["title"] for p in panels(d)] for k, d in load(DEPLOY, DEFAULT).items()}
     assert "Stream connected while heartbeats fail" in titles["fleet"]
     assert "Stream age vs seconds since heartbeat success" in titles["runner"]
     assert "Client says connected, server sees no stream" in titles["server"]
-    runner = load(DEFAULT_OUT, DEFAULT)["runner"]
+    runner = load(DEPLOY, DEFAULT)["runner"]
     assert [v["name"] for v in runner["templating"]["list"]] == ["runner_id"]
     assert any(t.get("exemplar") for _, t in prom_targets(runner))
 
@@ -153,7 +161,7 @@ def test_every_metric_name_comes_from_the_catalog() -> None:
     known = {s for m in catalog.CATALOG for s in m.prom_series}
     known |= set(rules.recording_names(DEFAULT).values())
     exprs = [r["expr"] for r in rules.alert_rules(DEFAULT) + rules.recording_rules(DEFAULT)]
-    for data in load(DEFAULT_OUT, DEFAULT).values():
+    for data in load(DEPLOY, DEFAULT).values():
         exprs += [t["expr"] for _, t in prom_targets(data)]
     seen = set()
     for expr in exprs:
@@ -218,7 +226,7 @@ def test_alertmanager_routes_by_severity_to_the_webhook() -> None:
 
 
 def test_provisioning_paths_and_uids() -> None:
-    out = DEFAULT_OUT / "grafana/provisioning"
+    out = DEPLOY / "grafana/provisioning"
     ds = yaml.safe_load((out / "datasources/datasources.yml").read_text())
     assert {d["uid"] for d in ds["datasources"]} == {"prometheus", "tempo", "alertmanager"}
     prov = yaml.safe_load((out / "dashboards/dashboards.yml").read_text())
@@ -240,6 +248,6 @@ def test_runbooks_name_real_panels() -> None:
     """Every "quoted" panel a runbook tells the reader to look at exists on a dashboard."""
     text = (ROOT / "docs/runbooks.md").read_text()
     quoted = {" ".join(m.split()) for m in re.findall(r'"([^"`]+)"', text)}
-    titles = {p["title"] for d in load(DEFAULT_OUT, DEFAULT).values() for p in panels(d)}
+    titles = {p["title"] for d in load(DEPLOY, DEFAULT).values() for p in panels(d)}
     assert len(quoted) >= 8
     assert quoted - titles == set()

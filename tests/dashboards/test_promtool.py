@@ -20,18 +20,18 @@ from pullwake.core import catalog
 from pullwake.core.protocol import RunnerState
 from pullwake.dashboards import queries as q
 from pullwake.dashboards import ruletests
-from pullwake.dashboards.build import DEFAULT_OUT
 from pullwake.dashboards.config import DEFAULT, Config, ForDurations, Thresholds
 from pullwake.dashboards.rules import alerts
 from pullwake.server.config import ServerConfig
 from tests.dashboards.dashjson import load, prom_targets
 from tests.dashboards.promstack import write_deploy
 from tests.support.prometheus import AMTOOL, PROMTOOL, needs_alertmanager, needs_prometheus
+from tests.support.repo import DEPLOY
 
 pytestmark = pytest.mark.prometheus
 
-RULES = DEFAULT_OUT / "prometheus/rules"
-TESTS = DEFAULT_OUT / "prometheus/tests/pullwake-alerts.test.yml"
+RULES = DEPLOY / "prometheus/rules"
+TESTS = DEPLOY / "prometheus/tests/pullwake-alerts.test.yml"
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -80,7 +80,7 @@ def test_promtool_catches_a_wrong_expectation(tmp_path: Path, old: str, new: str
 @needs_alertmanager
 def test_amtool_check_config() -> None:
     assert AMTOOL is not None
-    res = _run(AMTOOL, "check-config", str(DEFAULT_OUT / "alertmanager/alertmanager.yml"))
+    res = _run(AMTOOL, "check-config", str(DEPLOY / "alertmanager/alertmanager.yml"))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "SUCCESS" in res.stdout
     assert "2 receivers" in res.stdout
@@ -125,7 +125,7 @@ def test_generated_cases_follow_the_config(tmp_path: Path, config: Config) -> No
 )
 def test_amtool_routes_by_severity(labels: list[str], receiver: str) -> None:
     assert AMTOOL is not None
-    config = str(DEFAULT_OUT / "alertmanager/alertmanager.yml")
+    config = str(DEPLOY / "alertmanager/alertmanager.yml")
     res = _run(
         AMTOOL, "config", "routes", "test", f"--config.file={config}", *labels, "runner_id=r1"
     )
@@ -177,7 +177,7 @@ def test_rotation_cases_catch_rules_that_trip_on_rotations(
 def test_server_mismatch_stat_counts_runners_not_series(tmp_path: Path) -> None:
     """A runner seen through two scrape paths is still one runner on the stat."""
     assert PROMTOOL is not None
-    server = load(DEFAULT_OUT, DEFAULT)["server"]
+    server = load(DEPLOY, DEFAULT)["server"]
     [expr] = [
         t["expr"]
         for title, t in prom_targets(server)

@@ -9,10 +9,10 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.repo import ROOT
+
 COMPOSE = ROOT / "docker-compose.yml"
 COLLECTOR = ROOT / "otel-collector" / "config.yaml"
-DEPLOY = ROOT / "deploy"
 PULLWAKE_IMAGE = "pullwake:"
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from pullwake.core.catalog import CATALOG
 from pullwake.tools.docs import render_metrics
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.repo import ROOT
 
 
 def test_committed_metrics_doc_is_current() -> None:
@@ -39,3 +38,13 @@ def test_cli_check_and_write(tmp_path: Path) -> None:
     out.write_text("edited\n", encoding="utf-8")
     again = subprocess.run([*run, "--check"], capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 2 and "stale" in again.stderr
+
+
+def test_default_output_is_docs_metrics_md_under_the_current_directory(tmp_path: Path) -> None:
+    run = [sys.executable, "-m", "pullwake", "docs", "metrics"]
+    missing = subprocess.run([*run, "--check"], capture_output=True, text=True, cwd=tmp_path)
+    assert missing.returncode == 2 and "docs/metrics.md" in missing.stderr
+    assert subprocess.run(run, capture_output=True, cwd=tmp_path).returncode == 0
+    assert (tmp_path / "docs" / "metrics.md").read_text(encoding="utf-8") == render_metrics()
+    ok = subprocess.run([*run, "--check"], capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr

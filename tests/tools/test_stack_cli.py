@@ -40,19 +40,10 @@ def one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
         (["--chaos-down", "0"], ["--chaos-down"]),
         (["--duration", "-1"], ["--duration"]),
         (["--base-port", "80"], ["--base-port"]),
-        (["--deploy-dir", "/nonexistent/deploy"], ["/nonexistent/deploy", "--deploy-dir"]),
     ],
 )
 def test_stack_up_bad_input_is_one_line(args: list[str], words: list[str]) -> None:
     one_line_error(pullwake("stack", "up", *args), *words)
-
-
-def test_stack_up_deploy_dir_without_alertmanager_config(tmp_path: Path) -> None:
-    (tmp_path / "prometheus" / "rules").mkdir(parents=True)
-    proc = pullwake("stack", "up", "--deploy-dir", str(tmp_path), "--workdir", str(tmp_path / "w"))
-    if "not found on PATH" in proc.stderr:
-        pytest.skip("prometheus binaries not installed")
-    one_line_error(proc, "alertmanager.yml", "missing")
 
 
 def test_wait_succeeds_on_a_listening_port_and_an_http_200(tmp_path: Path) -> None:

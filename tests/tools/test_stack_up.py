@@ -24,7 +24,7 @@ import yaml
 
 from pullwake.core import catalog
 from pullwake.core.protocol import WakeOutcome
-from pullwake.tools.stack import STACK_ID_ENV
+from pullwake.tools.stackrun import STACK_ID_ENV
 from tests.support.procs import Proc, http_json, wait_until
 from tests.tools.fakes import install_fakes
 
