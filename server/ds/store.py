@@ -1,0 +1,822 @@
+"""Durable Streams storage: any stream path, any content type, on SQLite.
+
+One connection, one writer thread (`DSStore` runs every core call there, in
+submission order), WAL with `synchronous=FULL`: when an awaited write returns,
+its transaction is on disk, so an acknowledged append survives `kill -9`.
+
+Paths are DS-relative (`runners/r1/wake`, no leading slash).  Offsets follow
+the reference server: `<16 digits>_<16 digits>`, the first part always 0, the
+second the logical byte position after the message (each message counts 5
+bytes of framing plus its stored bytes), so a 121-byte wake event after
+offset 0 ends at `..._0000000000000127` as upstream.  Only the byte part is
+compared, as the reference's file store does.
+
+JSON streams (`application/json`) store each append as one message holding
+the comma-terminated elements (`a,b,`): appending an array appends its
+elements, a read answers one flat array.  Stream metadata lives in memory
+(loaded at start, changed only by the writer thread after a commit) so
+`tail()` and `exists()` are synchronous and cheap.  Everything the protocol
+needs is here: TTL/expiry (lazy, as upstream), closure, idempotent producers,
+`Stream-Seq`, forks with reference counts and soft deletion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+log = logging.getLogger("pullwake.server.ds.store")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+FRAME_OVERHEAD = 5  # the reference's 4-byte length prefix + newline, per message
+ZERO_OFFSET = "0000000000000000_0000000000000000"
+OFFSET_START = "-1"
+OFFSET_NOW = "now"
+OFFSET_RE = re.compile(r"^(-1|now|\d+_\d+)$")
+JSON_TYPE = "application/json"
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+PRODUCER_STATE_TTL_MS = 7 * 24 * 3600 * 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ds_streams (
+    path TEXT PRIMARY KEY, meta TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ds_messages (
+    path TEXT NOT NULL, incarnation INTEGER NOT NULL, end_pos INTEGER NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (path, incarnation, end_pos)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ds_producers (
+    path TEXT NOT NULL, producer_id TEXT NOT NULL, epoch INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    PRIMARY KEY (path, producer_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ds_kv (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+"""
+
+
+def format_offset(pos: int) -> str:
+    return f"{0:016d}_{pos:016d}"
+
+
+def offset_pos(offset: str) -> int:
+    """Byte part of a concrete offset (`-1` -> -1); callers validated OFFSET_RE."""
+    if offset == OFFSET_START:
+        return -1
+    return int(offset.split("_", 1)[1])
+
+
+def normalize_content_type(ct: str | None) -> str:
+    return "" if not ct else ct.split(";", 1)[0].strip().lower()
+
+
+def is_json_type(ct: str | None) -> bool:
+    return normalize_content_type(ct) == JSON_TYPE
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --- errors --------------------------------------------------------------------
+class StoreError(Exception):
+    """A refused operation: HTTP status + the reference's text/plain body."""
+
+    def __init__(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+        self.headers = headers or {}
+
+
+def not_found(text: str = "Stream not found") -> StoreError:
+    return StoreError(404, text)
+
+
+def gone() -> StoreError:
+    return StoreError(410, "Stream is gone")
+
+
+# --- records ---------------------------------------------------------------------
+@dataclass
+class StreamMeta:
+    """A stream's metadata (persisted as JSON in ds_streams.meta)."""
+
+    path: str
+    content_type: str | None
+    tail: int = 0
+    incarnation: int = 0  # distinguishes the messages of a re-created path
+    created_at: int = 0
+    last_access: int = 0
+    ttl_seconds: int | None = None
+    expires_at: str | None = None
+    closed: bool = False
+    closed_by: list[Any] | None = None  # [producer_id, epoch, seq]
+    last_seq: str | None = None
+    forked_from: str | None = None
+    fork_offset: int | None = None
+    fork_sub_offset: int = 0
+    ref_count: int = 0
+    soft_deleted: bool = False
+
+    @property
+    def offset(self) -> str:
+        return format_offset(self.tail)
+
+    @property
+    def is_json(self) -> bool:
+        return is_json_type(self.content_type)
+
+    def expired(self, now: int) -> bool:
+        if self.expires_at is not None:
+            ts = parse_expires_at(self.expires_at)
+            if ts is None or now >= ts:
+                return True
+        return self.ttl_seconds is not None and now >= self.last_access + self.ttl_seconds * 1000
+
+
+def parse_expires_at(text: str) -> int | None:
+    """ISO 8601 -> unix ms, None if unparseable."""
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        return None
+    return int(dt.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Message:
+    data: bytes
+    end: int  # byte position after this message
+
+    @property
+    def offset(self) -> str:
+        return format_offset(self.end)
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    messages: list[Message]
+    next_offset: str  # last message's offset, else the tail
+    tail: str
+    closed: bool  # the stream is closed (the reader is at its tail iff next_offset == tail)
+    content_type: str | None
+
+    @property
+    def at_tail(self) -> bool:
+        return self.next_offset == self.tail
+
+
+@dataclass(frozen=True)
+class Producer:
+    id: str
+    epoch: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """`status`: accepted | duplicate | stale_epoch | invalid_epoch_seq | sequence_gap | closed."""
+
+    status: str
+    offset: str  # the new message's offset (accepted), else the tail
+    closed: bool = False  # the stream is closed now
+    last_seq: int | None = None
+    current_epoch: int | None = None
+    expected_seq: int | None = None
+    received_seq: int | None = None
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    created: bool
+    info: StreamMeta  # a copy
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What append listeners get: `internal` marks wake events written by subscriptions."""
+
+    path: str
+    tail: str
+    internal: bool = False
+
+
+AppendListener = Callable[[Appended], Awaitable[None] | None]
+
+
+@dataclass
+class _Effects:
+    appended: list[Appended] = field(default_factory=list)
+    closed: set[str] = field(default_factory=set)
+    deleted: set[str] = field(default_factory=set)
+
+
+# --- JSON processing -----------------------------------------------------------------
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"not JSON: {name}")
+
+
+def _dump(value: Any) -> bytes:
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # lone surrogates: escape them as JSON.stringify does
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
+def process_json(body: bytes, initial: bool = False) -> bytes:
+    """A JSON append body -> stored bytes `e1,e2,` (empty for `[]` on create)."""
+    text = body.decode("utf-8", errors="replace").lstrip("\ufeff")
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except ValueError:
+        raise StoreError(400, "Invalid JSON") from None
+    if isinstance(value, list):
+        if not value:
+            if initial:
+                return b""
+            raise StoreError(400, "Empty arrays are not allowed")
+        return b"".join(_dump(v) + b"," for v in value)
+    return _dump(value) + b","
+
+
+def json_items(data: bytes) -> bytes:
+    """Stored JSON message bytes without the trailing comma."""
+    data = data.rstrip()
+    return data[:-1] if data.endswith(b",") else data
+
+
+def format_body(messages: list[Message], json_mode: bool) -> bytes:
+    if json_mode:
+        return b"[" + b",".join(json_items(m.data) for m in messages if m.data) + b"]"
+    return b"".join(m.data for m in messages)
+
+
+# --- the synchronous core (writer thread only) ---------------------------------------
+class StoreCore:
+    """All SQLite work; every method runs on the DSStore's single thread."""
+
+    def __init__(self, path: str, clock: Callable[[], int] = now_ms) -> None:
+        self.clock = clock
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(_SCHEMA)
+        self.lock = threading.Lock()  # guards `metas` for readers on other threads
+        self.metas: dict[str, StreamMeta] = {}
+        for path, raw in self.db.execute("SELECT path, meta FROM ds_streams"):
+            self.metas[str(path)] = StreamMeta(**json.loads(raw))
+        self._dirty: dict[str, StreamMeta | None] | None = None
+        self._effects = _Effects()
+        self._depth = 0
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- transactions -----------------------------------------------------------
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One atomic, durable unit; metadata changes apply only on commit."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.db
+            finally:
+                self._depth -= 1
+            return
+        self._depth = 1
+        self._dirty = {}
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+            for path, meta in self._dirty.items():
+                if meta is None:
+                    self.db.execute("DELETE FROM ds_streams WHERE path=?", (path,))
+                else:
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO ds_streams (path, meta) VALUES (?,?)",
+                        (path, json.dumps(dataclasses.asdict(meta))),
+                    )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            self._effects = _Effects()
+            raise
+        finally:
+            dirty, self._dirty, self._depth = self._dirty, None, 0
+        with self.lock:
+            for path, meta in dirty.items():
+                if meta is None:
+                    self.metas.pop(path, None)
+                else:
+                    self.metas[path] = meta
+
+    def take_effects(self) -> _Effects:
+        eff, self._effects = self._effects, _Effects()
+        return eff
+
+    def meta(self, path: str) -> StreamMeta | None:
+        """Current metadata (the transaction's view inside one)."""
+        if self._dirty is not None and path in self._dirty:
+            return self._dirty[path]
+        return self.metas.get(path)
+
+    def _mut(self, path: str) -> StreamMeta:
+        """A mutable copy of a stream's metadata inside the current transaction."""
+        assert self._dirty is not None, "metadata changes need a transaction"
+        cur = self._dirty.get(path) if path in self._dirty else self.metas.get(path)
+        if cur is None:
+            raise not_found()
+        if path not in self._dirty or self._dirty[path] is not cur:
+            cur = dataclasses.replace(cur)
+            self._dirty[path] = cur
+        return cur
+
+    def _put(self, meta: StreamMeta) -> None:
+        assert self._dirty is not None
+        self._dirty[meta.path] = meta
+
+    # --- lookups -------------------------------------------------------------------
+    def live_meta(self, path: str) -> StreamMeta | None:
+        """The stream if it exists and has not expired (an expired one is removed)."""
+        m = self.meta(path)
+        if m is None:
+            return None
+        if not m.soft_deleted and m.expired(self.clock()):
+            with self.tx():
+                self._remove(path)
+            return self.meta(path)  # soft-deleted copy when forks hold it
+        return m
+
+    def get(self, path: str) -> StreamMeta:
+        m = self.live_meta(path)
+        if m is None:
+            raise not_found()
+        if m.soft_deleted:
+            raise gone()
+        return m
+
+    def touch(self, path: str) -> None:
+        """Sliding TTL: reads and appends count as access (in memory only)."""
+        with self.lock:
+            m = self.metas.get(path)
+            if m is not None:
+                m.last_access = self.clock()
+
+    # --- create / delete ---------------------------------------------------------
+    def create(
+        self,
+        path: str,
+        *,
+        content_type: str | None = None,
+        ttl_seconds: int | None = None,
+        expires_at: str | None = None,
+        initial: bytes = b"",
+        closed: bool = False,
+        forked_from: str | None = None,
+        fork_offset: str | None = None,
+        fork_sub_offset: int | None = None,
+    ) -> CreateResult:
+        with self.tx():
+            existing = self.meta(path)
+            if (
+                existing is not None
+                and not existing.soft_deleted
+                and existing.expired(self.clock())
+            ):
+                self._remove(path)
+                existing = self.meta(path)
+            if existing is not None and existing.soft_deleted:
+                raise StoreError(
+                    409,
+                    "stream was deleted but still has active forks — path cannot be reused "
+                    "until all forks are removed",
+                )
+            if existing is not None:
+                same = (
+                    (normalize_content_type(content_type) or DEFAULT_CONTENT_TYPE)
+                    == (normalize_content_type(existing.content_type) or DEFAULT_CONTENT_TYPE)
+                    and ttl_seconds == existing.ttl_seconds
+                    and expires_at == existing.expires_at
+                    and closed == existing.closed
+                    and forked_from == existing.forked_from
+                    and (fork_offset is None or offset_pos(fork_offset) == existing.fork_offset)
+                    and (fork_sub_offset or 0) == existing.fork_sub_offset
+                )
+                if not same:
+                    raise StoreError(409, "Stream already exists with different configuration")
+                return CreateResult(False, dataclasses.replace(existing))
+            now = self.clock()
+            incarnation = (
+                int(
+                    self.db.execute(
+                        "SELECT COALESCE(MAX(incarnation), 0) FROM ds_messages WHERE path=?",
+                        (path,),
+                    ).fetchone()[0]
+                )
+                + 1
+            )
+            meta = StreamMeta(
+                path=path,
+                content_type=content_type,
+                incarnation=incarnation,
+                created_at=now,
+                last_access=now,
+                ttl_seconds=ttl_seconds,
+                expires_at=expires_at,
+                closed=closed,
+            )
+            if forked_from is not None:
+                self._init_fork(meta, forked_from, fork_offset, fork_sub_offset)
+            self._put(meta)
+            if initial:
+                data = process_json(initial, initial=True) if meta.is_json else initial
+                if data:
+                    self._write(meta, data)
+            return CreateResult(True, dataclasses.replace(meta))
+
+    def _init_fork(
+        self, meta: StreamMeta, source: str, fork_offset: str | None, sub: int | None
+    ) -> None:
+        src = self.meta(source)
+        if src is None or (not src.soft_deleted and src.expired(self.clock())):
+            raise StoreError(404, "Source stream not found")
+        if src.soft_deleted:
+            raise StoreError(409, "source stream was deleted but still has active forks")
+        if meta.content_type is not None and normalize_content_type(
+            meta.content_type
+        ) != normalize_content_type(src.content_type):
+            raise StoreError(409, "Content type mismatch with source stream")
+        pos = src.tail if fork_offset is None else offset_pos(fork_offset)
+        if pos < 0 or pos > src.tail:
+            raise StoreError(400, "Fork offset beyond source stream length")
+        if meta.content_type is None:
+            meta.content_type = src.content_type
+        if meta.ttl_seconds is None and meta.expires_at is None:
+            meta.ttl_seconds, meta.expires_at = src.ttl_seconds, src.expires_at
+        meta.forked_from, meta.fork_offset, meta.tail = source, pos, pos
+        if sub:
+            first = self._read_messages(src, pos, limit=1)
+            if not first:
+                raise StoreError(400, "Invalid fork sub-offset")
+            data = first[0].data
+            if src.is_json:
+                try:
+                    values = json.loads(b"[" + json_items(data) + b"]")
+                except ValueError:
+                    raise StoreError(400, "Invalid fork sub-offset") from None
+                if sub > len(values):
+                    raise StoreError(400, "Invalid fork sub-offset")
+                prefix = b"".join(_dump(v) + b"," for v in values[:sub])
+            else:
+                if sub > len(data):
+                    raise StoreError(400, "Invalid fork sub-offset")
+                prefix = data[:sub]
+            meta.fork_sub_offset = sub
+            self._put(meta)
+            self._write(meta, prefix)
+        self._mut(source).ref_count += 1
+
+    def delete(self, path: str) -> bool:
+        """False if there is no such stream; 410 if it is soft-deleted."""
+        with self.tx():
+            m = self.live_meta(path)
+            if m is None:
+                return False
+            if m.soft_deleted:
+                raise gone()
+            self._remove(path)
+            return True
+
+    def _remove(self, path: str) -> None:
+        """Delete, or soft-delete while forks still read through it (in a tx)."""
+        m = self._mut(path)
+        if m.ref_count > 0:
+            m.soft_deleted = True
+            self._effects.closed.add(path)
+            return
+        assert self._dirty is not None
+        self._dirty[path] = None
+        self.db.execute("DELETE FROM ds_messages WHERE path=?", (path,))
+        self.db.execute("DELETE FROM ds_producers WHERE path=?", (path,))
+        self._effects.deleted.add(path)
+        if m.forked_from is not None:
+            parent = self.meta(m.forked_from)
+            if parent is not None:
+                pm = self._mut(m.forked_from)
+                pm.ref_count = max(0, pm.ref_count - 1)
+                if pm.ref_count == 0 and pm.soft_deleted:
+                    pm.soft_deleted = False
+                    self._remove(m.forked_from)
+
+    # --- append ----------------------------------------------------------------------
+    def _write(self, meta: StreamMeta, data: bytes, internal: bool = False) -> str:
+        meta.tail += FRAME_OVERHEAD + len(data)
+        self.db.execute(
+            "INSERT INTO ds_messages (path, incarnation, end_pos, data) VALUES (?,?,?,?)",
+            (meta.path, meta.incarnation, meta.tail, data),
+        )
+        self._effects.appended.append(Appended(meta.path, meta.offset, internal))
+        return meta.offset
+
+    def append(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        content_type: str | None = None,
+        seq: str | None = None,
+        producer: Producer | None = None,
+        close: bool = False,
+        internal: bool = False,
+    ) -> AppendResult:
+        """Append one message (JSON: the body's elements); durable on return."""
+        with self.tx():
+            m = self.get(path)
+            if m.closed:
+                if producer is not None and m.closed_by == [
+                    producer.id,
+                    producer.epoch,
+                    producer.seq,
+                ]:
+                    return AppendResult("duplicate", m.offset, True, last_seq=producer.seq)
+                return AppendResult("closed", m.offset, True)
+            if (
+                content_type is not None
+                and m.content_type is not None
+                and normalize_content_type(content_type) != normalize_content_type(m.content_type)
+            ):
+                raise StoreError(409, "Content-type mismatch")
+            verdict = None
+            if producer is not None:
+                verdict = self._check_producer(m, producer)
+                if verdict.status != "accepted":
+                    return verdict
+            if seq is not None and m.last_seq is not None and seq <= m.last_seq:
+                raise StoreError(409, "Sequence conflict")
+            data = process_json(body) if m.is_json else body
+            m = self._mut(path)
+            offset = self._write(m, data, internal)
+            m.last_access = self.clock()
+            if producer is not None:
+                self._save_producer(path, producer)
+            if seq is not None:
+                m.last_seq = seq
+            if close:
+                m.closed = True
+                if producer is not None:
+                    m.closed_by = [producer.id, producer.epoch, producer.seq]
+                self._effects.closed.add(path)
+            return AppendResult("accepted", offset, close)
+
+    def close_stream(self, path: str, producer: Producer | None = None) -> AppendResult:
+        """Close (idempotent without a producer); the result carries the final offset."""
+        with self.tx():
+            m = self.get(path)
+            if producer is None:
+                if not m.closed:
+                    self._mut(path).closed = True
+                    self._effects.closed.add(path)
+                return AppendResult("accepted", m.offset, True)
+            if m.closed:
+                if m.closed_by == [producer.id, producer.epoch, producer.seq]:
+                    return AppendResult("duplicate", m.offset, True, last_seq=producer.seq)
+                return AppendResult("closed", m.offset, True)
+            verdict = self._check_producer(m, producer)
+            if verdict.status != "accepted":
+                return verdict
+            self._save_producer(path, producer)
+            m = self._mut(path)
+            m.closed, m.closed_by = True, [producer.id, producer.epoch, producer.seq]
+            self._effects.closed.add(path)
+            return AppendResult("accepted", m.offset, True)
+
+    def _check_producer(self, m: StreamMeta, p: Producer) -> AppendResult:
+        now = self.clock()
+        row = self.db.execute(
+            "SELECT epoch, last_seq, updated_at FROM ds_producers WHERE path=? AND producer_id=?",
+            (m.path, p.id),
+        ).fetchone()
+        if row is not None and now - int(row[2]) > PRODUCER_STATE_TTL_MS:
+            row = None
+        if row is None:
+            if p.seq != 0:
+                return AppendResult("sequence_gap", m.offset, expected_seq=0, received_seq=p.seq)
+            return AppendResult("accepted", m.offset)
+        epoch, last = int(row[0]), int(row[1])
+        if p.epoch < epoch:
+            return AppendResult("stale_epoch", m.offset, current_epoch=epoch)
+        if p.epoch > epoch:
+            if p.seq != 0:
+                return AppendResult("invalid_epoch_seq", m.offset)
+            return AppendResult("accepted", m.offset)
+        if p.seq <= last:
+            return AppendResult("duplicate", m.offset, m.closed, last_seq=last)
+        if p.seq == last + 1:
+            return AppendResult("accepted", m.offset)
+        return AppendResult("sequence_gap", m.offset, expected_seq=last + 1, received_seq=p.seq)
+
+    def _save_producer(self, path: str, p: Producer) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO ds_producers (path, producer_id, epoch, last_seq, updated_at)"
+            " VALUES (?,?,?,?,?)",
+            (path, p.id, p.epoch, p.seq, self.clock()),
+        )
+
+    # --- read ------------------------------------------------------------------------
+    def read(self, path: str, offset: str = OFFSET_START) -> ReadResult:
+        """Everything after `offset` (`-1` start, `now` tail; beyond the tail: nothing)."""
+        m = self.get(path)
+        self.touch(path)
+        after = m.tail if offset == OFFSET_NOW else offset_pos(offset)
+        msgs = self._read_messages(m, after)
+        nxt = msgs[-1].offset if msgs else m.offset
+        return ReadResult(msgs, nxt, m.offset, m.closed, m.content_type)
+
+    def _read_messages(self, m: StreamMeta, after: int, limit: int = -1) -> list[Message]:
+        out: list[Message] = []
+        if m.forked_from is not None and m.fork_offset is not None and after < m.fork_offset:
+            src = self.meta(m.forked_from)
+            if src is not None:
+                out = [x for x in self._read_messages(src, after) if x.end <= m.fork_offset]
+        rows = self.db.execute(
+            "SELECT end_pos, data FROM ds_messages WHERE path=? AND incarnation=? AND end_pos>?"
+            " ORDER BY end_pos LIMIT ?",
+            (m.path, m.incarnation, after, limit),
+        )
+        out.extend(Message(bytes(d), int(e)) for e, d in rows)
+        return out[:limit] if limit >= 0 else out
+
+    # --- key/value (subscriptions keep their HMAC key here) ----------------------------
+    def kv_get(self, key: str) -> str | None:
+        row = self.db.execute("SELECT v FROM ds_kv WHERE k=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def kv_set(self, key: str, value: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO ds_kv (k, v) VALUES (?,?)", (key, value))
+
+
+# --- the async facade ------------------------------------------------------------------
+class Notifier:
+    """One asyncio.Event per path, replaced after each notification (no lost wake-ups:
+    take the waiter before reading, then wait on it)."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+        self.closing = False
+
+    def waiter(self, path: str) -> asyncio.Event:
+        ev = self._events.get(path)
+        if ev is None:
+            ev = self._events[path] = asyncio.Event()
+        if self.closing:
+            ev.set()
+        return ev
+
+    def notify(self, path: str) -> None:
+        ev = self._events.pop(path, None)
+        if ev is not None:
+            ev.set()
+
+    def close_all(self) -> None:
+        self.closing = True
+        events, self._events = self._events, {}
+        for ev in events.values():
+            ev.set()
+
+
+class DSStore:
+    """The durable stream store used by the HTTP layer, subscriptions and AGENTS.
+
+    Every method that touches SQLite runs on one dedicated thread (ordering,
+    no blocking of the event loop); after a commit, live readers of the
+    changed paths are woken and append listeners are called (in order, on
+    the event loop; a failing listener is logged, never raised).
+    """
+
+    def __init__(self, db_path: str, *, clock: Callable[[], int] = now_ms) -> None:
+        self.core = StoreCore(db_path, clock)
+        self.clock = clock
+        self.notifier = Notifier()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pullwake-ds-db")
+        self._listeners: list[AppendListener] = []
+        self._closed = False
+
+    # --- plumbing ---------------------------------------------------------------------
+    async def call(
+        self, fn: Callable[Concatenate[StoreCore, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `fn(core, ...)` on the store thread; then wake readers and listeners."""
+        loop = asyncio.get_running_loop()
+
+        def run() -> tuple[T, _Effects]:
+            try:
+                return fn(self.core, *args, **kwargs), self.core.take_effects()
+            except BaseException:
+                self.core.take_effects()
+                raise
+
+        result, effects = await loop.run_in_executor(self._pool, run)
+        await self._after(effects)
+        return result
+
+    async def _after(self, eff: _Effects) -> None:
+        for path in {a.path for a in eff.appended} | eff.closed | eff.deleted:
+            self.notifier.notify(path)
+        for a in eff.appended:
+            for cb in list(self._listeners):
+                try:
+                    res = cb(a)
+                    if res is not None:
+                        await res
+                except Exception:
+                    log.exception("append listener %r failed for %s", cb, a.path)
+
+    def on_append(self, callback: AppendListener) -> None:
+        """`callback(Appended(path, tail, internal))` after each committed append."""
+        self._listeners.append(callback)
+
+    # --- synchronous reads of in-memory metadata -----------------------------------------
+    def tail(self, path: str) -> str | None:
+        """The tail offset, or None if there is no such stream (expiry not checked)."""
+        with self.core.lock:
+            m = self.core.metas.get(path)
+            return None if m is None or m.soft_deleted else m.offset
+
+    def exists(self, path: str) -> bool:
+        return self.tail(path) is not None
+
+    def paths(self) -> list[str]:
+        with self.core.lock:
+            return [p for p, m in self.core.metas.items() if not m.soft_deleted]
+
+    def touch(self, path: str) -> None:
+        self.core.touch(path)
+
+    # --- operations -------------------------------------------------------------------
+    async def create(self, path: str, **kwargs: Any) -> CreateResult:
+        return await self.call(StoreCore.create, path, **kwargs)
+
+    async def append(self, path: str, body: bytes, **kwargs: Any) -> AppendResult:
+        return await self.call(StoreCore.append, path, body, **kwargs)
+
+    async def append_json(self, path: str, items: list[Any]) -> str:
+        """Append JSON values (one message holding them all); returns the new tail."""
+        res = await self.append(path, _dump(items), content_type=JSON_TYPE)
+        if res.status != "accepted":
+            raise StoreError(409, "Stream is closed")
+        return res.offset
+
+    async def close_stream(self, path: str, producer: Producer | None = None) -> AppendResult:
+        return await self.call(StoreCore.close_stream, path, producer)
+
+    async def read(self, path: str, offset: str = OFFSET_START) -> ReadResult:
+        return await self.call(StoreCore.read, path, offset)
+
+    async def head(self, path: str) -> StreamMeta:
+        """A copy of the stream's metadata; StoreError 404/410."""
+        m = await self.call(StoreCore.get, path)
+        return dataclasses.replace(m)
+
+    async def delete(self, path: str) -> bool:
+        return await self.call(StoreCore.delete, path)
+
+    async def wait(self, path: str, offset: str, timeout: float) -> bool:
+        """Wait until `path` changes past `offset` (append, close, delete) or timeout;
+        True if something happened (or shutdown began)."""
+        ev = self.notifier.waiter(path)
+        tail = self.tail(path)
+        if tail is None or offset_pos(tail) > offset_pos(offset) or self.notifier.closing:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), timeout)
+            return True
+        return False
+
+    def close_all(self) -> None:
+        """Shutdown: every waiting live read returns now."""
+        self.notifier.close_all()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        self.core.close()
