@@ -21,7 +21,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "pullwake.server.cli",  # server, publish
     "pullwake.runner.cli",  # run
     "pullwake.tools.demo",  # demo
-    "pullwake.tools.faultproxy",  # proxy
+    "pullwake.tools.chaos",  # chaos
+    "pullwake.tools.faultproxy_cli",  # proxy
     "pullwake.dashboards.cli",  # dashboards build
     "pullwake.tools.alertsink",  # alerts sink
     "pullwake.tools.stack",  # stack up
