@@ -25,7 +25,6 @@ runs one on its own loop in a thread for synchronous tests, and
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import contextlib
@@ -395,46 +394,3 @@ class ThreadedFaultProxy:
         assert self._loop is not None, "proxy not started"
         fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return fut.result(timeout)
-
-
-# --- command line ------------------------------------------------------------------
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "proxy",
-        help="fault-injecting TCP proxy (pass, blackhole, half_open, refuse, reset, close)",
-        description=(
-            "A TCP proxy whose fault mode can be switched while it runs. "
-            "Modes: pass (forward), blackhole (hold everything, forward nothing), "
-            "half_open (close upstream, keep the client side open and silent), "
-            "refuse (stop listening), reset (RST all connections, and new ones), "
-            "close (FIN all connections, and new ones). "
-            "Switch modes with the control endpoint: `curl -X POST "
-            "http://CONTROL/mode/blackhole`; `GET http://CONTROL/` shows mode and "
-            "connection count as JSON. Or with signals: SIGUSR1 switches to --usr1-mode, "
-            "SIGUSR2 back to pass. SIGINT/SIGTERM stop the proxy (exit 0)."
-        ),
-    )
-    p.add_argument(
-        "--listen",
-        default="127.0.0.1:0",
-        help="HOST:PORT to accept clients on; port 0 picks a free one (default: %(default)s)",
-    )
-    p.add_argument("--upstream", required=True, help="HOST:PORT to forward to (required)")
-    p.add_argument("--mode", default="pass", help="initial mode (default: %(default)s)")
-    p.add_argument(
-        "--control",
-        default=None,
-        help="HOST:PORT of the HTTP control endpoint (off unless given)",
-    )
-    p.add_argument(
-        "--usr1-mode",
-        default="blackhole",
-        help="mode that SIGUSR1 switches to (default: %(default)s)",
-    )
-    p.set_defaults(func=_cmd_proxy)
-
-
-def _cmd_proxy(args: argparse.Namespace) -> int:
-    from pullwake.tools.faultproxy_cli import run_proxy_command
-
-    return run_proxy_command(args)

@@ -1,8 +1,9 @@
 """`pullwake proxy`: the fault proxy as a process, switched by HTTP or signals.
 
-Kept apart from `pullwake.faultproxy` (the proxy itself) so that module stays
-about one thing.  The control endpoint is deliberately tiny HTTP/1.0 on
-asyncio streams: ``POST /mode/NAME`` switches, ``GET /`` reports as JSON.
+Kept apart from `pullwake.tools.faultproxy` (the proxy itself, which tests and
+benchmarks embed) so that module stays about one thing and imports nothing back.
+The control endpoint is deliberately tiny HTTP/1.0 on asyncio streams:
+``POST /mode/NAME`` switches, ``GET /`` reports as JSON.
 """
 
 from __future__ import annotations
@@ -15,6 +16,42 @@ from typing import Any
 
 from pullwake.core.addresses import parse_hostport
 from pullwake.tools.faultproxy import FaultProxy, Mode, parse_mode
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "proxy",
+        help="fault-injecting TCP proxy (pass, blackhole, half_open, refuse, reset, close)",
+        description=(
+            "A TCP proxy whose fault mode can be switched while it runs. "
+            "Modes: pass (forward), blackhole (hold everything, forward nothing), "
+            "half_open (close upstream, keep the client side open and silent), "
+            "refuse (stop listening), reset (RST all connections, and new ones), "
+            "close (FIN all connections, and new ones). "
+            "Switch modes with the control endpoint: `curl -X POST "
+            "http://CONTROL/mode/blackhole`; `GET http://CONTROL/` shows mode and "
+            "connection count as JSON. Or with signals: SIGUSR1 switches to --usr1-mode, "
+            "SIGUSR2 back to pass. SIGINT/SIGTERM stop the proxy (exit 0)."
+        ),
+    )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        help="HOST:PORT to accept clients on; port 0 picks a free one (default: %(default)s)",
+    )
+    p.add_argument("--upstream", required=True, help="HOST:PORT to forward to (required)")
+    p.add_argument("--mode", default="pass", help="initial mode (default: %(default)s)")
+    p.add_argument(
+        "--control",
+        default=None,
+        help="HOST:PORT of the HTTP control endpoint (off unless given)",
+    )
+    p.add_argument(
+        "--usr1-mode",
+        default="blackhole",
+        help="mode that SIGUSR1 switches to (default: %(default)s)",
+    )
+    p.set_defaults(func=run_proxy_command)
 
 
 def run_proxy_command(args: argparse.Namespace) -> int:
