@@ -3,8 +3,9 @@
 Profiles only switch parts of the same machinery on or off; they never swap
 in different code:
 
-* ``default``  every detector: idle watchdog, heartbeat bridge, TCP keepalive,
-  connect/header timeouts; read errors end the session and are reported.
+* ``default``  every detector: idle watchdog, tail probe, heartbeat bridge,
+  TCP keepalive, connect/header timeouts; read errors end the session and are
+  reported.
 * ``upstream`` the original's later mitigation alone: the legacy stream layer
   (hidden retries, no timeouts) plus the heartbeat bridge (K=2), which is its
   only detector.  No idle watchdog, no TCP keepalive.
@@ -17,10 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pullwake.core.addresses import parse_hostport
 from pullwake.core.protocol import DEV_PRINCIPAL, PRINCIPAL_KINDS, RUNNER_ID_RE, LiveMode
+
+# `kind` values the real agents-server accepts at registration (section 2.2)
+RUNNER_KINDS = ("local", "cloud-worker", "sandbox", "ci", "server")
+PRINCIPAL_URL_PREFIX = "/principal/"
 
 
 class ConfigError(ValueError):
@@ -36,10 +41,11 @@ class Profile:
     timeouts: bool  # connect and response-header timeouts
     hidden_retry: bool  # legacy: the stream layer swallows read failures and retries
     forced_live: LiveMode | None = None
+    tail_probe: bool = False  # probe the stream's tail on a fresh connection while idle
 
 
 PROFILES: dict[str, Profile] = {
-    "default": Profile("default", True, True, True, True, False),
+    "default": Profile("default", True, True, True, True, False, tail_probe=True),
     "upstream": Profile("upstream", False, True, False, False, True, LiveMode.LONG_POLL),
     "legacy": Profile("legacy", False, False, False, False, True, LiveMode.LONG_POLL),
 }
@@ -60,11 +66,16 @@ class RunnerConfig:
     server: str
     runner_id: str
     label: str = "pullwake runner"
+    kind: str = "local"  # registration `kind`, one of RUNNER_KINDS
     live: LiveMode = LiveMode.SSE
     heartbeat_interval: float = 10.0
     heartbeat_timeout: float | None = None  # default: min(5, interval)
     heartbeat_failure_threshold: int = 2
-    idle_timeout: float | None = None  # default: 3 x advertised keepalive, else 15 s
+    idle_timeout: float | None = None  # default: 3 x advertised keepalive, else 45 s
+    tail_probe_interval: float = 10.0  # idle this long -> probe the tail; 0 = off
+    tail_probe_grace: float = 2.0  # a tail seen ahead must be reached within this
+    callback_heartbeat_interval: float = 10.0  # {epoch} to the claim's callback
+    claim_lease: float = 30.0  # the claim lease the server does not tell (DS default)
     connect_timeout: float = 5.0
     long_poll_timeout: float = 35.0  # bound of one long-poll request when timeouts are on
     backoff_max: float = 30.0
@@ -75,6 +86,8 @@ class RunnerConfig:
     concurrency: int = 4
     queue_size: int = 64
     status_listen: str | None = None
+    status_token: str | None = None  # bearer token POST /reconnect needs (off loopback: required)
+    resume_threshold: float | None = None  # resume/stall gap; None: heartbeat interval; 0: off
     principal: str = DEV_PRINCIPAL
     profile: Profile = field(default_factory=lambda: PROFILES["default"])
     keepalive: TcpKeepalive = field(default_factory=TcpKeepalive)
@@ -124,9 +137,12 @@ def validate(c: RunnerConfig) -> None:
         raise ConfigError(f"bad port in server URL {c.server!r}") from None
     if not RUNNER_ID_RE.match(c.runner_id):
         raise ConfigError(f"bad runner id {c.runner_id!r}")
-    kind, _, name = c.principal.partition(":")
-    if kind not in PRINCIPAL_KINDS or not name:
-        raise ConfigError(f"bad principal {c.principal!r} (want kind:name)")
+    if principal_key(c.principal) is None:
+        raise ConfigError(
+            f"bad principal {c.principal!r} (want kind:name or /principal/<kind%3Aname>)"
+        )
+    if c.kind not in RUNNER_KINDS:
+        raise ConfigError(f"bad runner kind {c.kind!r} (choose from {', '.join(RUNNER_KINDS)})")
     positive = {
         "heartbeat interval": c.heartbeat_interval,
         "connect timeout": c.connect_timeout,
@@ -137,6 +153,28 @@ def validate(c: RunnerConfig) -> None:
         positive["heartbeat timeout"] = c.heartbeat_timeout
     if c.idle_timeout is not None:
         positive["idle timeout"] = c.idle_timeout
+    if c.resume_threshold is not None and not (
+        c.resume_threshold >= 0 and math.isfinite(c.resume_threshold)
+    ):
+        raise ConfigError(
+            f"resume threshold must be a finite number of seconds >= 0 (0 = off),"
+            f" got {c.resume_threshold}"
+        )
+    positive |= {
+        "tail probe grace": c.tail_probe_grace,
+        "callback heartbeat interval": c.callback_heartbeat_interval,
+        "claim lease": c.claim_lease,
+    }
+    if c.callback_heartbeat_interval >= c.claim_lease:
+        raise ConfigError(
+            f"callback heartbeat interval ({c.callback_heartbeat_interval:g}s) must be shorter"
+            f" than the claim lease ({c.claim_lease:g}s), or every claim is lost"
+        )
+    if not (c.tail_probe_interval >= 0 and math.isfinite(c.tail_probe_interval)):
+        raise ConfigError(
+            f"tail probe interval must be a finite number of seconds >= 0 (0 = off),"
+            f" got {c.tail_probe_interval}"
+        )
     for what, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{what} must be > 0, got {value}")
@@ -154,6 +192,17 @@ def validate(c: RunnerConfig) -> None:
     }.items():
         if n < 1:
             raise ConfigError(f"{what} must be >= 1, got {n}")
+
+
+def principal_key(text: str) -> str | None:
+    """`kind:id` for either header form the server accepts (key or URL), else None."""
+    key = text
+    if text.startswith(PRINCIPAL_URL_PREFIX):
+        key = unquote(text[len(PRINCIPAL_URL_PREFIX) :])
+    kind, _, name = key.partition(":")
+    if kind not in PRINCIPAL_KINDS or not name or "/" in name:
+        return None
+    return key
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -1,18 +1,45 @@
-"""Claims and dispatch: each wake is claimed, handled, completed - never dropped.
+"""Claims and dispatch, per subscription, as the real agents-server means them.
 
-Reading the stream only ever waits on `Dispatcher.submit`, which blocks while
-the bounded queue is full (backpressure pauses reading; nothing is dropped).
-`concurrency` workers take wakes off the queue.  A wake id seen before is
-dropped as a duplicate, unless its handling failed or its claim was refused
-(409: maybe our own claim whose answer was lost): then the claim is left to
-expire, the server announces the wake again, and that second delivery must
-get through.  Only the explicit skip answers (204, 409 `ALREADY_CLAIMED` /
-`NO_PENDING_WORK`) let a wake pass unclaimed; any other answer (no answer,
-5xx, 409 `NOT_RUNNING`, 401/403/404/400 ...) is retried with a capped backoff,
-because a wake whose claim was never made is never announced again.  Every
-wake finishes (handled, skipped, failed or duplicate) through the
-`CommitTracker`, so the committed offset never passes a wake that is still
-being worked on.
+A wake event `{"type":"wake","subscription_id","stream","generation","ts"}`
+says "subscription S (one per runner and entity) has unacknowledged data on
+entity stream X".  It carries no wake id: a claim takes whatever wake of S
+is current, whatever generation the event named.  So the unit of work here is
+the *subscription*, not the event:
+
+* At most one claim cycle (claim -> handler -> completion) per subscription is
+  in flight.  An event for a subscription whose cycle is in flight is
+  remembered (`again`) and the subscription is claimed once more after the
+  cycle ends - never dropped and never merged into a cycle that started before
+  it was read (the upstream runner's coalescing, electric PR #4726, cannot
+  happen: the follow-up claim covers every event that arrived meanwhile).
+* Nothing is deduplicated on `(subscription_id, generation)`: generations
+  restart at 1 with the server; a claim with nothing to do is cheap (409).
+* Claim answers: 200 notification -> run the handler; 200 `{"done":true}` ->
+  nothing to do (entity paused/stopped; the server re-announces at once, so the
+  next claim of that subscription waits DONE_BACKOFF_FIRST_S doubling up to
+  DONE_BACKOFF_MAX_S - the upstream hot loop); 204 / 409 `ALREADY_CLAIMED` /
+  `NO_PENDING_WORK` -> skip; 400 -> never heals, counted failed and given up;
+  anything else (no answer, 5xx, 409 `NOT_RUNNING`, 401/403/404) -> retried
+  with a capped backoff, because an unclaimed wake is never announced again.
+* While the handler runs, `{epoch}` goes to the claim's `callback` every
+  `callback_heartbeat_interval` s (the server's claim lease is 30 s and its
+  answer does not say so).  On success: `{epoch, acks:[{path, offset}],
+  done:true}` with `Authorization: Bearer <claimToken>`.  A 502
+  `WAKE_CALLBACK_FAILED` (FENCED ...) means the claim was lost: logged,
+  counted, not retried - the server announces the work again.  A callback that
+  got no answer is retried while the lease may still hold.
+* A failed handler (non-zero exit, exception, `handler_timeout`) acks nothing
+  and stops the lease heartbeats: the claim lease runs out at most
+  `claim_lease` s after the last acknowledged heartbeat and the server then
+  announces a new generation, which this dispatcher claims like any other
+  event.  So a failed wake comes back 20-30 s after the failure with the
+  defaults (10 s heartbeats, 30 s lease), a natural retry delay; a release
+  would retry a failing handler in a hot loop.
+* Offsets (`CommitTracker`): each event read is an item, done once the claim
+  cycle that *started after it was read* has ended (handled and completed,
+  skipped, done, fenced, or failed - in every such case the server either has
+  nothing pending or announces it again).  A cycle cut short by a stop leaves
+  its events not done, so the committed offset stays before them.
 """
 
 from __future__ import annotations
@@ -24,85 +51,175 @@ import logging
 import os
 import signal
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from pullwake.core.protocol import ErrorCode, WakeOutcome
+from pullwake.core.protocol import (
+    CallbackOutcome,
+    ClaimResult,
+    ErrorCode,
+    WakeOutcome,
+)
+from pullwake.runner.api import Answer
 from pullwake.runner.observe import RunnerObserver
 from pullwake.runner.offsets import CommitTracker
 
 log = logging.getLogger("pullwake.runner.dispatch")
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
-SEEN_LIMIT = 10_000
 CLAIM_RETRY_FIRST_S = 0.25
 CLAIM_RETRY_MAX_S = 5.0
+DONE_BACKOFF_FIRST_S = 1.0
+DONE_BACKOFF_MAX_S = 30.0
+COMPLETE_RETRY_S = 1.0
 SKIP_CODES = frozenset({ErrorCode.ALREADY_CLAIMED.value, ErrorCode.NO_PENDING_WORK.value})
+# ClaimResult -> the diagnostics' `last_claim_result` (the server keeps only these values)
+LAST_CLAIM_RESULT = {
+    ClaimResult.CLAIMED: "claimed",
+    ClaimResult.DONE: "no_work",
+    ClaimResult.SKIPPED: "no_work",
+    ClaimResult.NOT_RUNNING: "error",
+    ClaimResult.FAILED: "error",
+}
 
-
-@dataclass(frozen=True)
-class ClaimAnswer:
-    status: int
-    body: Any
+# kept for older imports: a claim answer is a plain `Answer`
+ClaimAnswer = Answer
 
 
 class ClaimAPI(Protocol):
-    async def claim(self, wake: dict[str, Any]) -> ClaimAnswer: ...
+    async def claim(self, body: dict[str, Any]) -> Answer: ...
 
-    async def complete(self, wake_id: str, claim_token: str) -> int: ...
-
-
-def _error_code(answer: ClaimAnswer) -> str | None:
-    error = answer.body.get("error") if isinstance(answer.body, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) else None
+    async def callback(self, url: str, token: str, body: dict[str, Any]) -> Answer: ...
 
 
-def claim_verdict(answer: ClaimAnswer) -> str:
-    """`claimed`, `skipped` (the server says there is nothing for us to do) or `retry`.
+def claim_verdict(answer: Answer) -> ClaimResult:
+    """Map a claim answer to what the dispatcher does with it (see the module doc)."""
+    body = answer.body
+    if answer.status == 200 and isinstance(body, dict):
+        if _notification_fields(body) is not None:
+            return ClaimResult.CLAIMED
+        if body.get("done") is True:
+            return ClaimResult.DONE
+        return ClaimResult.FAILED  # 200 without a usable notification
+    if answer.status == 204 or (answer.status == 409 and answer.error_code() in SKIP_CODES):
+        return ClaimResult.SKIPPED
+    if answer.status == 409 and answer.error_code() == ErrorCode.NOT_RUNNING.value:
+        return ClaimResult.NOT_RUNNING
+    return ClaimResult.FAILED
 
-    Everything else is retried, 4xx included: a 401/403 (credentials), 404 (the
-    server lost our registration), 400 or 409 `NOT_RUNNING` (disabled) may heal,
-    and skipping would commit the offset past a wake that is then never announced
-    again.
-    """
-    if answer.status == 204 or (answer.status == 409 and _error_code(answer) in SKIP_CODES):
-        return "skipped"
-    token = answer.body.get("claimToken") if isinstance(answer.body, dict) else None
-    if answer.status == 200 and isinstance(token, str):
-        return "claimed"
-    return "retry"
+
+def gives_up(answer: Answer) -> bool:
+    """A 400 is the server saying the claim itself is wrong: retrying cannot help."""
+    return answer.status == 400
 
 
-def _describe(answer: ClaimAnswer) -> str:
-    if answer.status == 0:
-        return f"no answer ({answer.body})"[:200]
-    code = _error_code(answer)
-    return f"HTTP {answer.status}" + (f" {code}" if code else "")
+def _notification_fields(body: dict[str, Any]) -> tuple[str, str, int] | None:
+    callback, token, epoch = body.get("callback"), body.get("claimToken"), body.get("epoch")
+    if not isinstance(callback, str) or not isinstance(token, str):
+        return None
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        return None
+    return callback, token, epoch
+
+
+def callback_outcome(answer: Answer) -> CallbackOutcome:
+    """2xx ok; 502 naming FENCED fenced; 502/4xx rejected (lost too); else failed (retry)."""
+    if 200 <= answer.status < 300:
+        ok = answer.body.get("ok", True) if isinstance(answer.body, dict) else True
+        return CallbackOutcome.OK if ok is not False else CallbackOutcome.REJECTED
+    if answer.status == 502 or 400 <= answer.status < 500:
+        text = answer.error_message() + (answer.error_code() or "")
+        return CallbackOutcome.FENCED if "FENCED" in text else CallbackOutcome.REJECTED
+    return CallbackOutcome.FAILED
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claimed wake: the notification and what the runner needs of it."""
+
+    notification: dict[str, Any]
+    callback: str
+    token: str
+    epoch: int
+    wake_id: str
+    stream_path: str
+    stream_offset: str
+    entity_url: str
+    acks: tuple[dict[str, str], ...]
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> Claim:
+        fields = _notification_fields(body)
+        assert fields is not None
+        callback, token, epoch = fields
+        streams = body.get("streams")
+        acks = tuple(
+            {"path": s["path"], "offset": s["offset"]}
+            for s in (streams if isinstance(streams, list) else [])
+            if isinstance(s, dict)
+            and isinstance(s.get("path"), str)
+            and isinstance(s.get("offset"), str)
+            and s["offset"] not in ("", "-1")  # acking -1 is INVALID_OFFSET
+        )
+        stream_path = body.get("streamPath")
+        if not isinstance(stream_path, str):
+            stream_path = acks[0]["path"] if acks else ""
+        offset = next((a["offset"] for a in acks if a["path"] == stream_path), "")
+        entity = body.get("entity")
+        entity_url = entity.get("url") if isinstance(entity, dict) else None
+        wake_id = body.get("wakeId", body.get("consumerId"))
+        return cls(
+            notification=body,
+            callback=callback,
+            token=token,
+            epoch=epoch,
+            wake_id=wake_id if isinstance(wake_id, str) else "",
+            stream_path=stream_path,
+            stream_offset=offset,
+            entity_url=entity_url if isinstance(entity_url, str) else "",
+            acks=acks,
+        )
 
 
 class HandlerFailed(Exception):
-    """The handler did not succeed; the claim is left to expire."""
+    """The handler did not succeed; nothing is acked and the claim is left to expire."""
+
+
+class ClaimLost(Exception):
+    """The server fenced our claim while the handler ran (lease heartbeat refused)."""
+
+
+def handler_env(notification: dict[str, Any]) -> dict[str, str]:
+    """The environment a `--handler` command gets on top of the runner's."""
+    claim = Claim.parse(notification) if _notification_fields(notification) else None
+    if claim is None:
+        return {}
+    return {
+        "PULLWAKE_WAKE_ID": claim.wake_id,
+        "PULLWAKE_ENTITY_URL": claim.entity_url,
+        "PULLWAKE_STREAM_PATH": claim.stream_path,
+        "PULLWAKE_STREAM_OFFSET": claim.stream_offset,
+    }
 
 
 def shell_handler(cmd: str) -> Handler:
-    """Run `cmd` through the shell once per wake: JSON on stdin, PULLWAKE_WAKE_ID in env.
+    """Run `cmd` through the shell once per claim: the claim notification JSON on stdin,
+    PULLWAKE_WAKE_ID / _ENTITY_URL / _STREAM_PATH / _STREAM_OFFSET in its environment.
 
-    Each run gets its own process group, and a cancelled run (the runner stops)
-    kills the whole group: killing only the shell would leave what it started
-    (`sleep`, a script's children) running after the runner is gone.
+    Each run gets its own process group, and a cancelled run (the runner stops,
+    the handler timed out, the claim was lost) kills the whole group: killing
+    only the shell would leave what it started running after the runner is gone.
     """
 
-    async def handle(wake: dict[str, Any]) -> None:
-        env = dict(os.environ, PULLWAKE_WAKE_ID=str(wake.get("wake_id", "")))
+    async def handle(notification: dict[str, Any]) -> None:
+        env = dict(os.environ, **handler_env(notification))
         proc = await asyncio.create_subprocess_shell(
             cmd, stdin=asyncio.subprocess.PIPE, env=env, start_new_session=True
         )
         try:
-            await proc.communicate(json.dumps(wake).encode())
+            await proc.communicate(json.dumps(notification).encode())
         except asyncio.CancelledError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the group outlives a finished shell
@@ -117,12 +234,18 @@ def shell_handler(cmd: str) -> Handler:
 @dataclass
 class DispatchStats:
     events_received: int = 0
+    deferred: int = 0  # events read while their subscription's cycle was in flight
     claims_succeeded: int = 0
-    claims_skipped: int = 0
+    claims_skipped: int = 0  # skip and done answers (the upstream runner's counting)
+    claims_done: int = 0
     claims_failed: int = 0
     handled: int = 0
     handler_failures: int = 0
-    duplicates: int = 0
+    completions: int = 0
+    fenced: int = 0  # claims lost (heartbeat or completion fenced/rejected)
+    callback_heartbeats: int = 0
+    callback_heartbeat_failures: int = 0
+    duplicates: int = 0  # always 0 now: nothing is deduplicated (kept for readers)
     last_claim_at: float | None = None
     last_claim_result: str | None = None
     last_dispatch_at: float | None = None
@@ -131,19 +254,48 @@ class DispatchStats:
 def publish_latency(wake: dict[str, Any], queued_at: float) -> float:
     """Seconds from the wake's publication (its `ts`) to now, the handler's start.
 
-    `ts` is the server's clock; a skewed clock must not give a negative latency,
-    so it is clamped at 0.  A wake without a readable `ts` falls back to the time
-    since the runner read it off the stream (`queued_at`, monotonic).
+    `ts` is integer milliseconds upstream (ISO text from older servers).  It is
+    the server's clock; a skewed clock must not give a negative latency, so it
+    is clamped at 0.  Without a readable `ts`: the time since the runner read
+    the event (`queued_at`, monotonic).
     """
     ts = wake.get("ts")
-    if isinstance(ts, str):
+    published: float | None = None
+    if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts > 1e12:  # ms, 2001+
+        published = ts / 1000.0
+    elif isinstance(ts, str):
         try:
-            published = datetime.fromisoformat(ts)
+            parsed = datetime.fromisoformat(ts)
         except ValueError:
-            published = None
-        if published is not None and published.tzinfo is not None:
-            return max(0.0, time.time() - published.timestamp())
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            published = parsed.timestamp()
+    if published is not None:
+        return max(0.0, time.time() - published)
     return max(0.0, time.monotonic() - queued_at)
+
+
+def subscription_key(event: dict[str, Any]) -> str:
+    """The unit of claiming: `subscription_id`, else the entity stream, else the runner."""
+    sid = event.get("subscription_id")
+    if isinstance(sid, str) and sid:
+        return sid
+    stream = event.get("stream")
+    return f"stream:{stream}" if isinstance(stream, str) and stream else ""
+
+
+@dataclass
+class _Sub:
+    """One subscription's dispatch state."""
+
+    key: str
+    event: dict[str, Any]  # the latest event read (its body is the claim's)
+    first: tuple[dict[str, Any], float] | None = None  # oldest waiting event, read at
+    tickets: list[int] = field(default_factory=list)  # events waiting for the next cycle
+    busy: bool = False  # queued, in a cycle, or waiting out a done backoff
+    done_backoff: float = 0.0
+    not_before: float = 0.0  # monotonic; no claim before (after a `done` answer)
+    timer: asyncio.TimerHandle | None = None
 
 
 class Dispatcher:
@@ -159,12 +311,16 @@ class Dispatcher:
         queue_size: int = 64,
         on_error: Callable[[str], None] | None = None,
         handler_timeout: float | None = None,
+        callback_heartbeat_interval: float = 10.0,
+        claim_lease: float = 30.0,
     ) -> None:
-        """`on_error` gets a one-line text for each failed claim (the runner's last_error).
+        """`on_error` gets a one-line text for each failure (the runner's last_error).
 
         `handler_timeout`: a handler still running after that many seconds is
         cancelled (`shell_handler` then kills its process group) and the wake
-        counts as failed, so a hung handler cannot hold its worker forever."""
+        counts as failed, so a hung handler cannot hold its worker forever.
+        `queue_size` bounds the subscriptions waiting for a worker: `submit`
+        waits while it is reached (backpressure pauses reading, nothing dropped)."""
         self._api = api
         self._handler = handler
         self._tracker = tracker
@@ -172,21 +328,28 @@ class Dispatcher:
         self._on_commit = on_commit
         self._on_error = on_error or (lambda text: None)
         self._handler_timeout = handler_timeout
-        self._queue: asyncio.Queue[tuple[int, dict[str, Any], float, bool]] = asyncio.Queue(
-            queue_size
-        )
+        self._hb_interval = callback_heartbeat_interval
+        self._lease = claim_lease
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queue_size = queue_size
+        self._dequeued = asyncio.Event()
         self._concurrency = concurrency
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._uncompleted: set[str] = set()  # handled, but the complete call failed
+        self._subs: dict[str, _Sub] = {}
+        self._cycles = 0
         self._workers: list[asyncio.Task[None]] = []
         self.stats = DispatchStats()
 
     def __repr__(self) -> str:
-        return f"<Dispatcher queued={self._queue.qsize()} {self._tracker!r}>"
+        return f"<Dispatcher queued={self._queue.qsize()} subs={len(self._subs)} {self._tracker!r}>"
 
     @property
     def queued(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def in_flight(self) -> int:
+        """Subscriptions queued, being claimed/handled, or backing off."""
+        return sum(1 for s in self._subs.values() if s.busy)
 
     def start(self) -> None:
         self._workers = [
@@ -199,145 +362,305 @@ class Dispatcher:
             w.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+        for sub in self._subs.values():
+            if sub.timer is not None:
+                sub.timer.cancel()
+                sub.timer = None
 
-    async def submit(self, wake: dict[str, Any]) -> None:
-        """Queue one wake read from the stream; waits while the queue is full."""
-        self.stats.events_received += 1
-        wake_id = wake.get("wake_id")
+    async def submit(self, event: dict[str, Any]) -> None:
+        """One item read from the stream; waits while `queue_size` subscriptions wait."""
         ticket = self._tracker.add_item()
-        if isinstance(wake_id, str) and wake_id in self._uncompleted:
-            # handled already; only the completion is missing: claim + complete again
-            await self._queue.put((ticket, wake, time.monotonic(), False))
+        if event.get("type", "wake") != "wake":  # not a wake: nothing to claim
+            self._finish([ticket])
             return
-        if isinstance(wake_id, str) and wake_id in self._seen:
-            self.stats.duplicates += 1
-            self._observer.wake(WakeOutcome.DUPLICATE, wake_id)
-            self._finish(ticket)
+        self.stats.events_received += 1
+        self._observer.wake(WakeOutcome.RECEIVED, None)
+        key = subscription_key(event)
+        sub = self._subs.get(key)
+        if sub is None:
+            sub = self._subs[key] = _Sub(key, event)
+        sub.event = event
+        if sub.first is None:
+            sub.first = (event, time.monotonic())
+        sub.tickets.append(ticket)
+        if sub.busy:
+            # claimed again after the cycle in flight: this event is not lost
+            self.stats.deferred += 1
+            self._observer.wake(WakeOutcome.DEFERRED, None)
             return
-        if isinstance(wake_id, str):
-            self._seen[wake_id] = None
-            while len(self._seen) > SEEN_LIMIT:
-                self._seen.popitem(last=False)
-        self._observer.wake(WakeOutcome.RECEIVED, wake_id if isinstance(wake_id, str) else None)
-        await self._queue.put((ticket, wake, time.monotonic(), True))
+        sub.busy = True
+        delay = sub.not_before - time.monotonic()
+        if delay > 0:
+            self._later(sub, delay)
+            return
+        while self._queue.qsize() >= self._queue_size:
+            self._dequeued.clear()
+            await self._dequeued.wait()
+        self._queue.put_nowait(key)
 
     def mark(self, offset: str) -> None:
         """The stream reached `offset`; commit it once everything before is done."""
         if self._tracker.add_mark(offset):
             self._on_commit(self._tracker.committed)
 
-    def _finish(self, ticket: int) -> None:
-        if self._tracker.done(ticket):
+    def _finish(self, tickets: list[int]) -> None:
+        moved = False
+        for t in tickets:
+            moved = self._tracker.done(t) or moved
+        if moved:
             self._on_commit(self._tracker.committed)
+
+    def _later(self, sub: _Sub, delay: float) -> None:
+        def enqueue() -> None:
+            sub.timer = None
+            self._queue.put_nowait(sub.key)
+
+        sub.timer = asyncio.get_running_loop().call_later(delay, enqueue)
 
     async def _work(self) -> None:
         while True:
-            ticket, wake, queued_at, run_handler = await self._queue.get()
+            key = await self._queue.get()
+            self._dequeued.set()
+            sub = self._subs[key]
+            tickets, sub.tickets = sub.tickets, []
+            first, sub.first = sub.first, None
+            result: ClaimResult | None = None
             try:
-                await self._one(wake, queued_at, run_handler)
+                result = await self._cycle(sub, first)
             except asyncio.CancelledError:
-                # stopped mid-wake: it is not done, so the committed offset must stay
-                # before it (its claim may never have been made: nothing would
-                # announce it again after a restart)
+                # stopped mid-cycle: its events are not done, so the committed offset
+                # stays before them (their claim may never have been made)
+                sub.tickets[:0] = tickets
                 raise
             except Exception:
-                log.exception("dispatch of %r failed", wake.get("wake_id"))
-            self._finish(ticket)
+                log.exception("dispatch of subscription %r failed", key)
+            self._finish(tickets)
+            self._after_cycle(sub, result)
 
-    async def _one(self, wake: dict[str, Any], queued_at: float, run_handler: bool) -> None:
-        wake_id = str(wake.get("wake_id", ""))
+    def _after_cycle(self, sub: _Sub, result: ClaimResult | None) -> None:
+        if result is ClaimResult.DONE:
+            sub.done_backoff = min(
+                max(sub.done_backoff * 2, DONE_BACKOFF_FIRST_S), DONE_BACKOFF_MAX_S
+            )
+            sub.not_before = time.monotonic() + sub.done_backoff
+        elif result is not None:
+            sub.done_backoff = 0.0
+            sub.not_before = 0.0
+        if sub.tickets:  # events arrived during the cycle: claim once more
+            delay = sub.not_before - time.monotonic()
+            if delay > 0:
+                self._later(sub, delay)
+            else:
+                self._queue.put_nowait(sub.key)
+            return
+        sub.busy = False
+        if sub.done_backoff == 0.0:
+            del self._subs[sub.key]
+
+    # --- one cycle: claim -> handler (with lease heartbeats) -> completion -----------
+    async def _cycle(self, sub: _Sub, first: tuple[dict[str, Any], float] | None) -> ClaimResult:
+        self._cycles += 1
+        trace_id = f"{sub.key}#{self._cycles}"  # one wake trace per cycle
+        body = {"subscription_id": sub.key} if sub.event.get("subscription_id") else sub.event
         started = time.monotonic()
+        with self._observer.span("claim", {"wake_id": trace_id}):
+            answer, result = await self._claim_until_answered(sub.key, body)
         s = self.stats
-        with self._observer.span("claim", {"wake_id": wake_id}):
-            answer = await self._claim_until_answered(wake)
         s.last_claim_at = time.time()
         claim_s = time.monotonic() - started
-        if claim_verdict(answer) == "skipped":
-            s.claims_skipped += 1
-            s.last_claim_result = "skipped"
-            # A 409 may be our own earlier claim whose answer was lost (server frozen
-            # or killed mid-request): when that lease runs out the server announces
-            # the wake again, and that announcement must not be dropped as a duplicate.
-            self._forget(wake_id)
-            self._observer.claim(WakeOutcome.SKIPPED, claim_s)
-            self._observer.wake(WakeOutcome.SKIPPED, wake_id)
-            return
-        token = str(answer.body["claimToken"])
+        if result is not ClaimResult.CLAIMED:
+            if result is ClaimResult.DONE:
+                s.claims_done += 1
+                log.info("claim of %s: done (entity paused or stopped)", sub.key)
+            if result in (ClaimResult.DONE, ClaimResult.SKIPPED):
+                s.claims_skipped += 1
+            self._observer.claim(
+                WakeOutcome.FAILED if result is ClaimResult.FAILED else WakeOutcome.SKIPPED,
+                claim_s,
+            )
+            outcome = WakeOutcome.FAILED if result is ClaimResult.FAILED else WakeOutcome.SKIPPED
+            self._observer.wake(outcome, trace_id)
+            return result
+        claim = Claim.parse(answer.body)
         s.claims_succeeded += 1
-        s.last_claim_result = "claimed"
         self._observer.claim(WakeOutcome.CLAIMED, claim_s)
-        if run_handler:
-            latency_s = publish_latency(wake, queued_at)  # measured as the handler starts
-            if not await self._handle(wake, wake_id):
-                return
-            s.handled += 1
-            self._observer.wake(WakeOutcome.HANDLED, wake_id, latency_s)
-        await self._complete(wake_id, token)
+        self._observer.wake(WakeOutcome.CLAIMED, trace_id)
+        event, read_at = first if first is not None else (sub.event, time.monotonic())
+        await self._run_claimed(claim, trace_id, publish_latency(event, read_at))
+        return result
 
-    async def _claim_until_answered(self, wake: dict[str, Any]) -> ClaimAnswer:
-        """Claim until the server claims or skips it (see `claim_verdict`).
+    async def _claim_until_answered(
+        self, key: str, body: dict[str, Any]
+    ) -> tuple[Answer, ClaimResult]:
+        """Claim until the server claims, skips or says done (see `claim_verdict`).
 
         A failed attempt is counted and shown (claims_failed, last_error, the
-        observer's `claim` failed), then retried after CLAIM_RETRY_FIRST_S doubling
-        up to CLAIM_RETRY_MAX_S: a bounded rate per worker, never a spin."""
+        observer), then retried after CLAIM_RETRY_FIRST_S doubling up to
+        CLAIM_RETRY_MAX_S: a bounded rate per worker, never a spin."""
         delay = CLAIM_RETRY_FIRST_S
-        wake_id = wake.get("wake_id")
+        s = self.stats
         while True:
             started = time.monotonic()
-            try:
-                answer = await self._api.claim(wake)
-            except Exception as exc:
-                answer = ClaimAnswer(0, str(exc))
-            if claim_verdict(answer) != "retry":
-                return answer
-            s = self.stats
+            answer = await self._api.claim(body)
+            result = claim_verdict(answer)
+            self._observer.claim_result(result)
+            s.last_claim_result = LAST_CLAIM_RESULT[result]
+            if result not in (ClaimResult.FAILED, ClaimResult.NOT_RUNNING):
+                return answer, result
             s.claims_failed += 1
             s.last_claim_at = time.time()
-            s.last_claim_result = f"failed: {answer.status}"
             what = _describe(answer)
             self._observer.claim(WakeOutcome.FAILED, time.monotonic() - started)
-            self._on_error(f"claim of wake {wake_id}: {what}; retrying")
+            if gives_up(answer):
+                self._on_error(f"claim of {key}: {what}; given up")
+                log.error("claim of %s: %s; the server refuses it, given up", key, what)
+                return answer, result
+            self._on_error(f"claim of {key}: {what}; retrying")
             level = logging.INFO if answer.status == 0 or answer.status >= 500 else logging.WARNING
-            log.log(level, "claim of wake %s: %s; retrying in %.2fs", wake_id, what, delay)
+            log.log(level, "claim of %s: %s; retrying in %.2fs", key, what, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, CLAIM_RETRY_MAX_S)
 
-    async def _handle(self, wake: dict[str, Any], wake_id: str) -> bool:
+    async def _run_claimed(self, claim: Claim, trace_id: str, latency_s: float) -> None:
         s = self.stats
         s.last_dispatch_at = time.time()
+        lease = _Lease(time.monotonic())
+        beats = asyncio.create_task(self._lease_heartbeats(claim, lease), name="claim-lease")
+        try:
+            handled = await self._handle(claim, trace_id, latency_s, beats)
+        finally:
+            beats.cancel()
+            with contextlib.suppress(BaseException):
+                await beats
+        if handled:
+            await self._complete(claim, trace_id, lease)
+
+    async def _handle(
+        self, claim: Claim, trace_id: str, latency_s: float, beats: asyncio.Task[None]
+    ) -> bool:
+        """Run the handler while the lease heartbeats hold the claim; True if it succeeded."""
+        s = self.stats
         h_started = time.monotonic()
         limit = asyncio.timeout(self._handler_timeout)
+        run: asyncio.Future[None] = asyncio.ensure_future(self._handler(claim.notification))
         try:
-            with self._observer.span("handle", {"wake_id": wake_id}):
+            with self._observer.span("handle", {"wake_id": trace_id}):
                 async with limit:
-                    await self._handler(wake)
+                    done, _ = await asyncio.wait({run, beats}, return_when=asyncio.FIRST_COMPLETED)
+                    if run not in done:  # the lease heartbeats ended: the claim is lost
+                        lost = beats.exception() if not beats.cancelled() else None
+                        raise ClaimLost(str(lost or "claim lost"))
+                    await run
+        except ClaimLost as exc:
+            s.fenced += 1
+            self._observer.handler(WakeOutcome.FAILED, time.monotonic() - h_started)
+            self._observer.wake(WakeOutcome.FENCED, trace_id)
+            log.warning(
+                "claim %s lost while its handler ran (%s): handler stopped; the server"
+                " announces the work again",
+                claim.wake_id,
+                exc,
+            )
+            self._on_error(f"claim {claim.wake_id} lost: {exc}")
+            return False
         except Exception as exc:
             why = str(exc) or type(exc).__name__
             if limit.expired():
                 why = f"still running after {self._handler_timeout:g}s: killed"
-            s.handler_failures += 1
-            self._forget(wake_id)
-            self._observer.handler(WakeOutcome.FAILED, time.monotonic() - h_started)
-            self._observer.wake(WakeOutcome.FAILED, wake_id)
-            log.warning("handler failed for wake %s: %s (claim left to expire)", wake_id, why)
-            self._on_error(f"handler for wake {wake_id}: {why}")
-            return False
+            return self._failed(claim, trace_id, h_started, why)
+        finally:
+            if not run.done():  # lost, timed out or stopped: the handler goes too
+                run.cancel()
+                with contextlib.suppress(BaseException):
+                    await run
+        s.handled += 1
         self._observer.handler(WakeOutcome.HANDLED, time.monotonic() - h_started)
+        self._observer.wake(WakeOutcome.HANDLED, trace_id, latency_s)
         return True
 
-    async def _complete(self, wake_id: str, token: str) -> None:
-        with self._observer.span("complete", {"wake_id": wake_id}):
-            try:
-                status = await self._api.complete(wake_id, token)
-            except Exception as exc:
-                status = 0
-                log.warning("complete of wake %s failed: %s", wake_id, exc)
-        if status in (200, 204):
-            self._uncompleted.discard(wake_id)
-        else:
-            # the claim will expire and the wake be announced again: complete it then
-            self._uncompleted.add(wake_id)
-            log.warning("complete of wake %s answered %s", wake_id, status)
+    def _failed(self, claim: Claim, trace_id: str, started: float, why: str) -> bool:
+        self.stats.handler_failures += 1
+        self._observer.handler(WakeOutcome.FAILED, time.monotonic() - started)
+        self._observer.wake(WakeOutcome.FAILED, trace_id)
+        log.warning(
+            "handler failed for %s (wake %s): %s; nothing acked, the claim lease (%gs after"
+            " the last heartbeat) runs out and the server announces the work again",
+            claim.stream_path,
+            claim.wake_id,
+            why,
+            self._lease,
+        )
+        self._on_error(f"handler for {claim.stream_path}: {why}")
+        return False
 
-    def _forget(self, wake_id: str) -> None:
-        self._seen.pop(wake_id, None)
+    async def _lease_heartbeats(self, claim: Claim, lease: _Lease) -> None:
+        """`{epoch}` every interval; returns (ending the handler) once the claim is lost."""
+        s = self.stats
+        while True:
+            await asyncio.sleep(self._hb_interval)
+            started = time.monotonic()
+            answer = await self._api.callback(claim.callback, claim.token, {"epoch": claim.epoch})
+            outcome = callback_outcome(answer)
+            self._observer.callback_heartbeat(outcome, time.monotonic() - started)
+            if outcome is CallbackOutcome.OK:
+                s.callback_heartbeats += 1
+                lease.acked_at = time.monotonic()
+                continue
+            s.callback_heartbeat_failures += 1
+            what = _describe(answer)
+            if outcome is not CallbackOutcome.FAILED:
+                raise ClaimLost(f"lease heartbeat {what}")
+            if time.monotonic() - lease.acked_at >= self._lease:
+                raise ClaimLost(f"no lease heartbeat acknowledged for {self._lease:g}s ({what})")
+            log.info(
+                "lease heartbeat of %s: %s; next in %gs", claim.wake_id, what, self._hb_interval
+            )
+
+    async def _complete(self, claim: Claim, trace_id: str, lease: _Lease) -> None:
+        """`{epoch, acks, done:true}`; retried only while no answer came and the lease may hold."""
+        s = self.stats
+        body = {"epoch": claim.epoch, "acks": [dict(a) for a in claim.acks], "done": True}
+        with self._observer.span("complete", {"wake_id": trace_id}):
+            while True:
+                started = time.monotonic()
+                answer = await self._api.callback(claim.callback, claim.token, body)
+                outcome = callback_outcome(answer)
+                self._observer.completion(outcome, time.monotonic() - started)
+                if outcome is CallbackOutcome.OK:
+                    s.completions += 1
+                    more = isinstance(answer.body, dict) and answer.body.get("next_wake") is True
+                    log.debug("completed %s (next wake: %s)", claim.wake_id, more)
+                    return
+                what = _describe(answer)
+                if outcome is CallbackOutcome.FAILED and (
+                    time.monotonic() - lease.acked_at + COMPLETE_RETRY_S < self._lease
+                ):
+                    log.info("completion of %s: %s; retrying", claim.wake_id, what)
+                    await asyncio.sleep(COMPLETE_RETRY_S)
+                    continue
+                s.fenced += 1
+                self._observer.wake(WakeOutcome.FENCED, trace_id)
+                log.warning(
+                    "completion of %s: %s; the claim is lost, the server announces the work"
+                    " again (handled once more)",
+                    claim.wake_id,
+                    what,
+                )
+                self._on_error(f"completion of {claim.wake_id}: {what}")
+                return
+
+
+@dataclass
+class _Lease:
+    acked_at: float  # monotonic: the claim, then every acknowledged lease heartbeat
+
+
+def _describe(answer: Answer) -> str:
+    if answer.status == 0:
+        return f"no answer ({answer.body})"[:200]
+    code = answer.error_code()
+    text = f"HTTP {answer.status}" + (f" {code}" if code else "")
+    message = answer.error_message()
+    if "FENCED" in message:
+        text += " (FENCED)"
+    return text

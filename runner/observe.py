@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pullwake.core.protocol import (
+    CallbackOutcome,
+    ClaimResult,
     EndReason,
     HeartbeatErrorType,
     HeartbeatOutcome,
@@ -105,6 +107,15 @@ class RunnerObserver(Protocol):
 
     def claim(self, outcome: WakeOutcome, duration_s: float) -> None: ...
 
+    def claim_result(self, result: ClaimResult) -> None:
+        """One claim request's answer (every attempt, retries included)."""
+
+    def callback_heartbeat(self, outcome: CallbackOutcome, duration_s: float) -> None:
+        """One `{epoch}` lease heartbeat to a claim's callback URL."""
+
+    def completion(self, outcome: CallbackOutcome, duration_s: float) -> None:
+        """One `{epoch, acks, done:true}` request to a claim's callback URL."""
+
     def handler(self, outcome: WakeOutcome, duration_s: float) -> None: ...
 
     def span(
@@ -151,6 +162,15 @@ class NullObserver:
         pass
 
     def claim(self, outcome: WakeOutcome, duration_s: float) -> None:
+        pass
+
+    def claim_result(self, result: ClaimResult) -> None:
+        pass
+
+    def callback_heartbeat(self, outcome: CallbackOutcome, duration_s: float) -> None:
+        pass
+
+    def completion(self, outcome: CallbackOutcome, duration_s: float) -> None:
         pass
 
     def handler(self, outcome: WakeOutcome, duration_s: float) -> None:
@@ -231,6 +251,15 @@ class Observers(NullObserver):
 
     def claim(self, outcome: WakeOutcome, duration_s: float) -> None:
         self._each("claim", outcome, duration_s)
+
+    def claim_result(self, result: ClaimResult) -> None:
+        self._each("claim_result", result)
+
+    def callback_heartbeat(self, outcome: CallbackOutcome, duration_s: float) -> None:
+        self._each("callback_heartbeat", outcome, duration_s)
+
+    def completion(self, outcome: CallbackOutcome, duration_s: float) -> None:
+        self._each("completion", outcome, duration_s)
 
     def handler(self, outcome: WakeOutcome, duration_s: float) -> None:
         self._each("handler", outcome, duration_s)

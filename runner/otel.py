@@ -36,6 +36,8 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from pullwake.core import catalog as c
 from pullwake.core.catalog import RUNNER_ID, Component
 from pullwake.core.protocol import (
+    CallbackOutcome,
+    ClaimResult,
     EndReason,
     HeartbeatErrorType,
     HeartbeatOutcome,
@@ -297,6 +299,15 @@ class OtelRunnerObserver:
 
     def handler(self, outcome: WakeOutcome, duration_s: float) -> None:
         self._wakes.handler(outcome, duration_s)
+
+    def claim_result(self, result: ClaimResult) -> None:
+        self._wakes.count(c.CLAIMS, result.value)
+
+    def callback_heartbeat(self, outcome: CallbackOutcome, duration_s: float) -> None:
+        self._wakes.count(c.CALLBACK_HEARTBEATS, outcome.value)
+
+    def completion(self, outcome: CallbackOutcome, duration_s: float) -> None:
+        self._wakes.count(c.COMPLETIONS, outcome.value)
 
     def span(self, name: str, attributes: Mapping[str, Any]) -> AbstractContextManager[None]:
         """A span around a unit of work; HTTP requests inside carry its traceparent."""

@@ -37,7 +37,9 @@ WAKE_SPAN: Final = c.SPAN_WAKE
 WAKE_STEPS: Final = frozenset({"claim", "handle", "complete"})
 _STEP_NAMES: Final = {s: f"{WAKE_SPAN}.{s}" for s in WAKE_STEPS}
 _STEP_EVENTS: Final = {s: (f"{s}.start", f"{s}.end") for s in WAKE_STEPS}
-_TERMINAL: Final = frozenset({WakeOutcome.SKIPPED, WakeOutcome.FAILED, WakeOutcome.DUPLICATE})
+_TERMINAL: Final = frozenset(
+    {WakeOutcome.SKIPPED, WakeOutcome.FAILED, WakeOutcome.DUPLICATE, WakeOutcome.FENCED}
+)
 MAX_OPEN_WAKES: Final = 1024  # wake spans whose end never came are ended beyond this
 
 
@@ -103,7 +105,7 @@ class WakeTraces:
             span = self._open.pop(wake_id, None)
             if span is not None:
                 span.set_attribute("pullwake.wake.outcome", outcome.value)
-                if outcome is WakeOutcome.FAILED:
+                if outcome in (WakeOutcome.FAILED, WakeOutcome.FENCED):
                     span.set_status(Status(StatusCode.ERROR, "failed"))
                 span.end()
         elif outcome is WakeOutcome.HANDLED:
@@ -118,6 +120,11 @@ class WakeTraces:
     def handler(self, outcome: WakeOutcome, duration_s: float) -> None:
         histogram, attrs = self._instrument(c.HANDLER_DURATION, outcome.value)
         histogram.record(duration_s, attrs)
+
+    def count(self, m: Metric, outcome: str) -> None:
+        """One more on an outcome counter (claims, completions, callback heartbeats)."""
+        counter, attrs = self._instrument(m, outcome)
+        counter.add(1, attrs)
 
     # --- spans ---
     def root(self, wake_id: str) -> Span:

@@ -3,12 +3,24 @@
 `run_session` never returns: it raises `SessionEnded` on every end, clean or
 not.  Two readers share the same detectors:
 
-* SSE: one long response parsed incrementally; every byte (event or keepalive
-  comment) feeds the read-idle watchdog.  The watchdog bound is
-  `idle_timeout` if configured, else 3 x the server's `Stream-Keepalive-Interval`
-  header, else 15 s.
+* SSE: one long response parsed incrementally; every byte (event, control
+  event or keepalive comment) feeds the read-idle watchdog.  The watchdog bound
+  is `idle_timeout` if configured, else 3 x the server's
+  `Stream-Keepalive-Interval` header, else 45 s (the real agents-server sends
+  no header and no comment, only a pair of `control` events every 30 s).
 * long-poll: a catch-up read then `live=long-poll` requests in a loop; each
-  request must answer within `long_poll_timeout` (the idle bound for this mode).
+  request must answer within `long_poll_timeout` (the idle bound for this mode;
+  the real server answers 204 after 30 s).
+
+While the read waits on the network, the tail probe (profile `tail_probe`,
+`runner.tailprobe`) asks the stream's tail on a fresh connection every
+`tail_probe_interval` s of silence.  A tail equal to the read offset proves
+the silence harmless and pushes the idle watchdog's deadline (so a healthy
+stream is never dropped, even from a server that sends nothing while idle);
+a tail beyond it, with not one byte arriving on the read within
+`tail_probe_grace` s, means the read is dead while wakes wait: the session
+ends `tail_ahead`.  A probe that gets no answer proves nothing: the watchdog
+then fires `idle_bound` s after the last byte or the last good probe.
   With `hidden_retry` (the legacy profile) a failed request is retried here,
   inside the stream layer, with 100 ms x1.3 capped at 60 s, and never reported:
   the seed's bug, reproduced on purpose.
@@ -21,8 +33,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn, Protocol
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import aiohttp
 
@@ -38,11 +50,17 @@ from pullwake.core.protocol import (
 from pullwake.runner.config import RunnerConfig
 from pullwake.runner.errors import SessionEnded, classify, describe
 from pullwake.runner.sse import Comment, Control, DataBatch, SSEParser, SSEProtocolError, decode
+from pullwake.runner.tailprobe import TailProbe, ahead
 
 log = logging.getLogger("pullwake.runner.session")
 
-DEFAULT_IDLE_S = 15.0
+T = TypeVar("T")
+
+# No keepalive header: the real server's longest idle gap is 30 s (a pair of
+# control events), so 45 s never drops it and still bounds a dead read.
+DEFAULT_IDLE_S = 45.0
 IDLE_FACTOR = 3.0
+MAX_TICK_S = 1.0  # how often a waiting read looks at its watchdog and probe
 ROTATE_COMMENT = "rotate"  # a server may say so before a planned SSE rotation
 
 
@@ -95,6 +113,14 @@ class Session:
         self._hooks = hooks
         self._connected_at: float | None = None
         self.cursor: str | None = None
+        self._idle: float | None = None  # the watchdog bound of this session (SSE)
+        self._last_byte = time.monotonic()
+        self._last_probe = 0.0  # monotonic time of the last probe sent
+        self._last_good_probe = 0.0  # ... of the last probe that found tail == offset
+        self._suspect: tuple[str, float] | None = None  # (tail seen ahead, deadline)
+        self.probe: TailProbe | None = None
+        if config.profile.tail_probe and config.tail_probe_interval > 0:
+            self.probe = TailProbe(http, url, config.connect_timeout)
 
     def __repr__(self) -> str:
         return f"<Session {self.number} offset={self.offset} connected={self.connected}>"
@@ -143,23 +169,19 @@ class Session:
                 body = (await _safe_text(resp))[:200]
                 self._end(EndReason.HTTP_ERROR, f"HTTP {resp.status} {body}", resp.status)
             idle = idle_bound(cfg, resp.headers)
-            self._connected_at = time.monotonic()
+            self._idle = idle
+            self._connected_at = self._last_byte = time.monotonic()
             self._hooks.connected(idle)
             parser = SSEParser()
             rotate = False
             while True:
                 try:
-                    async with asyncio.timeout(idle):
-                        chunk = await resp.content.readany()
-                except TimeoutError as exc:
-                    if isinstance(exc, aiohttp.ClientError):
-                        self._fail(exc)
-                    self._end(EndReason.IDLE_TIMEOUT, f"no byte for {idle:g}s")
-                except (aiohttp.ClientError, OSError) as exc:
+                    chunk = await self._watched(resp.content.readany())
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     self._fail(exc)
                 if not chunk:
                     self._end(EndReason.ROTATED if rotate else EndReason.EOF, "stream ended")
-                self._hooks.got_bytes()
+                self._byte()
                 try:
                     for item in parser.feed(chunk):
                         if isinstance(item, Comment):
@@ -172,6 +194,71 @@ class Session:
                             self._control(decoded)
                 except SSEProtocolError as exc:
                     self._end(EndReason.PROTOCOL_ERROR, str(exc))
+                self._last_byte = time.monotonic()  # time spent in backpressure is not silence
+
+    # --- the watch: idle watchdog and tail probe, while the read waits -------------------
+    def _byte(self) -> None:
+        self._last_byte = time.monotonic()
+        self._suspect = None  # bytes flow: the read is alive
+        self._hooks.got_bytes()
+
+    def _tick(self) -> float | None:
+        periods = [MAX_TICK_S]
+        if self._idle is not None:
+            periods.append(self._idle / 4)
+        if self.probe is not None:
+            periods.append(self._config.tail_probe_interval / 4)
+            periods.append(self._config.tail_probe_grace / 2)
+        return max(0.01, min(periods)) if (self._idle or self.probe) else None
+
+    async def _watched(self, aw: Awaitable[T]) -> T:
+        """Await a network read; on every tick of silence run the watch (may end us)."""
+        task = asyncio.ensure_future(aw)
+        tick = self._tick()
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=tick)
+                if done:
+                    return task.result()
+                await self._watch()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _watch(self) -> None:
+        now = time.monotonic()
+        if self._suspect is not None and now >= self._suspect[1]:
+            tail = self._suspect[0]
+            self._end(
+                EndReason.TAIL_AHEAD,
+                f"stream tail {tail} is beyond the read offset {self.offset} and the read"
+                f" delivered nothing for {self._config.tail_probe_grace:g}s",
+            )
+        interval = self._config.tail_probe_interval
+        if (
+            self.probe is not None
+            and self._suspect is None
+            and self.connected
+            and now - max(self._last_byte, self._last_probe) >= interval
+        ):
+            self._last_probe = now
+            probed = await self.probe.tail()
+            if probed is not None and ahead(probed, self.offset):
+                log.info("tail probe: %s beyond read offset %s", probed, self.offset)
+                self._suspect = (probed, time.monotonic() + self._config.tail_probe_grace)
+            elif probed is not None:
+                self._last_good_probe = time.monotonic()
+        if self._idle is not None:
+            quiet = time.monotonic() - max(self._last_byte, self._last_good_probe)
+            if quiet >= self._idle:
+                since_byte = time.monotonic() - self._last_byte
+                self._end(
+                    EndReason.IDLE_TIMEOUT,
+                    f"no byte for {since_byte:.3g}s (bound {self._idle:g}s)"
+                    + (", no tail probe answered" if self.probe is not None else ""),
+                )
 
     def _control(self, ctl: Control) -> None:
         self.offset, self.cursor = ctl.next_offset, ctl.cursor
@@ -203,10 +290,9 @@ class Session:
                 await asyncio.sleep(delay)
                 delay = min(delay * 1.3, 60.0)
 
-    async def _poll_once(self, params: dict[str, str], bound: float | None) -> None:
-        header_bound = bound if params.get("live") else self._config.connect_timeout
-        if not self._config.profile.timeouts:
-            header_bound = None
+    async def _fetch(
+        self, params: dict[str, str], header_bound: float | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
         resp = await self._open(params, header_bound)
         async with resp:
             if resp.status not in (200, 204):
@@ -217,26 +303,38 @@ class Session:
                     raw = await resp.read()
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self._fail(exc)
-            if not self.connected:
-                self._connected_at = time.monotonic()
-                self._hooks.connected(bound)
-            self._hooks.got_bytes()
-            if resp.status == 200 and raw.strip():
-                try:
-                    events = json.loads(raw)
-                except ValueError as exc:
-                    self._end(EndReason.PROTOCOL_ERROR, f"body is not JSON: {exc}")
-                if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-                    self._end(EndReason.PROTOCOL_ERROR, "body is not a JSON array of objects")
-                await self._hooks.wakes(events)
-            next_offset = resp.headers.get(H_NEXT_OFFSET)
-            if not next_offset:
-                self._end(EndReason.PROTOCOL_ERROR, f"no {H_NEXT_OFFSET} header")
-            self.offset = next_offset
-            self.cursor = resp.headers.get(H_CURSOR, self.cursor)
-            self._hooks.offset(next_offset)
-            if resp.headers.get(H_CLOSED, "").lower() == "true":
-                self._end(EndReason.CLOSED, "Stream-Closed")
+            return resp.status, resp.headers, raw
+
+    async def _poll_once(self, params: dict[str, str], bound: float | None) -> None:
+        header_bound = bound if params.get("live") else self._config.connect_timeout
+        if not self._config.profile.timeouts:
+            header_bound = None
+        fetch = self._fetch(params, header_bound)
+        if self.connected and self.probe is not None:
+            status, headers, raw = await self._watched(fetch)
+        else:
+            status, headers, raw = await fetch
+        if not self.connected:
+            self._connected_at = time.monotonic()
+            self._hooks.connected(bound)
+        self._byte()
+        if status == 200 and raw.strip():
+            try:
+                events = json.loads(raw)
+            except ValueError as exc:
+                self._end(EndReason.PROTOCOL_ERROR, f"body is not JSON: {exc}")
+            if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+                self._end(EndReason.PROTOCOL_ERROR, "body is not a JSON array of objects")
+            await self._hooks.wakes(events)
+        next_offset = headers.get(H_NEXT_OFFSET)
+        if not next_offset:
+            self._end(EndReason.PROTOCOL_ERROR, f"no {H_NEXT_OFFSET} header")
+        self.offset = next_offset
+        self.cursor = headers.get(H_CURSOR, self.cursor)
+        self._hooks.offset(next_offset)
+        self._last_byte = time.monotonic()
+        if headers.get(H_CLOSED, "").lower() == "true":
+            self._end(EndReason.CLOSED, "Stream-Closed")
 
 
 def _retried_inside(end: SessionEnded) -> bool:

@@ -65,15 +65,19 @@ def stream_timeout(config: RunnerConfig) -> aiohttp.ClientTimeout:
     """No total; bounded connect; `sock_read` a backstop behind the idle watchdog.
 
     The watchdog (sized from the server's advertised keepalive) is the real
-    idle bound; `sock_read` only catches a read that somehow escapes it.  The
+    idle bound; `sock_read` only catches a read that somehow escapes it.  With
+    the tail probe on there is no `sock_read`: a healthy server may stay silent
+    for as long as it likes, and the probe tells silence from death.  The
     legacy and upstream profiles read without any read timeout, as the
     original did.
     """
     if not config.profile.timeouts:
         return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None)
     sock_read = None
-    if config.profile.idle_watchdog:
-        sock_read = max(60.0, 2 * (config.idle_timeout or 15.0), config.long_poll_timeout)
+    if config.profile.idle_watchdog and not (
+        config.profile.tail_probe and config.tail_probe_interval > 0
+    ):
+        sock_read = max(90.0, 2 * (config.idle_timeout or 45.0), config.long_poll_timeout)
     return aiohttp.ClientTimeout(
         total=None,
         connect=config.connect_timeout,

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from pullwake.core.protocol import (
+    CallbackOutcome,
     ClaimOutcome,
+    ClaimResult,
     EndReason,
     HeartbeatErrorType,
     HeartbeatOutcome,
@@ -49,6 +51,8 @@ ATTRIBUTE_VALUES: Final[Mapping[str, tuple[str, ...]]] = {
     "outcome.heartbeat": tuple(o.value for o in HeartbeatOutcome),
     "outcome.wake": tuple(o.value for o in WakeOutcome),
     "outcome.claim": tuple(o.value for o in ClaimOutcome),
+    "outcome.claim_request": tuple(o.value for o in ClaimResult),
+    "outcome.callback": tuple(o.value for o in CallbackOutcome),
     "error.type": tuple(e.value for e in HeartbeatErrorType),
     "state": tuple(s.value for s in RunnerState),
     "live.mode": tuple(m.value for m in LiveMode),
@@ -295,6 +299,35 @@ HANDLER_DURATION = Metric(
     (RUNNER_ID, "outcome"),
     value_sets={"outcome": "outcome.wake"},
     buckets=_LATENCY_BUCKETS,
+)
+CLAIMS = Metric(
+    "pullwake.claims",
+    Kind.COUNTER,
+    "",
+    "Claim requests of the runner, by answer: claimed, done (entity paused/stopped),"
+    " skipped (204/409 nothing for us), not_running, failed (retried).",
+    R,
+    (RUNNER_ID, "outcome"),
+    value_sets={"outcome": "outcome.claim_request"},
+)
+COMPLETIONS = Metric(
+    "pullwake.completions",
+    Kind.COUNTER,
+    "",
+    "Done callbacks ({epoch, acks, done:true}) of handled claims, by outcome"
+    " (fenced: the claim was lost, the server announces the work again).",
+    R,
+    (RUNNER_ID, "outcome"),
+    value_sets={"outcome": "outcome.callback"},
+)
+CALLBACK_HEARTBEATS = Metric(
+    "pullwake.callback.heartbeats",
+    Kind.COUNTER,
+    "",
+    "Claim lease heartbeats ({epoch} to the callback URL) while a handler runs, by outcome.",
+    R,
+    (RUNNER_ID, "outcome"),
+    value_sets={"outcome": "outcome.callback"},
 )
 
 # --- server --------------------------------------------------------------------

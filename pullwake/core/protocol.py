@@ -93,6 +93,7 @@ class EndReason(enum.StrEnum):
     CONNECT_TIMEOUT = "connect_timeout"  # connect or response headers too slow
     IDLE_TIMEOUT = "idle_timeout"  # no byte for idle_timeout (watchdog)
     HEARTBEAT_FAILURES = "heartbeat_failures"  # K consecutive heartbeat failures
+    TAIL_AHEAD = "tail_ahead"  # tail probe: the stream's tail is past the idle live read
     STOPPED = "stopped"  # the runner was asked to stop
 
     @property
@@ -120,7 +121,28 @@ class WakeOutcome(enum.StrEnum):
     SKIPPED = "skipped"  # 204 / 409 from the claim
     HANDLED = "handled"
     FAILED = "failed"  # handler failed: the claim is left to expire
-    DUPLICATE = "duplicate"  # same wake id seen again, dropped
+    DUPLICATE = "duplicate"  # same wake id seen again, dropped (pre-subscription servers)
+    DEFERRED = "deferred"  # its subscription's claim was in flight: claimed again after it
+    FENCED = "fenced"  # the claim was lost (lease expired): the server announces it again
+
+
+class ClaimResult(enum.StrEnum):
+    """What one claim request of the runner got (runner side of `POST .../claim`)."""
+
+    CLAIMED = "claimed"  # 200 notification
+    DONE = "done"  # 200 {"done":true}: entity paused/stopped, nothing to do
+    SKIPPED = "skipped"  # 204, 409 ALREADY_CLAIMED / NO_PENDING_WORK
+    NOT_RUNNING = "not_running"  # 409 NOT_RUNNING (runner disabled): retried
+    FAILED = "failed"  # no answer, 5xx, other 4xx: retried
+
+
+class CallbackOutcome(enum.StrEnum):
+    """A request to the claim's `callback` URL (lease heartbeat or completion)."""
+
+    OK = "ok"
+    FENCED = "fenced"  # 502 WAKE_CALLBACK_FAILED ... FENCED: the claim is lost
+    REJECTED = "rejected"  # other definitive refusal (token, offset, unknown consumer)
+    FAILED = "failed"  # no answer / other 5xx: may be retried within the lease
 
 
 class ClaimOutcome(enum.StrEnum):
@@ -187,6 +209,9 @@ class ErrorCode(enum.StrEnum):
     ALREADY_CLAIMED = "ALREADY_CLAIMED"
     NO_PENDING_WORK = "NO_PENDING_WORK"
     INVALID_CLAIM_TOKEN = "INVALID_CLAIM_TOKEN"
+    WAKE_CALLBACK_FAILED = "WAKE_CALLBACK_FAILED"
+    WAKE_CALLBACK_NOT_FOUND = "WAKE_CALLBACK_NOT_FOUND"
+    FENCED = "FENCED"
     INTERNAL = "INTERNAL"
 
 

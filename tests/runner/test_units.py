@@ -172,15 +172,18 @@ def test_profiles_only_configure_the_same_machinery() -> None:
 
 def test_idle_bound_from_the_advertised_keepalive() -> None:
     assert idle_bound(cfg(), {H_KEEPALIVE: "0.5"}) == pytest.approx(1.5)
-    assert idle_bound(cfg(), {}) == 15.0
-    assert idle_bound(cfg(), {H_KEEPALIVE: "junk"}) == 15.0
+    # no header (the real agents-server): > its 30 s control-event pairs
+    assert idle_bound(cfg(), {}) == 45.0
+    assert idle_bound(cfg(), {H_KEEPALIVE: "junk"}) == 45.0
     assert idle_bound(cfg(idle_timeout=2.0), {H_KEEPALIVE: "5"}) == 2.0
     assert idle_bound(cfg(profile=PROFILES["upstream"]), {H_KEEPALIVE: "5"}) is None
 
 
 def test_stream_timeouts_per_profile() -> None:
     t = stream_timeout(cfg(connect_timeout=3))
-    assert t.total is None and t.connect == 3 and t.sock_connect == 3 and t.sock_read
+    # the tail probe tells a silent server from a dead one: no blind sock_read
+    assert t.total is None and t.connect == 3 and t.sock_connect == 3 and t.sock_read is None
+    assert stream_timeout(cfg(tail_probe_interval=0)).sock_read
     assert stream_timeout(cfg(profile=PROFILES["legacy"])).sock_read is None
     assert stream_timeout(cfg(profile=PROFILES["upstream"])).sock_read is None
 
