@@ -475,6 +475,7 @@ class Chaos:
         self.log.emit(
             "run_start",
             runners=self.runners,
+            runner_order=list(self.runners),
             faults=s.faults,
             labels=FAULTS,
             outage_s=s.outage,

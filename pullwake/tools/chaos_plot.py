@@ -44,13 +44,21 @@ PENDING, FIRING = "#ffd54f", "#e53935"
 
 
 def alert_lanes(summary: dict[str, Any]) -> list[tuple[str, str | None]]:
-    """(alert, runner) pairs with at least one episode, in first-seen order."""
+    """(alert, runner) pairs with at least one episode: grouped by runner in lane order
+    (server-side alerts without a runner last), then by first appearance."""
     seen: list[tuple[str, str | None]] = []
     for row in summary.get("alerts", []):
         key = (str(row["alert"]), row.get("runner"))
         if key not in seen:
             seen.append(key)
-    return seen
+    lane_order = list(summary.get("lanes", {}))
+
+    def rank(key: tuple[str, str | None]) -> tuple[int, int]:
+        runner = key[1]
+        pos = lane_order.index(runner) if runner in lane_order else len(lane_order)
+        return pos, seen.index(key)
+
+    return sorted(seen, key=rank)
 
 
 def figure_size(summary: dict[str, Any]) -> tuple[int, int]:

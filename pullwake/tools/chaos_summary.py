@@ -165,7 +165,9 @@ def summarize(events: Iterable[Event]) -> dict[str, Any]:
     t0 = float(start["t"]) if start else (float(evs[0]["t"]) if evs else 0.0)
     t_end = max((float(e["t"]) for e in evs), default=t0)
     end = next((e for e in reversed(evs) if e.get("type") == "run_end"), None)
-    runners: dict[str, str] = dict((start or {}).get("runners") or {})
+    declared: dict[str, str] = dict((start or {}).get("runners") or {})
+    order = [r for r in (start or {}).get("runner_order") or [] if r in declared]
+    runners = {r: declared[r] for r in [*order, *(r for r in declared if r not in order)]}
     for e in evs:  # runners seen only in events still get a lane
         rid = e.get("runner")
         if isinstance(rid, str) and rid and rid not in runners and e.get("type") != "alert":

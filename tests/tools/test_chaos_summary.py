@@ -29,7 +29,7 @@ def scenario() -> list[dict[str, Any]]:
     """Two runners through one kill: `d` notices at +0.2 s and is back 0.7 s after the
     heal; `l` never notices and lies while its heartbeats fail."""
     e = [
-        ev(0, "run_start", runners={"d": "default", "l": "legacy"}, faults=["kill9"]),
+        ev(0, "run_start", runners={"d": "default", "l": "legacy"}, runner_order=["l", "d"]),
         ev(0.5, "transition", runner="d", **{"from": "stopped", "to": C}),
         ev(0.6, "transition", runner="d", **{"from": C, "to": S}),
         ev(0.5, "transition", runner="l", **{"from": "stopped", "to": C}),
@@ -86,6 +86,7 @@ def test_fault_rows_detection_recovery_loss_and_duplicates() -> None:
 def test_runner_totals_lanes_and_alerts() -> None:
     s = summarize(scenario())
     assert s["totals"] == {"published": 4, "handled": 3, "lost": 1, "handled_twice": 1}
+    assert list(s["runners"]) == list(s["lanes"]) == ["l", "d"]  # as the run declared
     d, lg = s["runners"]["d"], s["runners"]["l"]
     assert (d["heartbeats_ok"], d["heartbeats_failed"]) == (2, 2)
     assert d["session_ends"] == {"error": 1}
