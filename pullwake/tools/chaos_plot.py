@@ -35,9 +35,11 @@ STATE_NAMES: dict[str, str] = {
     "stopped": "stopped",
     "unknown": "not started",
 }
-LIE_COLOUR = "#d32f2f"
+LIE_COLOUR = "#b71c1c"
+LIE_FILL = "#ef9a9a"
 HB_OK, HB_FAIL = "#1b5e20", "#d32f2f"
 HANDLED = "#1a237e"
+LOST = "#d50000"
 FAULT_SHADE = "#ffcdd2"
 BURST_SHADE = "#e1bee7"
 PENDING, FIRING = "#ffd54f", "#e53935"
@@ -51,7 +53,7 @@ def alert_lanes(summary: dict[str, Any]) -> list[tuple[str, str | None]]:
         key = (str(row["alert"]), row.get("runner"))
         if key not in seen:
             seen.append(key)
-    lane_order = list(summary.get("lanes", {}))
+    lane_order = _lane_order(summary)
 
     def rank(key: tuple[str, str | None]) -> tuple[int, int]:
         runner = key[1]
@@ -59,6 +61,13 @@ def alert_lanes(summary: dict[str, Any]) -> list[tuple[str, str | None]]:
         return pos, seen.index(key)
 
     return sorted(seen, key=rank)
+
+
+def _lane_order(summary: dict[str, Any]) -> list[str]:
+    """The run's runner order (summary.json read back has its keys sorted)."""
+    lanes = summary.get("lanes", {})
+    order = [r for r in summary.get("order", []) if r in lanes]
+    return order + [r for r in lanes if r not in order]
 
 
 def figure_size(summary: dict[str, Any]) -> tuple[int, int]:
@@ -86,7 +95,7 @@ def draw(summary: dict[str, Any], png: Path, svg: Path) -> tuple[int, int]:
     from matplotlib.patches import Patch
 
     lanes: dict[str, dict[str, Any]] = summary.get("lanes", {})
-    rids = list(lanes)
+    rids = _lane_order(summary)
     profiles = {rid: str(lane.get("profile", rid)) for rid, lane in lanes.items()}
     a_lanes = alert_lanes(summary)
     w_px, h_px = figure_size(summary)
@@ -102,7 +111,7 @@ def draw(summary: dict[str, Any], png: Path, svg: Path) -> tuple[int, int]:
         right=0.985,
         top=1 - top_in / h_in,
         bottom=bottom_in / h_in,
-        hspace=0.22,
+        hspace=0.13,
     )
     ax = fig.add_subplot(gs[0])
     axa = fig.add_subplot(gs[1], sharex=ax)
@@ -145,7 +154,7 @@ def draw(summary: dict[str, Any], png: Path, svg: Path) -> tuple[int, int]:
             ax.broken_barh(
                 [(start, max(end - start, 0.001))],
                 (y - 0.22, 0.44),
-                facecolors="none",
+                facecolors=LIE_FILL,
                 edgecolor=LIE_COLOUR,
                 hatch="////",
                 linewidth=0,
@@ -156,6 +165,8 @@ def draw(summary: dict[str, Any], png: Path, svg: Path) -> tuple[int, int]:
         bad = [t for t, good in beats if not good]
         ax.scatter(ok, [y + 0.33] * len(ok), marker="|", s=60, color=HB_OK, zorder=4, lw=1.2)
         ax.scatter(bad, [y + 0.33] * len(bad), marker="x", s=22, color=HB_FAIL, zorder=4, lw=1.2)
+        lost = lane.get("lost", [])
+        ax.scatter(lost, [y - 0.33] * len(lost), marker="x", s=16, color=LOST, zorder=4, lw=1.0)
         handled = lane.get("handled", [])
         ax.scatter(
             handled, [y - 0.33] * len(handled), marker="o", s=7, color=HANDLED, zorder=4, lw=0
@@ -283,7 +294,7 @@ def draw(summary: dict[str, Any], png: Path, svg: Path) -> tuple[int, int]:
     ]
     handles += [
         Patch(
-            facecolor=STATE_COLOURS["running.streaming"],
+            facecolor=LIE_FILL,
             edgecolor=LIE_COLOUR,
             hatch="////",
             label="says streaming, heartbeats failing",
@@ -291,6 +302,7 @@ def draw(summary: dict[str, Any], png: Path, svg: Path) -> tuple[int, int]:
         Line2D([], [], marker="|", ls="", color=HB_OK, ms=9, label="heartbeat ok"),
         Line2D([], [], marker="x", ls="", color=HB_FAIL, ms=6, label="heartbeat failed"),
         Line2D([], [], marker="o", ls="", color=HANDLED, ms=4, label="message handled"),
+        Line2D([], [], marker="x", ls="", color=LOST, ms=5, label="message lost (published at)"),
         Line2D([], [], marker="v", ls="", color="black", ms=8, label="fault noticed"),
         Line2D([], [], marker="^", ls="", color="#0d47a1", ms=8, label="first delivery after heal"),
         Patch(facecolor=FAULT_SHADE, label="fault window"),

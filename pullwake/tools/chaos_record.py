@@ -84,7 +84,7 @@ def parse_log_line(line: str) -> tuple[str, float, dict[str, Any]] | None:
     if tm := _TRANSITION.match(text):
         return "transition", t, {"from": tm.group(1), "to": tm.group(2), "trigger": tm.group(3)}
     if sm := _SESSION_END.match(text):
-        reason = sm.group(2).rstrip(".,;").removeprefix("EndReason.").lower()
+        reason = sm.group(2).rstrip(".,;:").removeprefix("EndReason.").lower()
         return "session_end", t, {"session": int(sm.group(1)), "reason": reason}
     return None
 

@@ -236,6 +236,7 @@ def summarize(events: Iterable[Event]) -> dict[str, Any]:
             "bands": _bands(trans, t0, t_end),
             "heartbeats": [[_r(t - t0), ok] for t, ok in beats],
             "handled": [_r(t - t0) for t in handled_times],
+            "lost": sorted(_r(published[rid][m] - t0) or 0.0 for m in lost_in(rid, t0, t_end + 1)),
             "session_ends": [[_r(t - t0), reason] for t, reason in ends],
             "lying": [[_r(a - t0), _r(b - t0)] for a, b in lies],
         }
@@ -334,6 +335,7 @@ def summarize(events: Iterable[Event]) -> dict[str, Any]:
             "interrupted": bool((end or {}).get("interrupted", end is None)),
             "config": {k: v for k, v in (start or {}).items() if k not in ("t", "type")},
         },
+        "order": list(runners),
         "runners": per_runner,
         "faults": faults,
         "alerts": _alert_intervals(evs, t0, t_end),

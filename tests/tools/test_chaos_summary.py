@@ -160,6 +160,8 @@ def test_runner_log_lines_parse_as_utc() -> None:
     assert t == 1796185833.497
     parsed = parse_log_line("2026-12-02 04:30:40,001 INFO runner: session 3 ended: idle_timeout")
     assert parsed is not None and parsed[2] == {"session": 3, "reason": "idle_timeout"}
+    parsed = parse_log_line("2026-12-02 04:30:40,001 INFO runner: session 4 ended: error: RST")
+    assert parsed is not None and parsed[2]["reason"] == "error"
     assert parse_log_line("2026-12-02 04:30:40,001 INFO runner: wake x (no handler)") is None
     assert parse_log_line("Traceback (most recent call last):") is None
 
