@@ -30,6 +30,12 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
     ("--server", "PULLWAKE_SERVER", None, "server base URL, e.g. http://127.0.0.1:4437 (required)"),
     ("--runner-id", "PULLWAKE_RUNNER_ID", None, "this runner's id (required)"),
     ("--label", "PULLWAKE_LABEL", "pullwake runner", "label sent at registration"),
+    (
+        "--kind",
+        "PULLWAKE_KIND",
+        "local",
+        "runner kind sent at registration: local, cloud-worker, sandbox, ci or server",
+    ),
     ("--live", "PULLWAKE_LIVE", "sse", "live read mode: sse or long-poll"),
     (
         "--heartbeat-interval",
@@ -53,8 +59,30 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
         "--idle-timeout",
         "PULLWAKE_IDLE_TIMEOUT",
         None,
-        "seconds without a byte before the stream"
-        " counts as dead (default: 3 x the server's Stream-Keepalive-Interval, else 15)",
+        "seconds without a byte (and without a tail probe finding the stream idle) before"
+        " the SSE stream counts as dead (default: 3 x the server's Stream-Keepalive-Interval,"
+        " else 45: the real agents-server only sends control events every 30 s)",
+    ),
+    (
+        "--tail-probe-interval",
+        "PULLWAKE_TAIL_PROBE_INTERVAL",
+        "10",
+        "while the live read is silent, ask the wake stream's tail on a fresh connection"
+        " every this many seconds; a tail beyond the read offset ends the session"
+        " (tail_ahead); 0 = off",
+    ),
+    (
+        "--tail-probe-grace",
+        "PULLWAKE_TAIL_PROBE_GRACE",
+        "2",
+        "seconds the live read has to deliver a tail the probe saw ahead",
+    ),
+    (
+        "--callback-heartbeat-interval",
+        "PULLWAKE_CALLBACK_HEARTBEAT_INTERVAL",
+        "10",
+        "seconds between {epoch} lease heartbeats to a claim's callback while its handler"
+        " runs (the server's claim lease is 30 s)",
     ),
     (
         "--connect-timeout",
@@ -85,9 +113,11 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
         "--handler",
         "PULLWAKE_HANDLER",
         None,
-        "shell command run once per wake: wake JSON on"
-        " stdin, PULLWAKE_WAKE_ID in env; non-zero exit leaves the claim to expire"
-        " (default: log the wake)",
+        "shell command run once per claim: the claim notification JSON on stdin,"
+        " PULLWAKE_WAKE_ID, PULLWAKE_ENTITY_URL, PULLWAKE_STREAM_PATH, PULLWAKE_STREAM_OFFSET"
+        " in env; exit 0 acks the work, non-zero acks nothing and the claim lease (30 s"
+        " after the last lease heartbeat) expires, so the server announces it again"
+        " (default: log the claim)",
     ),
     (
         "--handler-timeout",
@@ -117,7 +147,12 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
         "default (every detector), upstream (heartbeat"
         " bridge only) or legacy (the seed's runner, bug included)",
     ),
-    ("--principal", "PULLWAKE_PRINCIPAL", DEV_PRINCIPAL, "electric-principal header (kind:name)"),
+    (
+        "--principal",
+        "PULLWAKE_PRINCIPAL",
+        DEV_PRINCIPAL,
+        "electric-principal header: kind:name or /principal/<kind%%3Aname>",
+    ),
     ("--log-level", "PULLWAKE_LOG_LEVEL", "info", "debug, info, warning or error"),
 ]
 
@@ -179,6 +214,7 @@ def config_from_args(args: argparse.Namespace) -> RunnerConfig:
             server=str(v["server"]),
             runner_id=str(v["runner_id"]),
             label=str(v["label"]),
+            kind=str(v["kind"]),
             live=live,
             heartbeat_interval=_number("heartbeat_interval", v["heartbeat_interval"]),
             heartbeat_timeout=_number("heartbeat_timeout", v["heartbeat_timeout"]),
@@ -186,6 +222,11 @@ def config_from_args(args: argparse.Namespace) -> RunnerConfig:
                 "heartbeat_failure_threshold", v["heartbeat_failure_threshold"], int
             ),
             idle_timeout=_number("idle_timeout", v["idle_timeout"]),
+            tail_probe_interval=_number("tail_probe_interval", v["tail_probe_interval"]),
+            tail_probe_grace=_number("tail_probe_grace", v["tail_probe_grace"]),
+            callback_heartbeat_interval=_number(
+                "callback_heartbeat_interval", v["callback_heartbeat_interval"]
+            ),
             connect_timeout=_number("connect_timeout", v["connect_timeout"]),
             long_poll_timeout=_number("long_poll_timeout", v["long_poll_timeout"]),
             backoff_max=_number("backoff_max", v["backoff_max"]),

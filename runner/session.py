@@ -20,7 +20,12 @@ stream is never dropped, even from a server that sends nothing while idle);
 a tail beyond it, with not one byte arriving on the read within
 `tail_probe_grace` s, means the read is dead while wakes wait: the session
 ends `tail_ahead`.  A probe that gets no answer proves nothing: the watchdog
-then fires `idle_bound` s after the last byte or the last good probe.
+then fires `idle_bound` s after the last byte or the last good probe.  Once
+the server has shown that it talks while idle (a chunk without data after
+IDLE_TRAFFIC_GAP_S of silence: the real server's control pairs, pullwake's
+comments), good probes stop pushing the deadline: silence beyond the bound is
+then a dead read even with nothing waiting, as it is sized above what the
+server sends.
   With `hidden_retry` (the legacy profile) a failed request is retried here,
   inside the stream layer, with 100 ms x1.3 capped at 60 s, and never reported:
   the seed's bug, reproduced on purpose.
@@ -61,6 +66,7 @@ T = TypeVar("T")
 DEFAULT_IDLE_S = 45.0
 IDLE_FACTOR = 3.0
 MAX_TICK_S = 1.0  # how often a waiting read looks at its watchdog and probe
+IDLE_TRAFFIC_GAP_S = 1.0  # a data-less chunk after this much silence: the server talks idle
 ROTATE_COMMENT = "rotate"  # a server may say so before a planned SSE rotation
 
 
@@ -118,6 +124,7 @@ class Session:
         self._last_probe = 0.0  # monotonic time of the last probe sent
         self._last_good_probe = 0.0  # ... of the last probe that found tail == offset
         self._suspect: tuple[str, float] | None = None  # (tail seen ahead, deadline)
+        self.idle_traffic = False  # the server was seen sending while idle (SSE)
         self.probe: TailProbe | None = None
         if config.profile.tail_probe and config.tail_probe_interval > 0:
             self.probe = TailProbe(http, url, config.connect_timeout)
@@ -181,7 +188,9 @@ class Session:
                     self._fail(exc)
                 if not chunk:
                     self._end(EndReason.ROTATED if rotate else EndReason.EOF, "stream ended")
+                gap = time.monotonic() - self._last_byte
                 self._byte()
+                had_data = False
                 try:
                     for item in parser.feed(chunk):
                         if isinstance(item, Comment):
@@ -189,11 +198,14 @@ class Session:
                             continue
                         decoded = decode(item)
                         if isinstance(decoded, DataBatch):
+                            had_data = True
                             await self._hooks.wakes(decoded.events)
                         else:
                             self._control(decoded)
                 except SSEProtocolError as exc:
                     self._end(EndReason.PROTOCOL_ERROR, str(exc))
+                if not had_data and gap >= IDLE_TRAFFIC_GAP_S:
+                    self.idle_traffic = True
                 self._last_byte = time.monotonic()  # time spent in backpressure is not silence
 
     # --- the watch: idle watchdog and tail probe, while the read waits -------------------
@@ -251,7 +263,12 @@ class Session:
             elif probed is not None:
                 self._last_good_probe = time.monotonic()
         if self._idle is not None:
-            quiet = time.monotonic() - max(self._last_byte, self._last_good_probe)
+            alive = (
+                self._last_byte
+                if self.idle_traffic
+                else max(self._last_byte, self._last_good_probe)
+            )
+            quiet = time.monotonic() - alive
             if quiet >= self._idle:
                 since_byte = time.monotonic() - self._last_byte
                 self._end(

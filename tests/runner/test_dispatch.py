@@ -123,7 +123,7 @@ async def model() -> AsyncIterator[Model]:
 
 
 # --- verdicts -------------------------------------------------------------------
-NOTIFICATION = {
+NOTIFICATION: dict[str, Any] = {
     "consumerId": "w_1",
     "epoch": 3,
     "wakeId": "w_1",
@@ -528,7 +528,7 @@ async def test_shell_handler_gets_the_notification_on_stdin_and_its_env(tmp_path
 async def test_a_cancelled_shell_handler_leaves_no_process_behind(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     handle = shell_handler(f"cat >/dev/null; sleep 30 & echo $! > {pidfile}; wait")
-    task = asyncio.create_task(handle(NOTIFICATION))
+    task = asyncio.ensure_future(handle(NOTIFICATION))
     pid = 0
     try:
         await until(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the pid")
