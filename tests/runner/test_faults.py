@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -40,6 +39,7 @@ from tests.runner.harness import (
     wait_state,
     wait_streaming,
 )
+from tests.support.netns import INNER_TIMEOUT_S, in_own_netns
 from tests.support.procs import ServerProcess, free_port, http_json, running
 from tests.support.waits import holds_for
 
@@ -247,9 +247,12 @@ def test_stream_answering_5xx_backs_off_and_loses_no_wake(
 
 
 @pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("iptables"), reason="needs root")
+@pytest.mark.timeout(INNER_TIMEOUT_S + 60)
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a network namespace and iptables)")
+@in_own_netns
 def test_kernel_blackhole_with_iptables(tmp_path: Path, server: ServerProcess) -> None:
-    """DROP on loopback between runner and proxy; the server stays reachable for publish."""
+    """DROP on loopback between runner and proxy; the server stays reachable for publish.
+    The rules go into the INPUT chain of the test's own network namespace."""
     handled = Handled(tmp_path)
     with ThreadedFaultProxy(upstream=("127.0.0.1", server.port)) as proxy:
         rules = [
@@ -389,7 +392,9 @@ def test_a_heartbeat_that_gets_through_cuts_a_long_backoff_wait_short(
 
 
 @pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("iptables"), reason="needs root")
+@pytest.mark.timeout(INNER_TIMEOUT_S + 60)
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a network namespace and iptables)")
+@in_own_netns
 def test_tcp_keepalive_alone_catches_a_dead_path(tmp_path: Path, server: ServerProcess) -> None:
     """Idle watchdog pushed out to 60 s: TCP keepalive (5 s + 3 x 1 s) must end the stream."""
     with ThreadedFaultProxy(upstream=("127.0.0.1", server.port)) as proxy:
