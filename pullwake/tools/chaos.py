@@ -210,19 +210,25 @@ def say(line: str) -> None:
 
 
 # --- publishing ----------------------------------------------------------------------
+Answer = tuple[bool, dict[str, str], str | None]  # acknowledged, {wake_id, stream, offset}, error
+
+
 class Publisher:
     """Sends numbered messages to one runner; every attempt becomes a `publish` event.
 
-    Goes through the server's publish route (the call `pullwake publish` makes)
-    and, when that route is gone (the server moved to the upstream protocol),
-    through `pullwake publish --runner-id` itself.  Answers are read defensively:
-    only "acknowledged or not" and any wake id matter.
+    Three ways, chosen once per run by `choose_publish_mode`: the old publish
+    route (`POST /_electric/runners/ID/wakes`), the entity API as `pullwake
+    publish` speaks it (`pullwake.server.publish`, in process: a subprocess per
+    message would eat the CPU the runners need), or `pullwake publish --runner-id`
+    itself.  Answers are read defensively: acknowledged or not, and whatever of
+    wake id, stream and offset they name (the summary matches handled work by them).
     """
 
     def __init__(self, log: EventLog, server_url: str, runner_id: str, mode: str) -> None:
         self.log, self.server_url, self.runner_id, self.mode = log, server_url, runner_id, mode
         self._seq = 0
         self._lock = threading.Lock()
+        self._entity_client: Any = None
 
     def __repr__(self) -> str:
         return f"<Publisher {self.runner_id} {self.mode} seq={self._seq}>"
@@ -236,36 +242,60 @@ class Publisher:
         msg = self.next_msg()
         payload = {MSG_KEY: msg, **(extra or {})}
         t = time.time()
-        ok, wake_id, error = self._send(payload)
+        ok, info, error = self._send(payload, slow=bool(extra and extra.get(SLOW_KEY)))
         self.log.emit(
             "publish",
             t,
             runner=self.runner_id,
             msg=msg,
             ok=ok,
-            **({"wake_id": wake_id} if wake_id else {}),
+            **info,
             **({"error": error} if error else {}),
             **fields,
         )
         return ok
 
-    def _send(self, payload: dict[str, Any]) -> tuple[bool, str | None, str | None]:
+    def _send(self, payload: dict[str, Any], slow: bool) -> Answer:
         if self.mode == "cli":
             return publish_cli(self.server_url, self.runner_id, payload)
+        if self.mode == "entity":
+            return self._send_entity(payload, slow)
         return publish_http(self.server_url, self.runner_id, payload)
 
+    def _send_entity(self, payload: dict[str, Any], slow: bool) -> Answer:
+        from pullwake.server import publish as entity_api
 
-def _wake_id(body: Any) -> str | None:
-    if isinstance(body, dict):
-        for key in ("wake_id", "wakeId", "id"):
-            if isinstance(body.get(key), str):
-                return str(body[key])
-    return None
+        if self._entity_client is None:
+            self._entity_client = entity_api.Publisher(self.server_url, timeout=1.5)
+        # slow messages go to their own entity: the handler sees the marker in the path
+        entity = f"/chaos/{self.runner_id}" + (f"-{SLOW_KEY}" if slow else "")
+        try:
+            answer = self._entity_client.send(self.runner_id, entity, payload)
+        except Exception as exc:  # PublishError or whatever the client raises: not acked
+            return False, {}, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return True, _answer_fields(answer), None
+
+
+def _answer_fields(body: Any) -> dict[str, str]:
+    """wake_id / stream / offset from a publish answer, whatever its shape."""
+    out: dict[str, str] = {}
+    if not isinstance(body, dict):
+        return out
+    for key, names in (
+        ("wake_id", ("wake_id", "wakeId")),
+        ("stream", ("stream", "streamPath", "path")),
+        ("offset", ("offset", "next_offset", "nextOffset")),
+    ):
+        for name in names:
+            if isinstance(body.get(name), str) and body[name]:
+                out[key] = str(body[name])
+                break
+    return out
 
 
 def publish_http(
     server: str, runner_id: str, payload: dict[str, Any], timeout: float = 1.5
-) -> tuple[bool, str | None, str | None]:
+) -> Answer:
     url = f"{server}/_electric/runners/{runner_id}/wakes"
     req = urllib.request.Request(
         url,
@@ -278,50 +308,49 @@ def publish_http(
             raw = resp.read()
             status = int(resp.status)
     except urllib.error.HTTPError as err:
-        return False, None, f"HTTP {err.code}"
+        return False, {}, f"HTTP {err.code}"
     except (OSError, ValueError) as exc:
-        return False, None, type(exc).__name__
+        return False, {}, type(exc).__name__
     try:
         body = json.loads(raw) if raw else None
     except ValueError:
         body = None
-    return 200 <= status < 300, _wake_id(body), None
+    info = _answer_fields(body)
+    info.pop("stream", None)  # the old route names the wake stream, not a message stream
+    info.pop("offset", None)
+    return 200 <= status < 300, info, None
 
 
 def publish_cli(
     server: str, runner_id: str, payload: dict[str, Any], timeout: float = 10.0
-) -> tuple[bool, str | None, str | None]:
-    argv = [
-        sys.executable,
-        "-m",
-        "pullwake",
-        "publish",
-        "--server",
-        server,
-        "--runner-id",
-        runner_id,
-        "--payload",
-        json.dumps(payload),
-    ]
+) -> Answer:
+    argv = [sys.executable, "-m", "pullwake", "publish", "--server", server]
+    argv += ["--runner-id", runner_id, "--payload", json.dumps(payload)]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, None, type(exc).__name__
+        return False, {}, type(exc).__name__
     if done.returncode != 0:
-        return False, None, (done.stderr.strip().splitlines() or ["failed"])[-1][:200]
-    wake_id = None
+        return False, {}, (done.stderr.strip().splitlines() or ["failed"])[-1][:200]
+    info: dict[str, str] = {}
     for line in done.stdout.splitlines():
         with contextlib.suppress(ValueError):
-            wake_id = wake_id or _wake_id(json.loads(line))
-    return True, wake_id, None
+            info = info or _answer_fields(json.loads(line))
+    return True, info, None
 
 
 def choose_publish_mode(server: str, runner_id: str) -> str:
-    """`http` if the publish route answers (probed with a harmless message), else `cli`."""
+    """`http` when the old publish route still answers, else `entity` when
+    `pullwake.server.publish` offers `Publisher.send`, else `cli`."""
     ok, _, error = publish_http(server, runner_id, {MSG_KEY: f"{runner_id}#probe"}, timeout=3.0)
     if ok or not (error or "").startswith(("HTTP 404", "HTTP 405", "HTTP 410")):
         return "http"
-    return "cli"
+    try:
+        from pullwake.server import publish as entity_api
+    except ImportError:
+        return "cli"
+    client = getattr(entity_api, "Publisher", None)
+    return "entity" if callable(getattr(client, "send", None)) else "cli"
 
 
 class PublishLoop(threading.Thread):

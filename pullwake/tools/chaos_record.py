@@ -90,27 +90,37 @@ def parse_log_line(line: str) -> tuple[str, float, dict[str, Any]] | None:
 
 
 def parse_handled_line(line: str) -> tuple[float, dict[str, Any]] | None:
-    """`<unix time> <wake id or -> <stdin as one line>` -> (t, {msg, wake_id}).
+    """`<unix time> <wake id> <stream path> <stream offset> <stdin as one line>` (`-` for
+    an empty field) -> (t, {msg, wake_id, stream, offset}).
 
-    The message id is looked for in the wake JSON wherever the server put the
-    payload; a wake that does not carry it is still recorded (wake id only).
+    The message id is looked for in the JSON on stdin wherever the server put the
+    payload (the old wake events carried it); a claim notification that does not
+    carry it (upstream) is matched later through its stream and offset.
     """
-    parts = line.rstrip("\n").split(" ", 2)
-    if len(parts) < 2:
+    parts = line.rstrip("\n").split(" ", 4)
+    if len(parts) < 4:
         return None
     try:
         t = float(parts[0])
     except ValueError:
         return None
-    wake_id = parts[1] if parts[1] not in ("", "-") else None
+
+    def field(text: str) -> str | None:
+        return text if text not in ("", "-") else None
+
     msg = None
-    body = parts[2] if len(parts) > 2 else ""
+    body = parts[4] if len(parts) > 4 else ""
     try:
         msg = _find_key(json.loads(body), MSG_KEY) if body else None
     except ValueError:
         m = re.search(rf'"{MSG_KEY}"\s*:\s*"([^"]+)"', body)
         msg = m.group(1) if m else None
-    return t, {"msg": msg, "wake_id": wake_id}
+    return t, {
+        "msg": msg,
+        "wake_id": field(parts[1]),
+        "stream": field(parts[2]),
+        "offset": field(parts[3]),
+    }
 
 
 def _find_key(value: Any, key: str, depth: int = 0) -> str | None:
@@ -146,12 +156,14 @@ def iso_to_unix(text: object) -> float | None:
 
 
 def handler_command(handled_file: Path, slow_seconds: float) -> str:
-    """The `--handler` shell command: finish (after a sleep for slow messages), then
-    append `<time> <wake id> <stdin on one line>` in one write."""
+    """The `--handler` shell command: finish (after a sleep for slow messages: the
+    marker in the wake JSON or in the stream's path), then append one line
+    `<time> <wake id> <stream path> <stream offset> <stdin on one line>` in one write."""
     return (
         "in=$(cat); "
-        f'case "$in" in *{SLOW_KEY}*) sleep {slow_seconds:g};; esac; '
-        'line="$(date +%s.%N) ${PULLWAKE_WAKE_ID:--} $(printf %s "$in" | tr -d \'\\n\')"; '
+        f'case "$in ${{PULLWAKE_STREAM_PATH:-}}" in *{SLOW_KEY}*) sleep {slow_seconds:g};; esac; '
+        'line="$(date +%s.%N) ${PULLWAKE_WAKE_ID:--} ${PULLWAKE_STREAM_PATH:--} '
+        '${PULLWAKE_STREAM_OFFSET:--} $(printf %s "$in" | tr -d \'\\n\')"; '
         f"printf '%s\\n' \"$line\" >> '{handled_file}'"
     )
 

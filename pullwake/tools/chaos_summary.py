@@ -103,6 +103,28 @@ def _lies(
     return out
 
 
+def _stream_key(path: str) -> str:
+    """One spelling of a stream path (DS-relative, no leading slash)."""
+    return path.removeprefix("/v1/stream/").lstrip("/")
+
+
+def _offset_key(offset: str) -> tuple[int, ...] | str:
+    try:
+        return tuple(int(p) for p in offset.split("_"))
+    except ValueError:
+        return offset
+
+
+def _covers(claimed: str | None, message: str | None) -> bool:
+    """A claim up to `claimed` covers a message ending at `message` (unknown: yes)."""
+    if claimed is None or message is None:
+        return True
+    a, b = _offset_key(claimed), _offset_key(message)
+    if type(a) is not type(b):
+        return claimed >= message
+    return a >= b  # type: ignore[operator]
+
+
 def _state_at(trans: Sequence[tuple[float, str, str]], t: float) -> str:
     state = "unknown"
     for tt, _old, new in trans:
@@ -176,6 +198,7 @@ def summarize(events: Iterable[Event]) -> dict[str, Any]:
     # --- messages: acknowledged publishes, and who handled what ---------------------
     by_wake: dict[str, str] = {}
     published: dict[str, dict[str, float]] = defaultdict(dict)  # runner -> msg -> t
+    where: dict[tuple[str, str], tuple[str, str | None]] = {}  # (runner, msg) -> stream, offset
     probes: dict[tuple[str, str], tuple[str, float]] = {}  # (runner, fault) -> (msg, t)
     for e in evs:
         if e.get("type") != "publish" or not e.get("ok") or not e.get("msg"):
@@ -184,10 +207,18 @@ def summarize(events: Iterable[Event]) -> dict[str, Any]:
         published[rid][msg] = float(e["t"])
         if e.get("wake_id"):
             by_wake[str(e["wake_id"])] = msg
+        if e.get("stream"):
+            off = e.get("offset")
+            where[(rid, msg)] = (_stream_key(str(e["stream"])), str(off) if off else None)
         if e.get("probe") and e.get("fault"):
             probes[(rid, str(e["fault"]))] = (msg, float(e["t"]))
     handled_at: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     unmatched: Counter[str] = Counter()
+    # claims by stream, for messages only a stream offset identifies (upstream claims
+    # carry no payload): runner -> stream -> [(t, offset)]
+    claims: dict[str, dict[str, list[tuple[float, str | None]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for e in evs:
         if e.get("type") != "handled":
             continue
@@ -195,8 +226,26 @@ def summarize(events: Iterable[Event]) -> dict[str, Any]:
         hmsg = e.get("msg") or by_wake.get(str(e.get("wake_id") or ""))
         if hmsg:
             handled_at[rid][str(hmsg)].append(float(e["t"]))
+        elif e.get("stream"):
+            off = e.get("offset")
+            claims[rid][_stream_key(str(e["stream"]))].append(
+                (float(e["t"]), str(off) if off else None)
+            )
         else:
             unmatched[rid] += 1
+    for (rid, msg), (stream, offset) in where.items():
+        if handled_at[rid].get(msg):
+            continue
+        cover = [
+            (t, off)
+            for t, off in claims[rid].get(stream, [])
+            if t >= published[rid][msg] - 1.0 and _covers(off, offset)
+        ]
+        if cover:
+            first = cover[0]
+            # the same work (stream, offset) handed out again counts as handled twice
+            again = [c for c in claims[rid][stream] if c[1] == first[1] and c[0] > first[0]]
+            handled_at[rid][msg] = [first[0], *(t for t, _ in again)]
 
     def lost_in(rid: str, lo: float, hi: float) -> list[str]:
         return sorted(

@@ -168,33 +168,68 @@ def test_runner_log_lines_parse_as_utc() -> None:
 
 def test_handled_lines_find_the_message_id_wherever_the_server_put_it() -> None:
     wake = {"type": "wake", "payload": {"chaos_msg": "r#7"}}
-    assert parse_handled_line(f"12.5 wk_1 {json.dumps(wake)}") == (
+    assert parse_handled_line(f"12.5 wk_1 - - {json.dumps(wake)}") == (
         12.5,
-        {"msg": "r#7", "wake_id": "wk_1"},
+        {"msg": "r#7", "wake_id": "wk_1", "stream": None, "offset": None},
     )
     nested = {"entity": {"args": json.dumps({"chaos_msg": "r#8"})}}
-    assert parse_handled_line(f"1 - {json.dumps(nested)}") == (1.0, {"msg": "r#8", "wake_id": None})
-    assert parse_handled_line("1 wk_2 not json") == (1.0, {"msg": None, "wake_id": "wk_2"})
+    got = parse_handled_line(f"1 - - - {json.dumps(nested)}")
+    assert got is not None and got[1]["msg"] == "r#8"
+    claim = {"consumerId": "c1", "streams": [{"path": "chaos/r/main", "offset": "0_42"}]}
+    assert parse_handled_line(f"2 c1 chaos/r/main 0_42 {json.dumps(claim)}") == (
+        2.0,
+        {"msg": None, "wake_id": "c1", "stream": "chaos/r/main", "offset": "0_42"},
+    )
     assert parse_handled_line("garbage") is None
+
+
+def test_claims_without_payload_are_matched_by_stream_and_offset() -> None:
+    """Upstream claims carry no message: a claim of stream S up to offset o handles every
+    message published to S ending at or before o; the same (S, o) twice is a duplicate."""
+    e = [
+        ev(0, "run_start", runners={"r": "default"}),
+        ev(1, "publish", runner="r", msg="r#1", ok=True, stream="/chaos/r/main", offset="0_10"),
+        ev(1.1, "publish", runner="r", msg="r#2", ok=True, stream="/chaos/r/main", offset="0_20"),
+        ev(1.2, "publish", runner="r", msg="r#3", ok=True, stream="/chaos/r/main", offset="0_30"),
+        ev(1.3, "publish", runner="r", msg="r#4", ok=True, stream="/chaos/q/main", offset="0_5"),
+        ev(2, "handled", runner="r", wake_id="c1", stream="chaos/r/main", offset="0_20"),
+        ev(3, "handled", runner="r", wake_id="c2", stream="chaos/r/main", offset="0_20"),
+        ev(4, "handled", runner="r", wake_id="c3", stream="chaos/r/main", offset="0_100"),
+        ev(5, "run_end", interrupted=False),
+    ]
+    r = summarize(e)["runners"]["r"]
+    assert (r["published"], r["handled"], r["lost"], r["handled_twice"]) == (4, 3, 1, 2)
+    assert summarize(e)["lanes"]["r"]["handled"] == [2.0, 2.0, 3.0, 3.0, 4.0]
 
 
 def test_handler_command_records_one_line_per_message_in_a_real_shell(tmp_path: Path) -> None:
     out = tmp_path / "handled.txt"
     cmd = handler_command(out, 0.01)
-    for i, extra in enumerate(({}, {"chaos_slow": True})):
-        wake = json.dumps({"payload": {"chaos_msg": f"r#{i}", **extra}}, indent=1)  # multi-line
+    runs = [
+        ({"payload": {"chaos_msg": "r#0"}}, {"PULLWAKE_WAKE_ID": "wk_0"}),
+        ({"payload": {"chaos_msg": "r#1", "chaos_slow": True}}, {"PULLWAKE_WAKE_ID": "wk_1"}),
+        (
+            {"consumerId": "c2"},
+            {
+                "PULLWAKE_WAKE_ID": "c2",
+                "PULLWAKE_STREAM_PATH": "chaos/r-chaos_slow/main",
+                "PULLWAKE_STREAM_OFFSET": "0_7",
+            },
+        ),
+    ]
+    for wake, env in runs:
         subprocess.run(
             ["sh", "-c", cmd],
-            input=wake,
+            input=json.dumps(wake, indent=1),  # multi-line on stdin, one line in the file
             text=True,
             check=True,
-            env={"PULLWAKE_WAKE_ID": f"wk_{i}", "PATH": "/usr/bin:/bin"},
+            env={**env, "PATH": "/usr/bin:/bin"},
         )
-    lines = out.read_text().splitlines()
-    got = [parse_handled_line(line) for line in lines]
+    got = [parse_handled_line(line) for line in out.read_text().splitlines()]
     assert [g[1] if g else None for g in got] == [
-        {"msg": "r#0", "wake_id": "wk_0"},
-        {"msg": "r#1", "wake_id": "wk_1"},
+        {"msg": "r#0", "wake_id": "wk_0", "stream": None, "offset": None},
+        {"msg": "r#1", "wake_id": "wk_1", "stream": None, "offset": None},
+        {"msg": None, "wake_id": "c2", "stream": "chaos/r-chaos_slow/main", "offset": "0_7"},
     ]
 
 
