@@ -580,7 +580,8 @@ async def _read(ds: DSServer, request: web.Request, t: Target) -> web.StreamResp
     headers["Stream-Next-Offset"] = res.next_offset
     if live == "long-poll":
         headers["Stream-Cursor"] = response_cursor(cursor, ds.config.cursor_interval_s)
-    headers["Stream-Up-To-Date"] = "true"
+    if res.up_to_date:
+        headers["Stream-Up-To-Date"] = "true"
     closed_now = res.closed and res.at_tail
     if closed_now:
         headers["Stream-Closed"] = "true"
@@ -695,11 +696,13 @@ async def _sse(
             if res.messages:
                 ds.observer.live_touched(t.rel)
             at_tail_closed = res.closed and res.at_tail
-            out.append(control(res.next_offset, at_tail_closed, True))
+            out.append(control(res.next_offset, at_tail_closed, res.up_to_date))
             await resp.write("".join(out).encode())
             if at_tail_closed:
                 break
             current = res.next_offset
+            if not res.up_to_date:
+                continue  # a capped read: more right away
             # caught up: wait for more (upstream: up to the long-poll timeout, then a
             # keep-alive control event; pullwake mode: comments in between)
             deadline = time.monotonic() + cfg.long_poll_timeout

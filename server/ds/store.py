@@ -50,6 +50,7 @@ OFFSET_RE = re.compile(r"^(-1|now|\d+_\d+)$")
 JSON_TYPE = "application/json"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 PRODUCER_STATE_TTL_MS = 7 * 24 * 3600 * 1000
+READ_BYTES = 8 * 1024 * 1024  # one read answers about this much at most (see StoreCore.read)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ds_streams (
@@ -180,6 +181,10 @@ class ReadResult:
     @property
     def at_tail(self) -> bool:
         return self.next_offset == self.tail
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.at_tail
 
 
 @dataclass(frozen=True)
@@ -640,27 +645,41 @@ class StoreCore:
         )
 
     # --- read ------------------------------------------------------------------------
-    def read(self, path: str, offset: str = OFFSET_START) -> ReadResult:
-        """Everything after `offset` (`-1` start, `now` tail; beyond the tail: nothing)."""
+    def read(
+        self, path: str, offset: str = OFFSET_START, max_bytes: int = READ_BYTES
+    ) -> ReadResult:
+        """What follows `offset` (`-1` start, `now` tail; beyond the tail: nothing), at most
+        about `max_bytes` (always at least one message): `up_to_date` says whether it
+        reached the tail.  Upstream answers everything at once; the cap only keeps a
+        huge backlog from being loaded into memory in one piece."""
         m = self.get(path)
         self.touch(path)
         after = m.tail if offset == OFFSET_NOW else offset_pos(offset)
-        msgs = self._read_messages(m, after)
+        msgs = self._read_messages(m, after, max_bytes=max_bytes)
         nxt = msgs[-1].offset if msgs else m.offset
         return ReadResult(msgs, nxt, m.offset, m.closed, m.content_type)
 
-    def _read_messages(self, m: StreamMeta, after: int, limit: int = -1) -> list[Message]:
+    def _read_messages(
+        self, m: StreamMeta, after: int, limit: int = -1, max_bytes: int | None = None
+    ) -> list[Message]:
         out: list[Message] = []
+        size = 0
         if m.forked_from is not None and m.fork_offset is not None and after < m.fork_offset:
             src = self.meta(m.forked_from)
             if src is not None:
                 out = [x for x in self._read_messages(src, after) if x.end <= m.fork_offset]
+                size = sum(len(x.data) for x in out)
         rows = self.db.execute(
             "SELECT end_pos, data FROM ds_messages WHERE path=? AND incarnation=? AND end_pos>?"
             " ORDER BY end_pos LIMIT ?",
             (m.path, m.incarnation, after, limit),
         )
-        out.extend(Message(bytes(d), int(e)) for e, d in rows)
+        for e, d in rows:
+            if max_bytes is not None and out and size + len(d) > max_bytes:
+                break
+            out.append(Message(bytes(d), int(e)))
+            size += len(d)
+        rows.close()
         return out[:limit] if limit >= 0 else out
 
     # --- key/value (subscriptions keep their HMAC key here) ----------------------------

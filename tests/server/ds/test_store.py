@@ -192,3 +192,15 @@ async def test_durable_across_reopen(tmp_path: Path) -> None:
         assert body((await s2.read("k")).messages) == [1, 2]
     finally:
         s2.close()
+
+
+async def test_read_is_capped_but_never_empty(store: DSStore) -> None:
+    await store.create("big", content_type="application/octet-stream")
+    for _ in range(3):
+        await store.append("big", b"x" * 1000)
+    first = await store.call(lambda core: core.read("big", "-1", max_bytes=1500))
+    assert len(first.messages) == 1 and not first.up_to_date
+    rest = await store.call(lambda core: core.read("big", first.next_offset, max_bytes=1))
+    assert len(rest.messages) == 1  # at least one, even above the cap
+    last = await store.read("big", rest.next_offset)
+    assert len(last.messages) == 1 and last.up_to_date
