@@ -1,39 +1,54 @@
-# Both targets bootstrap .venv themselves on a fresh machine.
+# Both targets bootstrap .venv themselves on a fresh machine: `make demo` installs
+# only what the demo runs (pullwake and its runtime dependencies), `make test` adds
+# the test and lint tools.  Each step says what it is installing before it starts.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: demo test lint typecheck check bench clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
+	@echo "==> creating the virtualenv $(VENV) with $(PY)"
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	touch $(STAMP)
 
-demo: $(STAMP)
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	@echo "==> installing pullwake (editable) and its runtime dependencies into $(VENV):"
+	@echo "    aiohttp, OpenTelemetry SDK + exporters, prometheus-client, grafana-foundation-sdk, PyYAML"
+	$(PIP) install --progress-bar on -e .
+	@touch $@
+
+$(DEV_STAMP): $(RUN_STAMP)
+	@echo "==> installing the test and lint tools into $(VENV): pytest (+ asyncio, timeout),"
+	@echo "    hypothesis, ruff, mypy, jsonschema, check-jsonschema, setuptools"
+	$(PIP) install --progress-bar on -e '.[dev]'
+	@touch $@
+
+demo: $(RUN_STAMP)
+	@echo "==> pullwake demo $(DEMO_ARGS)"
 	$(BIN)/pullwake demo $(DEMO_ARGS)
 
 # The README's test command: static checks first (cheap, fail fast), then the suite.
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pullwake dashboards build --check
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check . || true
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck
 	$(BIN)/pullwake dashboards build --check
 
 # Benchmarks print figures (targets live here, not in timed tests); each stops by itself.
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python bench/bench_server.py
 	$(BIN)/python bench/bench_detection.py
 	$(BIN)/python bench/bench_telemetry.py
