@@ -295,8 +295,7 @@ async def _dispatch(ds: DSServer, request: web.Request, t: Target) -> web.Stream
         if method == "DELETE":
             if not await ds.store.delete(t.rel):
                 return text(404, "Stream not found")
-            await ds.subs.on_stream_deleted(t.rel)
-            return empty(204)
+            return empty(204)  # subscriptions unlink it through store.on_delete
     except StoreError as exc:
         return text(exc.status, exc.text, exc.headers)
     return text(405, "Method not allowed")

@@ -223,6 +223,7 @@ class Appended:
 
 
 AppendListener = Callable[[Appended], Awaitable[None] | None]
+DeleteListener = Callable[[str], Awaitable[None] | None]
 
 
 @dataclass
@@ -736,6 +737,7 @@ class DSStore:
         self.notifier = Notifier()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pullwake-ds-db")
         self._listeners: list[AppendListener] = []
+        self._delete_listeners: list[DeleteListener] = []
         self._closed = False
 
     # --- plumbing ---------------------------------------------------------------------
@@ -767,10 +769,22 @@ class DSStore:
                         await res
                 except Exception:
                     log.exception("append listener %r failed for %s", cb, a.path)
+        for path in sorted(eff.deleted):
+            for dcb in list(self._delete_listeners):
+                try:
+                    res = dcb(path)
+                    if res is not None:
+                        await res
+                except Exception:
+                    log.exception("delete listener %r failed for %s", dcb, path)
 
     def on_append(self, callback: AppendListener) -> None:
         """`callback(Appended(path, tail, internal))` after each committed append."""
         self._listeners.append(callback)
+
+    def on_delete(self, callback: DeleteListener) -> None:
+        """`callback(path)` after a stream is gone for good (DELETE, expiry, last fork)."""
+        self._delete_listeners.append(callback)
 
     # --- synchronous reads of in-memory metadata -----------------------------------------
     def tail(self, path: str) -> str | None:

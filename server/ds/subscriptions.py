@@ -328,15 +328,36 @@ class SubscriptionManager:
         self._key = b""
         self._shutting_down = False
         self._started = False
+        self._start_lock = asyncio.Lock()
+        self._loader: asyncio.Task[Any] | None = None
+        self._patterned: set[str] = set()  # ids of subscriptions with a glob pattern
         store.on_append(self._on_append)
+        store.on_delete(self.on_stream_deleted)
 
     # --- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
-        """Load persisted subscriptions, re-arm leases, announce pending work."""
-        if self._started:
-            return
-        self._started = True
+        """Load persisted subscriptions, re-arm leases, announce pending work.
 
+        Idempotent; every public operation awaits it first, so an early call
+        (an append before the app's startup hook ran) cannot see an empty state.
+        """
+        async with self._start_lock:
+            if self._started:
+                return
+            self._loader = asyncio.current_task()
+            try:
+                await self._load()
+            finally:
+                self._loader = None
+            self._started = True
+        await self.expire_due()
+
+    async def _ready(self) -> None:
+        # the loading task itself may come back here (a delete listener): let it through
+        if not self._started and asyncio.current_task() is not self._loader:
+            await self.start()
+
+    async def _load(self) -> None:
         def load(core: StoreCore) -> tuple[bytes, list[str]]:
             core.db.executescript(_SCHEMA)
             key = core.kv_get(_KEY_NAME)
@@ -365,7 +386,6 @@ class SubscriptionManager:
                     new = sub.copy()
                     await self._create_wake(new, self._first_pending(new))
                     await self._commit(new, wake=True)
-        await self.expire_due()
 
     def shutdown(self) -> None:
         self._shutting_down = True
@@ -383,10 +403,13 @@ class SubscriptionManager:
         return lock
 
     def _index(self, sub: Subscription) -> None:
+        if sub.pattern:
+            self._patterned.add(sub.id)
         for path in sub.streams:
             self._by_stream.setdefault(path, set()).add(sub.id)
 
     def _unindex(self, sub: Subscription) -> None:
+        self._patterned.discard(sub.id)
         for path in sub.streams:
             ids = self._by_stream.get(path)
             if ids is not None:
@@ -602,6 +625,7 @@ class SubscriptionManager:
     # --- public API ----------------------------------------------------------------------
     async def put(self, sub_id: str, body: Any) -> tuple[dict[str, Any], bool]:
         """Create or confirm; returns (serialized, created).  409 on another config."""
+        await self._ready()
         spec = parse_create(body)
         async with self._lock(sub_id):
             h = _config_hash(spec)
@@ -652,12 +676,14 @@ class SubscriptionManager:
 
     async def delete(self, sub_id: str) -> None:
         """Idempotent (upstream answers 204 either way)."""
+        await self._ready()
         async with self._lock(sub_id):
             sub = self._subs.get(sub_id)
             if sub is not None:
                 await self._commit(sub.copy(), delete=True)
 
     async def add_streams(self, sub_id: str, streams: list[str]) -> None:
+        await self._ready()
         async with self._lock(sub_id):
             sub = self._get(sub_id).copy()
             for path in streams:
@@ -665,6 +691,7 @@ class SubscriptionManager:
             await self._commit(sub)
 
     async def remove_stream(self, sub_id: str, path: str) -> None:
+        await self._ready()
         async with self._lock(sub_id):
             sub = self._get(sub_id).copy()
             link = sub.streams.get(normalize_path(path))
@@ -678,6 +705,7 @@ class SubscriptionManager:
 
     async def claim(self, sub_id: str, worker: str) -> dict[str, Any]:
         """200 body `{wake_id, generation, token, streams, lease_ttl_ms}`."""
+        await self._ready()
         async with self._lock(sub_id):
             sub = self._get(sub_id)
             if sub.type != PULL_WAKE:
@@ -720,6 +748,7 @@ class SubscriptionManager:
     async def _ack(
         self, sub_id: str, token: str, request: dict[str, Any], *, webhook: bool
     ) -> dict[str, Any]:
+        await self._ready()
         async with self._lock(sub_id):
             sub = self._get(sub_id)
             if not webhook and sub.type != PULL_WAKE:
@@ -737,6 +766,7 @@ class SubscriptionManager:
 
     async def release(self, sub_id: str, token: str, request: dict[str, Any]) -> None:
         """Give the wake back; pending work is announced again at once (new generation)."""
+        await self._ready()
         async with self._lock(sub_id):
             sub = self._get(sub_id)
             if sub.type != PULL_WAKE:
@@ -754,11 +784,15 @@ class SubscriptionManager:
 
     async def on_stream_append(self, path: str) -> None:
         """Link the path to matching patterns and announce a wake where one is due."""
+        await self._ready()
         if self._shutting_down:
             return
         path = normalize_path(path)
         ids = set(self._by_stream.get(path, ()))
-        ids.update(s.id for s in self._subs.values() if s.pattern and glob_match(s.pattern, path))
+        for sub_id in self._patterned:
+            pattern = self._subs[sub_id].pattern
+            if pattern and glob_match(pattern, path):
+                ids.add(sub_id)
         for sub_id in sorted(ids):
             async with self._lock(sub_id):
                 sub = self._subs.get(sub_id)
@@ -782,6 +816,7 @@ class SubscriptionManager:
                 await self._commit(new, wake=True)
 
     async def on_stream_deleted(self, path: str) -> None:
+        await self._ready()
         path = normalize_path(path)
         for sub_id in sorted(self._by_stream.get(path, set()).copy()):
             async with self._lock(sub_id):

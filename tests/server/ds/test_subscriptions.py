@@ -258,3 +258,30 @@ def test_glob_match() -> None:
     assert glob_match("a/**", "a/b/c") and glob_match("a/**", "a")
     assert glob_match("**/c", "a/b/c")
     assert glob_match("a/%2A", "a/*") and not glob_match("a/%2A", "a/b")
+
+
+async def test_deleted_stream_is_unlinked(env: Env) -> None:
+    await env.store.delete(MAIN)
+    st = env.subs.state(SID)
+    assert st is not None and st.streams == ()
+
+
+async def test_operations_before_start_load_first(tmp_path: Path) -> None:
+    """An append or claim before the app's startup hook ran still sees the persisted state."""
+    db = str(tmp_path / "ds.db")
+    clock = Clock()
+    e = await make(tmp_path / "ds.db", clock)
+    await e.store.create(WAKE, content_type="application/json")
+    await e.store.create(MAIN, content_type="application/json")
+    await e.subs.put(SID, SPEC)
+    e.subs.shutdown()
+    e.store.close()
+    store = DSStore(db, clock=clock)
+    subs = SubscriptionManager(store, clock=clock)  # no start()
+    try:
+        await store.append_json(MAIN, [1])
+        claim = await subs.claim(SID, "r1")
+        assert claim["generation"] == 1
+    finally:
+        subs.shutdown()
+        store.close()
