@@ -6,7 +6,9 @@ death leaves none behind); the publisher is a thread that posts a wake every
 few seconds through the server API.  Once a second a status line shows what
 the runner's `/status` says.  `--chaos` SIGKILLs the server on a schedule and
 brings it back on the same port and database, so the runner's detection and
-recovery can be watched.
+recovery can be watched; unless `--profile` is given it runs a `default` and a
+`legacy` runner side by side (one status line each), so one is seen to recover
+while the other keeps saying `connected=yes` with failing heartbeats.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +65,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--runner-id", default="demo", help="runner id to register and publish to")
     p.add_argument(
         "--profile",
-        default="default",
-        help="runner profile for `pullwake run`: default, upstream or legacy (the seed's bug)",
+        default=None,
+        help="runner profile for `pullwake run`: default, upstream or legacy (the seed's bug) "
+        "(default: default; with --chaos and no --profile, see --profiles)",
+    )
+    p.add_argument(
+        "--profiles",
+        default=None,
+        help="comma list: one runner per profile side by side, one status line each "
+        "(default: default,legacy with --chaos and no --profile, else just --profile)",
     )
     p.add_argument("--publish-interval", type=float, default=2.0, help="seconds between wakes")
     p.add_argument(
@@ -117,15 +127,42 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             raise CLIError(f"--{name.replace('_', '-')} must be > 0")
     if args.duration < 0:
         raise CLIError("--duration must be >= 0")
+    args.profile_list = _profiles(args)
     if importlib.util.find_spec("pullwake.runner.config") is not None:
         from pullwake.runner.config import PROFILES
 
-        if args.profile not in PROFILES:
-            raise CLIError(f"unknown profile {args.profile!r} (choose from {', '.join(PROFILES)})")
+        for profile in args.profile_list:
+            if profile not in PROFILES:
+                raise CLIError(f"unknown profile {profile!r} (choose from {', '.join(PROFILES)})")
     try:
         return Demo(args).run()
     except SupervisorError as exc:
         raise CLIError(str(exc).splitlines()[0]) from None
+
+
+def _profiles(args: argparse.Namespace) -> list[str]:
+    """Runner profiles to start: --profiles, else default+legacy under --chaos, else one."""
+    from pullwake.core.errors import CLIError
+
+    if args.profiles is not None:
+        got = [p.strip() for p in str(args.profiles).split(",") if p.strip()]
+        if not got or len(set(got)) != len(got):
+            raise CLIError("--profiles must list distinct profiles, e.g. default,legacy")
+        return got
+    if args.profile is None and args.chaos:
+        return ["default", "legacy"]
+    return [args.profile or "default"]
+
+
+@dataclass(frozen=True)
+class RunnerSlot:
+    """One runner of the demo: its profile, id, child name, status port and log."""
+
+    profile: str
+    runner_id: str
+    name: str
+    status_port: int
+    log: str
 
 
 def _free_port() -> int:
@@ -181,7 +218,19 @@ class Demo:
             why = exc.strerror or exc
             raise SupervisorError(f"cannot create --workdir {self.workdir}: {why}") from None
         self.port = args.port or _free_port()
-        self.status_port = args.status_port or _free_port()
+        profiles: list[str] = getattr(args, "profile_list", None) or [args.profile or "default"]
+        one = len(profiles) == 1
+        self.slots = [
+            RunnerSlot(
+                profile=p,
+                runner_id=args.runner_id if one else f"{args.runner_id}-{p}",
+                name="runner" if one else f"runner-{p}",
+                status_port=(args.status_port if i == 0 and args.status_port else _free_port()),
+                log="runner.log" if one else f"runner-{p}.log",
+            )
+            for i, p in enumerate(profiles)
+        ]
+        self.status_port = self.slots[0].status_port
         self.server_url = f"http://127.0.0.1:{self.port}"
         self.status_url = f"http://127.0.0.1:{self.status_port}"
         has_runner = importlib.util.find_spec("pullwake.runner.cli") is not None
@@ -214,50 +263,55 @@ class Demo:
             ready=HttpReady(f"{self.server_url}/healthz"),
         )
 
-    def runner_spec(self) -> ChildSpec:
+    def runner_spec(self, slot: RunnerSlot | None = None) -> ChildSpec:
         a = self.args
+        slot = slot or self.slots[0]
+        status_url = f"http://127.0.0.1:{slot.status_port}"
         argv = self._py(
             "run",
             "--server",
             self.server_url,
             "--runner-id",
-            a.runner_id,
+            slot.runner_id,
             "--label",
             "pullwake demo",
             "--status-listen",
-            f"127.0.0.1:{self.status_port}",
+            f"127.0.0.1:{slot.status_port}",
             "--heartbeat-interval",
             str(a.heartbeat_interval),
             "--profile",
-            a.profile,
+            slot.profile,
             "--offset-file",
-            str(self.workdir / "runner.offset"),
+            str(self.workdir / slot.log.replace(".log", ".offset")),
         )
         return ChildSpec(
-            "runner",
+            slot.name,
             argv,
             env={"PYTHONUNBUFFERED": "1"},
-            log=self.workdir / "runner.log",
-            ready=HttpReady(f"{self.status_url}/healthz"),
+            log=self.workdir / slot.log,
+            ready=HttpReady(f"{status_url}/healthz"),
         )
 
     def banner(self) -> None:
-        a, rid = self.args, self.args.runner_id
+        a, rid = self.args, self.slots[0].runner_id
+        logs = ", ".join(["server.log", *(s.log for s in self.slots)])
         lines = [
-            f"pullwake demo: work dir {self.workdir} (server.log, runner.log)",
+            f"pullwake demo: work dir {self.workdir} ({logs})",
             f"  server          {self.server_url}"
             f"  (runner health: {self.server_url}{RUNNERS_PREFIX}/{rid}/health)",
         ]
         if self.with_runner:
-            lines.append(
-                f"  runner status   {self.status_url}/status  /healthz  /readyz  /metrics"
-                f"  (profile {a.profile})"
-            )
+            for slot in self.slots:
+                lines.append(
+                    f"  runner status   http://127.0.0.1:{slot.status_port}/status  /healthz"
+                    f"  /readyz  /metrics  (profile {slot.profile}, id {slot.runner_id})"
+                )
         else:
             lines.append(
                 "  runner          not started (`pullwake run` unavailable or --no-runner)"
             )
-        lines.append(f"  publisher       one wake every {a.publish_interval:g}s to runner {rid!r}")
+        ids = ", ".join(repr(s.runner_id) for s in self.slots)
+        lines.append(f"  publisher       one wake every {a.publish_interval:g}s to runner {ids}")
         if a.chaos:
             lines.append(
                 f"  chaos           SIGKILL the server every {a.chaos_interval:g}s, "
@@ -271,9 +325,9 @@ class Demo:
         ready = HttpReady(f"{self.server_url}/healthz", timeout=_STATUS_TIMEOUT_S)
         return "up" if ready.check() else "starting"
 
-    def server_health(self) -> str | None:
+    def server_health(self, runner_id: str | None = None) -> str | None:
         """The server's verdict on the runner (it knows whether a stream is really open)."""
-        url = f"{self.server_url}{RUNNERS_PREFIX}/{self.args.runner_id}/health"
+        url = f"{self.server_url}{RUNNERS_PREFIX}/{runner_id or self.args.runner_id}/health"
         try:
             status, body = _http("GET", url, timeout=_STATUS_TIMEOUT_S)
         except (OSError, ValueError):
@@ -281,11 +335,12 @@ class Demo:
         health = body.get("health") if status == 200 and isinstance(body, dict) else None
         return str(health.get("status")) if isinstance(health, dict) else None
 
-    def runner_status(self) -> dict[str, Any] | None:
+    def runner_status(self, slot: RunnerSlot | None = None) -> dict[str, Any] | None:
         if not self.with_runner:
             return None
+        url = f"http://127.0.0.1:{(slot or self.slots[0]).status_port}/status"
         try:
-            status, body = _http("GET", f"{self.status_url}/status", timeout=_STATUS_TIMEOUT_S)
+            status, body = _http("GET", url, timeout=_STATUS_TIMEOUT_S)
         except (OSError, ValueError):
             return None
         return body if status == 200 and isinstance(body, dict) else None
@@ -305,17 +360,24 @@ class Demo:
 
     def _run(self, a: argparse.Namespace) -> int:
         self.sup.start(self.server_spec(), timeout=30)
-        try:  # register up front so publishing works before the runner is up
-            _http(
-                "POST", f"{self.server_url}{RUNNERS_PREFIX}", {"id": a.runner_id, "label": "demo"}
-            )
-        except (OSError, ValueError) as exc:
-            raise SupervisorError(f"cannot register runner {a.runner_id!r}: {exc}") from None
+        for slot in self.slots:
+            try:  # register up front so publishing works before the runner is up
+                _http(
+                    "POST",
+                    f"{self.server_url}{RUNNERS_PREFIX}",
+                    {"id": slot.runner_id, "label": "demo"},
+                )
+            except (OSError, ValueError) as exc:
+                raise SupervisorError(f"cannot register runner {slot.runner_id!r}: {exc}") from None
         if self.with_runner:
-            self.sup.start(self.runner_spec(), timeout=30)
+            for slot in self.slots:
+                self.sup.start(self.runner_spec(slot), timeout=30)
         self.banner()
-        publisher = Publisher(self.server_url, a.runner_id, a.publish_interval)
-        publisher.start()
+        publishers = [
+            Publisher(self.server_url, slot.runner_id, a.publish_interval) for slot in self.slots
+        ]
+        for p in publishers:
+            p.start()
         t0 = time.monotonic()
         next_kill = t0 + a.chaos_interval if a.chaos else float("inf")
         back_at: float | None = None
@@ -348,25 +410,28 @@ class Demo:
                     code = 1
                     break
                 server = "DOWN" if back_at is not None else self.server_state()
-                print(
-                    format_status(
-                        now - t0,
-                        self.runner_status(),
-                        publisher.published,
-                        server,
-                        self.with_runner,
-                        publish_errors=publisher.failed,
-                        health=self.server_health() if server == "up" else None,
-                    ),
-                    flush=True,
-                )
+                for slot, pub in zip(self.slots, publishers, strict=True):
+                    print(
+                        format_status(
+                            now - t0,
+                            self.runner_status(slot),
+                            pub.published,
+                            server,
+                            self.with_runner,
+                            publish_errors=pub.failed,
+                            health=self.server_health(slot.runner_id) if server == "up" else None,
+                            label=slot.profile if len(self.slots) > 1 else None,
+                        ),
+                        flush=True,
+                    )
         finally:
-            publisher.stop()
-        status = self.runner_status() or {}
+            for p in publishers:
+                p.stop()
+        delivered = sum(wakes_delivered(self.runner_status(s) or {}) for s in self.slots)
         why = "signal" if self.sup.stop_requested else "done"
         print(
             f"pullwake demo: stopping ({why}) after {time.monotonic() - t0:.0f}s: "
-            f"published {publisher.published}, delivered {wakes_delivered(status)}, "
+            f"published {sum(p.published for p in publishers)}, delivered {delivered}, "
             f"server kills {self.kills}",
             flush=True,
         )

@@ -48,11 +48,14 @@ def format_status(
     now: datetime | None = None,
     publish_errors: int = 0,
     health: str | None = None,
+    label: str | None = None,
 ) -> str:
     """One line: state, stream age, idle, reconnects, last heartbeat, wakes delivered,
     then the server's health verdict on the runner and the publisher's counts."""
     now = now or datetime.now(UTC)
     head = f"[{elapsed:5.0f}s]"
+    if label:  # several runners side by side: which one this line is about
+        head = f"{head} {label:<8}"
     tail = f"published={published} server={server}"
     if publish_errors:  # publishes refused while the server was down (chaos)
         tail = f"published={published} publish_errors={publish_errors} server={server}"
@@ -84,4 +87,6 @@ def format_status(
             f"health={health or '-'}",  # the server's view, e.g. degraded on a stream mismatch
             tail,
         ]
+        # the seed's lie, said out loud: the stream "fine" while the heartbeats fail
+        + (["<- LIE: connected while heartbeats fail"] if connected and hb_ok is False else [])
     )
