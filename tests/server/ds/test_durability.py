@@ -8,10 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from pullwake.server.ds.store import DSStore, format_body
 from pullwake.server.ds.subscriptions import SubscriptionManager
+from tests.support.procs import Proc, free_port, wait_until
 
 CHILD = r"""
 import asyncio, json, sys
@@ -85,3 +89,71 @@ async def test_kill9_loses_nothing_acknowledged(tmp_path: Path) -> None:
     finally:
         subs.shutdown()
         store.close()
+
+
+def _http(method: str, url: str, body: object = None, token: str | None = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            raw = resp.read()
+            return resp.status, (json.loads(raw) if raw else dict(resp.headers))
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _ds_server(db: Path, port: int, log: Path) -> Proc:
+    argv = [sys.executable, "-m", "pullwake.server.ds", "--port", str(port), "--db", str(db)]
+    proc = Proc(argv, log)
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _http("GET", f"{url}/v1/stream/__ds/jwks.json")[0] == 200, 20, what="up")
+    return proc
+
+
+def test_http_kill9_keeps_acknowledged_appends_and_claims(tmp_path: Path) -> None:
+    """Over HTTP: every 204'd append and the claim (token included) survive kill -9."""
+    db, port = tmp_path / "ds.db", free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _ds_server(db, port, tmp_path / "a.log")
+    try:
+        for p in ("runners/r1/wake", "probe/e1/main"):
+            assert _http("PUT", f"{url}/{p}")[0] == 201
+        sid = "runner:r1:23c1232b5a83aee4"
+        spec = {"type": "pull-wake", "streams": ["probe/e1/main"], "wake_stream": "runners/r1/wake"}
+        assert _http("PUT", f"{url}/__ds/subscriptions/{sid}", spec)[0] == 201
+        acked = []
+        for i in range(30):
+            status, headers = _http("POST", f"{url}/probe/e1/main", {"i": i})
+            assert status == 204
+            acked.append(headers["Stream-Next-Offset"])
+        status, claim = _http("POST", f"{url}/__ds/subscriptions/{sid}/claim", {"worker": "r1"})
+        assert status == 200 and claim["generation"] == 1
+        proc.signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.stop()
+
+    proc = _ds_server(db, port, tmp_path / "b.log")
+    try:
+        status, items = _http("GET", f"{url}/probe/e1/main?offset=-1")
+        assert status == 200 and items == [{"i": i} for i in range(30)]
+        status, sub = _http("GET", f"{url}/__ds/subscriptions/{sid}")
+        assert status == 200 and sub["streams"][0]["path"] == "probe/e1/main"
+        status, again = _http("POST", f"{url}/__ds/subscriptions/{sid}/claim", {"worker": "r2"})
+        assert status == 409 and json.loads(again)["error"]["current_holder"] == "r1"
+        done = {
+            "wake_id": claim["wake_id"],
+            "generation": 1,
+            "acks": [{"path": "probe/e1/main", "offset": acked[-1]}],
+            "done": True,
+        }
+        status, res = _http("POST", f"{url}/__ds/subscriptions/{sid}/ack", done, claim["token"])
+        assert (status, res) == (200, {"ok": True, "next_wake": False})
+        status, events = _http("GET", f"{url}/runners/r1/wake?offset=-1")
+        assert [e["generation"] for e in events] == [1]
+    finally:
+        proc.stop()
