@@ -11,12 +11,9 @@ seed's lie under a kill -9 behind the proxy.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from pullwake.tools.faultproxy import ThreadedFaultProxy
 from tests.runner.harness import (
@@ -39,8 +35,9 @@ from tests.runner.harness import (
     wait_state,
     wait_streaming,
 )
+from tests.support.fakeserver import FakeServer, answering
 from tests.support.netns import INNER_TIMEOUT_S, in_own_netns
-from tests.support.procs import ServerProcess, free_port, http_json, running
+from tests.support.procs import ServerProcess, http_json, running
 from tests.support.waits import holds_for
 
 pytestmark = pytest.mark.slow
@@ -149,49 +146,6 @@ def test_proxy_partition_loses_no_wake(tmp_path: Path, server: ServerProcess, mo
             assert s["diagnostics"]["stream_connected"] is False
 
 
-class _StubServer:
-    """A server whose runners API works but whose stream answers `status`."""
-
-    def __init__(self, status: int) -> None:
-        self.status = status
-        self.stream_requests = 0
-        self.port = free_port()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-
-    async def _main(self) -> None:
-        async def api(request: web.Request) -> web.Response:
-            return web.json_response({"id": "r1", "wake_stream": "/runners/r1/wake"})
-
-        async def stream(request: web.Request) -> web.Response:
-            self.stream_requests += 1
-            return web.json_response({"error": {"code": "INTERNAL"}}, status=self.status)
-
-        app = web.Application()
-        app.router.add_post("/_electric/runners{tail:.*}", api)
-        app.router.add_get("/runners/r1/wake", stream)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[_StubServer]:
-        loop = asyncio.new_event_loop()
-        t = threading.Thread(target=loop.run_until_complete, args=(self._main(),), daemon=True)
-        t.start()
-        assert self._ready.wait(10)
-        try:
-            yield self
-        finally:
-            assert self._stop is not None
-            loop.call_soon_threadsafe(self._stop.set)
-            t.join(10)
-
-
 @pytest.mark.parametrize("status", [500, 503])
 def test_stream_answering_5xx_backs_off_and_loses_no_wake(
     tmp_path: Path, server: ServerProcess, status: int
@@ -201,8 +155,9 @@ def test_stream_answering_5xx_backs_off_and_loses_no_wake(
     claims to stream, and when the real server is reachable again it is back within
     the backoff wait + 1 s and handles what was published meanwhile exactly once."""
     handled = Handled(tmp_path)
+    stub = FakeServer(answering(status))
     with (
-        _StubServer(status).running() as stub,
+        stub.in_thread() as stub_url,
         ThreadedFaultProxy(upstream=("127.0.0.1", server.port)) as proxy,
     ):
         r = start_runner(tmp_path, proxy.url, "r1", handled)
@@ -211,7 +166,8 @@ def test_stream_answering_5xx_backs_off_and_loses_no_wake(
             before = publish(server, "r1", 2)
             handled.wait_for(before, 10)
             outage.inject()
-            proxy.set_upstream(("127.0.0.1", stub.port))  # new connections reach the stub
+            stub_port = int(stub_url.rsplit(":", 1)[1])
+            proxy.set_upstream(("127.0.0.1", stub_port))  # new connections reach the stub
             proxy.set_mode("close")  # FIN the live stream (and anything else open)
             proxy.set_mode("pass")
             outage.wait_left_streaming(EOF_BOUND_S)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -109,6 +110,31 @@ class FakeServer:
     async def start(self) -> tuple[web.AppRunner, str]:
         return await serve(self.handle)
 
+    @contextlib.contextmanager
+    def in_thread(self) -> Iterator[str]:
+        """Serve from a background event loop (for tests driving real runner processes
+        from plain, blocking code); yields the base URL, stops the loop after."""
+        loop = asyncio.new_event_loop()
+        started: list[tuple[web.AppRunner, str]] = []
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            started.append(loop.run_until_complete(self.start()))
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(started[0][0].cleanup())
+            loop.close()
+
+        thread = threading.Thread(target=run, name="fakeserver", daemon=True)
+        thread.start()
+        assert ready.wait(10), "fake server did not start"
+        try:
+            yield started[0][1]
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+
 
 # --- stream behaviours shared by several tests -------------------------------------------
 async def keepalives(request: web.Request) -> web.StreamResponse:
@@ -128,3 +154,12 @@ async def headers_never_come(request: web.Request) -> web.StreamResponse:
 
 async def unavailable(request: web.Request) -> web.StreamResponse:
     return web.json_response({"error": "down"}, status=503)
+
+
+def answering(status: int) -> Behaviour:
+    """A stream that answers every request with `status` (a gateway whose backend is gone)."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error": {"code": "INTERNAL"}}, status=status)
+
+    return answer
