@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import pytest
 from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -31,6 +30,7 @@ from pullwake.core.protocol import (
 from pullwake.core.telemetry import SERVICE_RUNNER, Telemetry, build_telemetry
 from pullwake.runner.observe import Observers, RunnerSnapshot, SessionInfo, Transition
 from pullwake.runner.otel import CONNECT_SPAN, SESSION_SPAN, WAKE_SPAN, OtelRunnerObserver
+from tests.support.fakeserver import serving
 
 
 class Rig:
@@ -254,12 +254,8 @@ async def test_traceparent_on_runner_requests(rig: Rig, hook: str) -> None:
         seen.append(request.headers.get("traceparent", ""))
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_get("/x", echo)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    try:
-        url = str(server.make_url("/x"))
+    async with serving(echo) as base:
+        url = f"{base}/x"
         kw: dict[str, object] = (
             {"request_class": rig.obs.request_class()}
             if hook == "request_class"
@@ -273,8 +269,6 @@ async def test_traceparent_on_runner_requests(rig: Rig, hook: str) -> None:
                 async with http.get(url) as resp:
                     await resp.read()
             rig.obs.heartbeat(HeartbeatOutcome.OK, 0.001, None)
-    finally:
-        await server.close()
     session_span = rig.obs._current
     assert session_span is not None
     (hb,) = rig.finished("pullwake.heartbeat")
