@@ -9,6 +9,9 @@ which never leaves streaming: until a wake published after healing is
 handled).  "-" means not detected within the cap: the runner lied.
 
     .venv/bin/python bench/bench_detection.py [--cap 15] [--heartbeat-interval 2]
+        [--chart bench/results/detection.png]
+
+Besides the table it draws the figures (medians) as a chart, PNG and SVG.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def one(
             tmp, proxy.url, "bench",
             extra=["--profile", profile, "--heartbeat-interval", str(hb), "--handler", cmd,
                    "--log-level", "warning"],
-        )  # fmt: skip
+        )
         r.start()
         with running(r):
             before = wait_until(
@@ -104,7 +107,7 @@ def inject(server: ServerProcess, proxy: ThreadedFaultProxy, fault: str) -> Call
             return ServerProcess(
                 server.log_path.parent, port=server.port, db=server.db,
                 keepalive=float(server.argv[server.argv.index("--keepalive-interval") + 1]),
-            ).start()  # fmt: skip
+            ).start()
 
         return restart
     if fault == "sigstop":
@@ -124,6 +127,11 @@ def fmt(values: list[float | None]) -> str:
     return text
 
 
+def median(values: list[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    return round(statistics.median(got), 3) if got else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cap", type=float, default=15.0, help="give up detecting after (s)")
@@ -132,7 +140,14 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--profiles", default=",".join(PROFILES))
     ap.add_argument("--faults", default=",".join(FAULTS))
+    ap.add_argument(
+        "--chart",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "detection.png",
+        help="where the chart goes (.png, and .svg beside it); '' = none",
+    )
     args = ap.parse_args()
+    results: list[dict[str, Any]] = []
     print(
         f"heartbeat {args.heartbeat_interval}s, server keepalive {args.keepalive}s "
         f"(default idle timeout {3 * args.keepalive:g}s), detection cap {args.cap}s"
@@ -147,10 +162,24 @@ def main() -> int:
                     d, r = one(
                         Path(tmp), profile, fault, args.cap, args.heartbeat_interval,
                         args.keepalive,
-                    )  # fmt: skip
+                    )
                 det.append(d)
                 rec.append(r)
             print(f"{fault:<10} {profile:<9} {fmt(det):>18} {fmt(rec):>18}", flush=True)
+            results.append(
+                {"fault": fault, "profile": profile, "detection_s": median(det),
+                 "recovery_s": median(rec)}
+            )
+    if str(args.chart) not in ("", "."):
+        from pullwake.tools.chaos_plot import draw_detection_chart
+
+        args.chart.parent.mkdir(parents=True, exist_ok=True)
+        title = (
+            f"pullwake detection and recovery per fault and profile (heartbeat "
+            f"{args.heartbeat_interval:g}s, keepalive {args.keepalive:g}s, median of {args.repeat})"
+        )
+        draw_detection_chart(results, args.cap, title, args.chart, args.chart.with_suffix(".svg"))
+        print(f"chart: {args.chart} (+ .svg)")
     return 0
 
 

@@ -83,6 +83,8 @@ def _short_alert(name: str) -> str:
 
 
 def _secs(value: float) -> str:
+    if value < 0.1:
+        return f"{value:.3f}s"
     return f"{value:.2f}s" if value < 1 else f"{value:.1f}s"
 
 
@@ -319,5 +321,99 @@ def draw(summary: dict[str, Any], png: Path, svg: Path) -> tuple[int, int]:
     )
     fig.savefig(png, dpi=DPI)
     fig.savefig(svg)
+    plt.close(fig)
+    return w_px, h_px
+
+
+PROFILE_COLOURS = {"default": "#2e7d32", "upstream": "#1565c0", "legacy": "#c62828"}
+
+
+def draw_detection_chart(
+    results: list[dict[str, Any]], cap: float, title: str, png: Path, svg: Path | None = None
+) -> tuple[int, int]:
+    """`bench/bench_detection.py` as a picture: per fault, one bar per profile for
+    detection (left) and for recovery (right); a fault never noticed is a red
+    hatched bar to the cap marked "never".  `results` rows: fault, profile,
+    detection_s, recovery_s (None = not within the cap)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    faults = list(dict.fromkeys(str(r["fault"]) for r in results))
+    profiles = list(dict.fromkeys(str(r["profile"]) for r in results))
+    w_px, h_px = 1400, max(420, 150 + 70 * len(faults))
+    fig, axes = plt.subplots(
+        1,
+        2,
+        figsize=(w_px / DPI, h_px / DPI),
+        dpi=DPI,
+        sharey=True,
+        gridspec_kw={"left": 0.12, "right": 0.98, "top": 0.86, "bottom": 0.2, "wspace": 0.05},
+    )
+    bar_h = 0.8 / max(1, len(profiles))
+    for ax, key, name in zip(
+        axes,
+        ("detection_s", "recovery_s"),
+        ("detected after the fault", "back after the heal"),
+        strict=True,
+    ):
+        for i, fault in enumerate(faults):
+            for j, profile in enumerate(profiles):
+                row = next(
+                    (r for r in results if r["fault"] == fault and r["profile"] == profile), None
+                )
+                if row is None:
+                    continue
+                y = len(faults) - 1 - i + (len(profiles) - 1 - j - (len(profiles) - 1) / 2) * bar_h
+                value = row.get(key)
+                colour = PROFILE_COLOURS.get(profile, "#616161")
+                if value is None:
+                    ax.barh(
+                        y,
+                        cap,
+                        height=bar_h * 0.9,
+                        color="white",
+                        edgecolor=LIE_COLOUR,
+                        hatch="///",
+                        linewidth=0.8,
+                    )
+                    ax.text(
+                        cap * 0.98,
+                        y,
+                        "never",
+                        va="center",
+                        ha="right",
+                        fontsize=7.5,
+                        color=LIE_COLOUR,
+                        fontweight="bold",
+                        bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none"},
+                    )
+                else:
+                    ax.barh(y, float(value), height=bar_h * 0.9, color=colour)
+                    ax.text(
+                        float(value) + cap * 0.01,
+                        y,
+                        _secs(float(value)),
+                        va="center",
+                        ha="left",
+                        fontsize=7.5,
+                    )
+        ax.set_xlim(0, cap * 1.08)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("seconds", fontsize=9)
+        ax.grid(axis="x", color="#eeeeee")
+        ax.set_axisbelow(True)
+    axes[0].set_yticks(range(len(faults)), list(reversed(faults)), fontsize=9)
+    handles = [Patch(facecolor=PROFILE_COLOURS.get(p, "#616161"), label=p) for p in profiles]
+    handles.append(
+        Patch(facecolor="white", edgecolor=LIE_COLOUR, hatch="///", label=f"not within {cap:g}s")
+    )
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
+    fig.suptitle(title, fontsize=11, fontweight="bold")
+    fig.savefig(png, dpi=DPI)
+    if svg is not None:
+        fig.savefig(svg)
     plt.close(fig)
     return w_px, h_px

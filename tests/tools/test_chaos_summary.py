@@ -257,3 +257,19 @@ def test_read_events_skips_a_torn_last_line(tmp_path: Path) -> None:
     p = tmp_path / "events.jsonl"
     p.write_text('{"t": 1, "type": "note", "text": "x"}\n{"t": 2, "ty')
     assert read_events(p) == [{"t": 1, "type": "note", "text": "x"}]
+
+
+def test_bench_detection_chart_is_a_png_of_the_size_it_says(tmp_path: Path) -> None:
+    from pullwake.tools.chaos_plot import draw_detection_chart
+
+    rows = [
+        {"fault": f, "profile": p, "detection_s": d, "recovery_s": r}
+        for f in ("sigkill", "half_open")
+        for p, d, r in (("default", 0.004, 1.8), ("legacy", None, None))
+    ]
+    png, svg = tmp_path / "d.png", tmp_path / "d.svg"
+    size = draw_detection_chart(rows, 15.0, "t", png, svg)
+    head = png.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (int.from_bytes(head[16:20]), int.from_bytes(head[20:24])) == size
+    assert "never" in svg.read_text()
