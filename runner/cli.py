@@ -3,7 +3,8 @@
 Every option can also come from a `PULLWAKE_*` environment variable (the
 command line wins).  Values are parsed here, not by argparse, so a bad value
 gives one line (`pullwake: error: ...`, exit 2) and never a usage dump or a
-traceback.  SIGINT/SIGTERM stop the runner cleanly (exit 0).  An unreachable
+traceback.  SIGINT/SIGTERM stop the runner cleanly (exit 0); SIGHUP ends the
+live read and reconnects at once (reason `forced`), like `POST /reconnect`.  An unreachable
 server at start is not an error: the runner stays `connecting` and backs off.
 """
 
@@ -138,7 +139,22 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
         "--status-listen",
         "PULLWAKE_STATUS_LISTEN",
         None,
-        "HOST:PORT of the status listener (/healthz, /readyz, /status, /metrics); default: off",
+        "HOST:PORT of the status listener (/healthz, /readyz, /status, /metrics,"
+        " POST /reconnect); default: off",
+    ),
+    (
+        "--status-token",
+        "PULLWAKE_STATUS_TOKEN",
+        None,
+        "bearer token POST /reconnect needs; without one, /reconnect is answered only on a"
+        " loopback listener",
+    ),
+    (
+        "--resume-threshold",
+        "PULLWAKE_RESUME_THRESHOLD",
+        None,
+        "seconds the runner may be away (system asleep, process frozen) before it ends the"
+        " live read and reconnects at once (default: the heartbeat interval; 0 = off)",
     ),
     (
         "--profile",
@@ -236,6 +252,8 @@ def config_from_args(args: argparse.Namespace) -> RunnerConfig:
             concurrency=_number("concurrency", v["concurrency"], int),
             queue_size=_number("queue_size", v["queue_size"], int),
             status_listen=v["status_listen"],
+            status_token=v["status_token"],
+            resume_threshold=_number("resume_threshold", v["resume_threshold"]),
             principal=str(v["principal"]),
             profile=profile_named(str(v["profile"])),
         )
@@ -271,10 +289,11 @@ async def serve(runner: Runner) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, runner.stop)
+    loop.add_signal_handler(signal.SIGHUP, runner.reconnect_now)  # reason `forced`
     try:
         await runner.run()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         if status is not None:
             await status.stop()

@@ -1,9 +1,14 @@
 """`Runner`: wires the machine, sessions, reconnects, heartbeats and dispatch.
 
 The runner is the machine's `EffectPort`: it feeds events to the `Driver`
-and carries out the effects it gets back.  It never sets the phase itself.
-Diagnostics, `/status` and gauges all read the same fields, so what the
-runner says about its stream is what its code did.
+and carries out the effects it gets back.  It never sets the phase itself,
+and keeps no copy of it: "connected", the session number, the reconnect
+count and the last end reason are the machine's; when a session connected is
+its record's (`SessionInfo`); diagnostics, `/status` and gauges derive from
+those (`runner.diagnostics.RunnerView`).  Detectors (`runner.detectors`)
+feed the machine events; the heartbeat loop sees the runner only through
+`HeartbeatPort`; reconnect waits are run by `Reconnector` on the machine's
+`ScheduleReconnect`.
 
 Two offsets: the *read* offset (the last `streamNextOffset` seen) is where a
 reconnect resumes within this process - wakes read but not yet handled are
@@ -20,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, NoReturn
 
@@ -29,10 +34,17 @@ import aiohttp
 from pullwake.core.protocol import OFFSET_START, EndReason, RunnerState
 from pullwake.runner.api import ServerAPI
 from pullwake.runner.config import RunnerConfig
-from pullwake.runner.diagnostics import Diagnostics, iso
+from pullwake.runner.detectors import (
+    Clocks,
+    HeartbeatBridge,
+    ResumeDetector,
+    SystemClocks,
+    reconnect_after,
+)
+from pullwake.runner.diagnostics import Diagnostics, RunnerView, iso
 from pullwake.runner.dispatch import Dispatcher, Handler, shell_handler
 from pullwake.runner.errors import SessionEnded, describe
-from pullwake.runner.heartbeat import Heartbeater
+from pullwake.runner.heartbeat import Heartbeater, HeartbeatRecord
 from pullwake.runner.machine import (
     BackoffElapsed,
     CancelStream,
@@ -40,20 +52,19 @@ from pullwake.runner.machine import (
     CutWaitShort,
     Driver,
     Effect,
+    EndSession,
     Event,
     Machine,
     MarkConnected,
-    MarkDisconnected,
     OpenStream,
+    ReconnectNow,
     ScheduleReconnect,
-    ServerBack,
     Start,
     StartWorkers,
     Stop,
     StopComplete,
     StopWorkers,
     StreamEnded,
-    StreamReset,
 )
 from pullwake.runner.observe import (
     Observers,
@@ -72,8 +83,8 @@ log = logging.getLogger("runner")
 MetricsHook = Callable[[], tuple[bytes, str]]
 
 
-async def _log_only(wake: dict[str, Any]) -> None:
-    log.info("wake %s (no handler configured)", wake.get("wake_id"))
+async def _log_only(claim: dict[str, Any]) -> None:
+    log.info("claim %s of %s (no handler configured)", claim.get("wakeId"), claim.get("streamPath"))
 
 
 class Runner:
@@ -85,9 +96,13 @@ class Runner:
         *,
         handler: Handler | None = None,
         observer: RunnerObserver | None = None,
+        clocks: Clocks | None = None,
         **options: Any,
     ) -> None:
-        """Either a `RunnerConfig`, or its fields as keywords (`server=`, `runner_id=` ...)."""
+        """Either a `RunnerConfig`, or its fields as keywords (`server=`, `runner_id=` ...).
+
+        `clocks`: the monotonic/boot clock pair the resume detector compares
+        (tests inject one to simulate a suspend)."""
         if config is None:
             config = RunnerConfig(**options)
         elif options:
@@ -103,13 +118,14 @@ class Runner:
         self._offsets = OffsetStore(config.offset_file)
         self._tracker = CommitTracker(self._offsets.load())
         self.read_offset = self._tracker.committed
-        self.diag = Diagnostics(config)
+        self.diag = Diagnostics()
+        self.heartbeats = HeartbeatRecord()
         self.reconnects: deque[dict[str, Any]] = deque(maxlen=50)
         self._session: Session | None = None
         self._info: SessionInfo | None = None
-        self._reset_reason: EndReason | None = None
-        self._reset_event = asyncio.Event()
-        self._last_end: EndReason | None = None
+        self._stream_task: asyncio.Task[None] | None = None  # reads session _stream_number
+        self._stream_number = 0
+        self._end_detail: tuple[int, str] | None = None  # (session, error text) of its end
         self._registered = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._done = asyncio.Event()
@@ -117,6 +133,20 @@ class Runner:
         self._dispatcher: Dispatcher | None = None
         self._reconnector: Reconnector | None = None
         self._heartbeater: Heartbeater | None = None
+        self._clocks = clocks or SystemClocks()
+        threshold = config.resume_threshold
+        self.resume_threshold = config.heartbeat_interval if threshold is None else threshold
+        self._bridge = HeartbeatBridge(
+            self._driver, config.bridge_threshold, self._report, healthy=self._session_healthy
+        )
+        self.view = RunnerView(
+            config,
+            self.diag,
+            machine=lambda: self._driver.machine,
+            session=lambda: self._info,
+            heartbeats=lambda: self.heartbeats,
+            stats=lambda: self._dispatcher.stats if self._dispatcher is not None else None,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -127,6 +157,10 @@ class Runner:
 
     # --- public --------------------------------------------------------------------
     @property
+    def machine(self) -> Machine:
+        return self._driver.machine
+
+    @property
     def phase(self) -> RunnerState:
         return self._driver.phase
 
@@ -136,7 +170,7 @@ class Runner:
 
     @property
     def ready(self) -> bool:
-        return self.phase is RunnerState.STREAMING and self.diag.last_heartbeat_ok is True
+        return self.machine.connected and self.heartbeats.last_ok is True
 
     async def run(self) -> None:
         """Run until `stop()`; returns once every task has ended.
@@ -157,14 +191,23 @@ class Runner:
             queue_size=self.config.queue_size,
             on_error=self.diag.error,
             handler_timeout=self.config.handler_timeout or None,
+            callback_heartbeat_interval=self.config.callback_heartbeat_interval,
+            claim_lease=self.config.claim_lease,
         )
         self._stream_http = stream_http
-        self._heartbeater = Heartbeater(self, self._api)
+        self._heartbeater = Heartbeater(
+            self,
+            self._api,
+            self.observer,
+            runner_id=self.config.runner_id,
+            interval=self.config.heartbeat_interval,
+            timeout=self.config.hb_timeout,
+            record=self.heartbeats,
+        )
         self._reconnector = Reconnector(
-            self._attempt,
+            lambda attempt: self.feed(BackoffElapsed(attempt)),
             backoff_max=self.config.backoff_max,
             on_wait=self._backing_off,
-            on_reset=self._fresh_backoff,
         )
         try:
             self.feed(Start())
@@ -177,7 +220,9 @@ class Runner:
                 await self._done.wait()
                 raise
         finally:  # a second cancel cut the shutdown short: end what is left, by force
+            self._reconnector.cancel()
             await self._cancel_tasks()
+            await self._cancel_stream()
             await self._dispatcher.stop()
             self._end_open_session()
             if self.phase is RunnerState.STOPPING:
@@ -189,16 +234,20 @@ class Runner:
         """Ask for a clean stop (safe to call from a signal handler, repeatedly)."""
         self.feed(Stop())
 
+    def reconnect_now(self, reason: EndReason = EndReason.FORCED) -> bool:
+        """End the live read and reconnect at once, no backoff (POST /reconnect, SIGHUP).
+
+        During a reconnect wait, cuts it short.  False when the runner is not
+        running (stopped or stopping): nothing to reconnect.
+        """
+        if self.phase in (RunnerState.STOPPED, RunnerState.STOPPING):
+            return False
+        log.info("reconnect now (%s), in %s", reason.value, self.phase.value)
+        self.feed(ReconnectNow(reason))
+        return True
+
     def feed(self, event: Event) -> None:
         self._driver.feed(event)
-
-    def reset_stream(self, reason: EndReason) -> None:
-        """End the current session from outside (the heartbeat bridge)."""
-        self.feed(StreamReset(self._driver.machine.session, reason))
-
-    def server_back(self) -> None:
-        """A heartbeat got through after failures: cut a reconnect wait short."""
-        self.feed(ServerBack(self._driver.machine.attempt))
 
     @property
     def session_info(self) -> SessionInfo | None:
@@ -208,28 +257,65 @@ class Runner:
     def registered(self) -> bool:
         return self._registered
 
-    @registered.setter
-    def registered(self, value: bool) -> None:
-        self._registered = value
-
     def snapshot(self) -> RunnerSnapshot:
-        return self.diag.snapshot(self._driver.machine, self.committed_offset)
+        return self.view.snapshot(self.committed_offset)
 
     def diagnostics(self) -> dict[str, Any]:
-        """The heartbeat diagnostics (the original's fields plus pullwake's)."""
-        stats = self._dispatcher.stats if self._dispatcher is not None else None
-        return self.diag.as_dict(self._driver.machine, stats)
+        """The diagnostics /status shows: the original's sixteen fields plus pullwake's."""
+        return self.view.as_dict()
+
+    def wire_diagnostics(self) -> dict[str, Any]:
+        """The diagnostics a heartbeat carries: only what the real server keeps."""
+        return self.view.wire()
 
     def status(self) -> dict[str, Any]:
         """`GET /status`: diagnostics, state, detector settings, reconnect history."""
-        return self.diag.status(
-            self._driver.machine,
-            self.diagnostics(),
+        return self.view.status(
             list(self.reconnects),
             committed=self.committed_offset,
             read=self.read_offset,
             queued=self._dispatcher.queued if self._dispatcher else 0,
+            resume_threshold=self.resume_threshold or None,
         )
+
+    # --- HeartbeatPort ----------------------------------------------------------------
+    def heartbeat_payload(self) -> tuple[str, dict[str, Any]]:
+        return self.committed_offset, self.wire_diagnostics()
+
+    async def ensure_registered(self) -> None:
+        if not self._registered:
+            assert self._api is not None
+            await self._api.register()
+            self._registered = True
+
+    def heartbeat_done(self, ok: bool, error: BaseException | None) -> None:
+        if not ok and error is not None:
+            if getattr(error, "status", None) == 404:
+                self._registered = False  # a server on a fresh db: register again
+            self.diag.error(f"heartbeat: {describe(error)}")
+        self._bridge.heartbeat(ok)
+
+    # --- detectors ----------------------------------------------------------------------
+    def _report(self, detector: str, details: Mapping[str, Any]) -> None:
+        """A detector fired: observers hear it before the session end it causes."""
+        log.warning("detector %s fired: %s", detector, dict(details))
+        self.observer.detector_fired(self._info, detector, details)
+
+    def _session_healthy(self) -> bool:
+        s = self._session
+        return s is not None and s.number == self.machine.session and s.healthy
+
+    def _resume_detector(self) -> ResumeDetector | None:
+        if not self.resume_threshold:
+            return None
+        act = reconnect_after(self._driver, self._report, self.resume_threshold)
+
+        def on_gap(gap: Any) -> None:
+            act(gap)
+            if self._heartbeater is not None:
+                self._heartbeater.poke()  # the server hears from us at once
+
+        return ResumeDetector(self._clocks, self.resume_threshold, on_gap)
 
     # --- EffectPort ------------------------------------------------------------------
     def transitioned(self, old: Machine, new: Machine, event: Event) -> None:
@@ -242,48 +328,39 @@ class Runner:
     def run_effect(self, effect: Effect) -> None:
         match effect:
             case StartWorkers():
-                assert self._dispatcher and self._reconnector and self._heartbeater
+                assert self._dispatcher and self._heartbeater
                 self._dispatcher.start()
-                self._tasks = [
-                    asyncio.create_task(self._reconnector.run(), name="reconnect"),
-                    asyncio.create_task(self._heartbeater.run(), name="heartbeat"),
-                ]
+                self._tasks = [asyncio.create_task(self._heartbeater.run(), name="heartbeat")]
+                resume = self._resume_detector()
+                if resume is not None:
+                    self._tasks.append(asyncio.create_task(resume.run(), name="resume"))
             case OpenStream(session):
                 self._open(session)
             case MarkConnected(session):
-                self.diag.connected()
-                if self._info is not None:
+                if self._info is not None and self._info.number == session:
                     self._info = replace(self._info, connected_at=time.time())
                     self.observer.session_connected(self._info)
-            case MarkDisconnected(session, reason):
-                self._last_end = reason
-                self.diag.disconnected(reason)
-                self.reconnects.append(
-                    {
-                        "at": iso(time.time()),
-                        "reason": reason.value,
-                        "session": session,
-                        "wait_s": None,
-                    }
-                )
+            case EndSession(session, reason):
+                self._end_session(session, reason)
             case CancelStream(session, reason):
-                self._reset_reason = reason
-                self._reset_event.set()
-            case ScheduleReconnect():
-                pass  # the wait itself is the backoff decorator's (runner.reconnect)
-            case CutWaitShort():
+                if self._stream_task is not None and self._stream_number == session:
+                    self._stream_task.cancel()
+            case ScheduleReconnect(attempt, reason, fresh):
+                assert self._reconnector is not None
+                self._reconnector.schedule(attempt, reason, fresh)
+            case CutWaitShort(attempt):
                 if self._reconnector is not None:
-                    self._reconnector.cut_short()
+                    self._reconnector.cut_short(attempt)
             case StopWorkers():
+                if self._reconnector is not None:
+                    self._reconnector.cancel()
+                for task in self._tasks:  # now, so nothing in flight reports after this
+                    task.cancel()
                 self._tasks.append(asyncio.create_task(self._shutdown(), name="shutdown"))
 
     # --- sessions ----------------------------------------------------------------------
     def _open(self, session: int) -> None:
-        if session > 1 and self._last_end is not EndReason.ROTATED:
-            self.diag.reconnect_count += 1
-        self.diag.session_failures = 0
-        self._reset_event = asyncio.Event()
-        self._reset_reason = None
+        self._session = None
         self._info = SessionInfo(
             number=session,
             mode=self.config.live_mode,
@@ -291,22 +368,23 @@ class Runner:
             started_at=time.time(),
         )
         self.observer.session_started(self._info)
+        self._stream_number = session
+        self._stream_task = asyncio.create_task(self._stream(session), name=f"session-{session}")
 
-    async def _attempt(self) -> NoReturn:
-        """Open and consume one session; raise `SessionEnded` on every end."""
-        m = self._driver.machine
-        if m.phase is RunnerState.RECONNECTING:
-            self.feed(BackoffElapsed(m.attempt))
-        m = self._driver.machine
-        if m.phase is not RunnerState.CONNECTING:  # stopping: wait to be cancelled
-            await asyncio.Event().wait()
-        number = m.session
+    async def _stream(self, number: int) -> None:
+        """Open and consume session `number`; report its end to the machine."""
         try:
             await self._consume(number)
         except SessionEnded as end:
             end.session = number
             self._ended(number, end)
-            raise
+        except asyncio.CancelledError:
+            raise  # the machine ended it (a detector, a forced reconnect, a stop)
+        except Exception as exc:
+            log.error("session %d failed unexpectedly", number, exc_info=exc)
+            healthy = self._session is not None and self._session.healthy
+            failed = SessionEnded(EndReason.ERROR, describe(exc), session=number, healthy=healthy)
+            self._ended(number, failed)
 
     async def _consume(self, number: int) -> NoReturn:
         assert self._api is not None
@@ -321,28 +399,7 @@ class Runner:
             _Hooks(self, number),
         )
         self._session = session
-        reader = asyncio.create_task(session.run(), name=f"session-{number}")
-        reset = asyncio.create_task(self._reset_event.wait())
-        try:
-            await asyncio.wait({reader, reset}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            reset.cancel()
-            if not reader.done():
-                reader.cancel()
-                with contextlib.suppress(BaseException):
-                    await reader
-        # a session the runner ends (heartbeat bridge) may have been healthy for hours:
-        # that end must reset the backoff like any other end of a healthy session
-        healthy = session.healthy
-        if not reader.done() or reader.cancelled():
-            reason = self._reset_reason or EndReason.STOPPED
-            raise SessionEnded(reason, "reset by the runner", session=number, healthy=healthy)
-        exc = reader.exception()
-        if isinstance(exc, SessionEnded):
-            raise exc
-        log.error("session %d failed unexpectedly", number, exc_info=exc)
-        detail = describe(exc) if exc else ""
-        raise SessionEnded(EndReason.ERROR, detail, session=number, healthy=healthy)
+        await session.run()
 
     async def _register_or_end(self) -> None:
         assert self._api is not None
@@ -357,6 +414,7 @@ class Runner:
             raise SessionEnded(EndReason.HTTP_ERROR, f"register: {describe(exc)}") from exc
 
     def _ended(self, number: int, end: SessionEnded) -> None:
+        """Session `number` ended by itself: note why, then tell the machine."""
         if end.status == 404:
             self._registered = False  # a server on a fresh db: register again
         if end.status == 410:  # our offset is gone (retention, or a server on a fresh db):
@@ -370,30 +428,30 @@ class Runner:
         current = self._info is not None and self._info.number == number
         if end.reason is EndReason.IDLE_TIMEOUT and current:
             # the firing is what ends the session: observers hear it first
-            self.observer.detector_fired(
-                self._info, "idle_timeout", {"idle_timeout_s": self.diag.idle_timeout_s}
-            )
-        self.feed(StreamEnded(number, end.reason))
-        if self._info is not None and current and self._info.ended_at is None:
-            self._info = replace(
-                self._info,
-                ended_at=time.time(),
-                reason=end.reason,
-                error=end.detail or None,
-                end_offset=self.read_offset,
-            )
-            self.observer.session_ended(self._info)
+            self._report("idle_timeout", {"idle_timeout_s": self.diag.idle_timeout_s})
+        self._end_detail = (number, end.detail)
         log.info("session %d ended: %s", number, end)
+        self.feed(StreamEnded(number, end.reason, end.healthy))
 
-    def _backing_off(self, wait: float, tries: int, end: SessionEnded) -> None:
-        if self.reconnects and self.reconnects[-1]["session"] == end.session:
+    def _end_session(self, number: int, reason: EndReason) -> None:
+        """The machine ended session `number`: its record closes now, exactly once."""
+        now = time.time()
+        self.reconnects.append(
+            {"at": iso(now), "reason": reason.value, "session": number, "wait_s": None}
+        )
+        info = self._info
+        if info is None or info.number != number or info.ended_at is not None:
+            return
+        detail = self._end_detail[1] if self._end_detail and self._end_detail[0] == number else ""
+        self._info = replace(
+            info, ended_at=now, reason=reason, error=detail or None, end_offset=self.read_offset
+        )
+        self.observer.session_ended(self._info)
+
+    def _backing_off(self, wait: float, tries: int, reason: EndReason) -> None:
+        if self.reconnects and self.reconnects[-1]["session"] == self.machine.session:
             self.reconnects[-1]["wait_s"] = round(wait, 3)
-        self.observer.backoff_wait(wait, tries, end.reason)
-
-    def _fresh_backoff(self, end: SessionEnded) -> None:
-        if self.reconnects and self.reconnects[-1]["session"] == end.session:
-            self.reconnects[-1]["wait_s"] = 0.0
-        self.observer.backoff_wait(0.0, 0, end.reason)
+        self.observer.backoff_wait(wait, tries, reason)
 
     # --- hooks from the session (see _Hooks) ------------------------------------------
     def _commit(self, offset: str) -> None:
@@ -406,6 +464,7 @@ class Runner:
     async def _shutdown(self) -> None:
         me = asyncio.current_task()
         await self._cancel_tasks(keep=me)
+        await self._cancel_stream()
         self._end_open_session()
         if self._dispatcher is not None:
             await self._dispatcher.stop()
@@ -426,6 +485,12 @@ class Runner:
                 end_offset=self.read_offset,
             )
             self.observer.session_ended(self._info)
+
+    async def _cancel_stream(self) -> None:
+        task = self._stream_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _cancel_tasks(self, keep: asyncio.Task[Any] | None = None) -> None:
         tasks = [t for t in self._tasks if t is not keep and not t.done()]

@@ -1,103 +1,124 @@
-"""Heartbeats, and the two decisions they feed.
+"""Heartbeats: the loop that posts them, and the record of how they went.
 
-Every `heartbeat_interval` the runner posts its lease (3 x interval), the
-committed offset and its diagnostics, bounded by its own timeout.  It keeps
-doing so in every phase, reconnecting included.
-
-* Heartbeat bridge (profiles default, upstream): K consecutive failures
-  *during the current session* (connecting or streaming) reset that session
-  with reason `heartbeat_failures`.  Counting per session means a fresh
-  connect attempt gets its own K heartbeats before the bridge fires again.
-* A success after failures means the server is back: a reconnect wait in
-  progress is cut short (`ServerBack`).
+Every `interval` the loop posts the runner's lease (3 x interval), committed
+offset and diagnostics, bounded by its own timeout, in every phase,
+reconnecting included; `poke()` sends one at once (the resume/stall
+detector does, so the server hears from a runner that was away as soon as it
+is back).  The loop knows the runner only through `HeartbeatPort`: what to
+send, how to make sure it is registered, and whom to tell about the outcome.
+What the outcomes mean for the stream (the heartbeat bridge, "the server is
+back") is decided by `runner.detectors`, not here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, NoReturn
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
 
-from pullwake.core.protocol import EndReason, HeartbeatOutcome, RunnerState
-from pullwake.runner.api import ServerAPI, error_type_of
+from pullwake.core.protocol import HeartbeatOutcome
+from pullwake.runner.api import error_type_of
 from pullwake.runner.errors import describe
-
-if TYPE_CHECKING:
-    from pullwake.runner.core import Runner
+from pullwake.runner.observe import RunnerObserver
 
 log = logging.getLogger("pullwake.runner.heartbeat")
 
 
+class HeartbeatPort(Protocol):
+    """What the heartbeat loop needs from the runner, and nothing more."""
+
+    def heartbeat_payload(self) -> tuple[str, dict[str, Any]]:
+        """The committed offset and the diagnostics to send now."""
+        ...
+
+    async def ensure_registered(self) -> None:
+        """Register first when the server does not know the runner (yet, or any more)."""
+
+    def heartbeat_done(self, ok: bool, error: BaseException | None) -> None:
+        """Every outcome, after `Heartbeater.record` is updated."""
+
+
+class HeartbeatAPI(Protocol):
+    async def heartbeat(self, offset: str, diagnostics: dict[str, Any]) -> Any: ...
+
+
+@dataclass
+class HeartbeatRecord:
+    """How heartbeats went; read by diagnostics, /readyz and gauges."""
+
+    sent: int = 0
+    last_at: float | None = None  # unix time of the last outcome
+    last_ok: bool | None = None
+    last_success_at: float | None = None
+    consecutive_failures: int = 0
+
+
 class Heartbeater:
-    def __init__(self, runner: Runner, api: ServerAPI) -> None:
-        self._runner = runner
+    def __init__(
+        self,
+        port: HeartbeatPort,
+        api: HeartbeatAPI,
+        observer: RunnerObserver,
+        *,
+        runner_id: str,
+        interval: float,
+        timeout: float,
+        record: HeartbeatRecord | None = None,
+    ) -> None:
+        self._port = port
         self._api = api
-        self.sent = 0
+        self._observer = observer
+        self._runner_id = runner_id
+        self._interval = interval
+        self._timeout = timeout
+        self.record = record if record is not None else HeartbeatRecord()
+        self._poked = asyncio.Event()
 
     def __repr__(self) -> str:
-        return f"<Heartbeater sent={self.sent}>"
+        return f"<Heartbeater sent={self.record.sent} failures={self.record.consecutive_failures}>"
+
+    def poke(self) -> None:
+        """Send the next heartbeat now instead of at the end of the interval."""
+        self._poked.set()
 
     async def run(self) -> NoReturn:
-        interval = self._runner.config.heartbeat_interval
         while True:
             started = time.monotonic()
+            self._poked.clear()
             await self.beat()
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            remaining = max(0.0, self._interval - (time.monotonic() - started))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._poked.wait()
 
     async def beat(self) -> bool:
-        r = self._runner
-        diag = r.diag
         started = time.monotonic()
         ok, error = True, None
-        with r.observer.span("heartbeat", {"runner_id": r.config.runner_id}):
+        with self._observer.span("heartbeat", {"runner_id": self._runner_id}):
             try:
-                async with asyncio.timeout(r.config.hb_timeout):
-                    if not r.registered:
-                        await self._api.register()
-                        r.registered = True
-                    await self._api.heartbeat(r.committed_offset, r.diagnostics())
+                async with asyncio.timeout(self._timeout):
+                    await self._port.ensure_registered()
+                    offset, diagnostics = self._port.heartbeat_payload()
+                    await self._api.heartbeat(offset, diagnostics)
             except Exception as exc:
                 ok, error = False, exc
-        self.sent += 1
         duration = time.monotonic() - started
-        diag.last_heartbeat_at = time.time()
-        diag.last_heartbeat_ok = ok
+        rec = self.record
+        rec.sent += 1
+        rec.last_at, rec.last_ok = time.time(), ok
         if ok:
-            recovered = diag.consecutive_heartbeat_failures > 0
-            diag.consecutive_heartbeat_failures = 0
-            diag.session_failures = 0
-            diag.last_heartbeat_success_at = time.time()
-            r.observer.heartbeat(HeartbeatOutcome.OK, duration, None)
-            if recovered:
-                r.server_back()
-            return True
-        assert error is not None
-        etype = error_type_of(error)
-        if getattr(error, "status", None) == 404:
-            r.registered = False
-        diag.consecutive_heartbeat_failures += 1
-        diag.session_failures += 1
-        diag.error(f"heartbeat: {describe(error)}")
-        r.observer.heartbeat(HeartbeatOutcome.FAILED, duration, etype)
-        log.warning(
-            "heartbeat failed (%d in a row): %s",
-            diag.consecutive_heartbeat_failures,
-            describe(error),
-        )
-        self._maybe_bridge()
-        return False
-
-    def _maybe_bridge(self) -> None:
-        r = self._runner
-        k = r.config.bridge_threshold
-        if k is None or r.phase not in (RunnerState.CONNECTING, RunnerState.STREAMING):
-            return
-        if r.diag.session_failures < k:
-            return
-        r.observer.detector_fired(
-            r.session_info,
-            "heartbeat_failures",
-            {"consecutive_failures": r.diag.consecutive_heartbeat_failures, "threshold": k},
-        )
-        r.reset_stream(EndReason.HEARTBEAT_FAILURES)
+            rec.consecutive_failures = 0
+            rec.last_success_at = rec.last_at
+            self._observer.heartbeat(HeartbeatOutcome.OK, duration, None)
+        else:
+            assert error is not None
+            rec.consecutive_failures += 1
+            self._observer.heartbeat(HeartbeatOutcome.FAILED, duration, error_type_of(error))
+            log.warning(
+                "heartbeat failed (%d in a row): %s", rec.consecutive_failures, describe(error)
+            )
+        self._port.heartbeat_done(ok, error)
+        return ok

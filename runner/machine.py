@@ -16,11 +16,21 @@ a session or attempt that is no longer current is ignored, never obeyed: a
 late ``StreamEnded`` from an old connection cannot tear down a fresh one.
 
 `step(machine, event)` is pure: it returns the new machine and the effects
-(plain data) the driver must carry out.  No I/O, no clocks, no randomness;
-how long to wait between attempts is decided by the reconnect layer (the
-`backoff` library), which reports back with ``BackoffElapsed``.  Nothing
-outside this module may change the phase: the driver (`Driver`) only feeds
-events and runs the effects through an injected `EffectPort`.
+(plain data) the driver must carry out.  No I/O, no clocks, no randomness.
+When a session ends the machine decides *whether* the next one opens at once
+(``ScheduleReconnect.fresh``: a rotation, a resume, a stall, a forced
+reconnect or the end of a healthy session) or after a backoff wait; how long
+that wait is is the reconnector's (`runner.reconnect`), which reports back
+with ``BackoffElapsed``.  Nothing outside this module may change the phase:
+the driver (`Driver`) only feeds events and runs the effects through an
+injected `EffectPort`.
+
+The machine is also the one record of what the runner's stream *is*: the
+phase says whether it is connected (``running.streaming`` and nothing else),
+`session` which session is current, `reconnects` how many sessions were
+opened after an end other than a planned rotation and `last_end` why the
+last one ended.  Diagnostics, `/status` and gauges read these; nobody keeps
+a copy.
 
 Every (phase, event-type) pair is written out below, ignored pairs included,
 so adding a phase or an event forces a decision (the tests check the matrix
@@ -43,9 +53,19 @@ class Machine:
     phase: RunnerState = S.STOPPED
     session: int = 0  # the current (or last) stream session
     attempt: int = 0  # the current (or last) reconnect wait
+    reconnects: int = 0  # sessions opened after an end other than a planned rotation
+    last_end: EndReason | None = None  # why the last session ended
 
     def __repr__(self) -> str:
-        return f"<Machine {self.phase.value} session={self.session} attempt={self.attempt}>"
+        return (
+            f"<Machine {self.phase.value} session={self.session} attempt={self.attempt}"
+            f" reconnects={self.reconnects}>"
+        )
+
+    @property
+    def connected(self) -> bool:
+        """The one definition of "the stream is connected"."""
+        return self.phase is S.STREAMING
 
 
 # --- events -----------------------------------------------------------------------
@@ -68,17 +88,35 @@ class Connected:
 
 @dataclass(frozen=True)
 class StreamEnded:
-    """Session `session` ended by itself: EOF, rotation, error, timeout, idle ..."""
+    """Session `session` ended by itself: EOF, rotation, error, timeout, idle ...
+
+    `healthy`: it had been connected long enough that its end is not a failure
+    of the connect path; the next session opens at once.
+    """
 
     session: int
     reason: EndReason
+    healthy: bool = False
 
 
 @dataclass(frozen=True)
 class StreamReset:
-    """The runner decided to end session `session` (heartbeat bridge)."""
+    """A detector decided to end session `session` (heartbeat bridge, read-idle bound)."""
 
     session: int
+    reason: EndReason
+    healthy: bool = False
+
+
+@dataclass(frozen=True)
+class ReconnectNow:
+    """End whatever session is current and open the next one at once (no backoff).
+
+    From the resume/stall detector (`resumed`, `stalled`) or on demand
+    (`forced`: POST /reconnect, SIGHUP).  During a reconnect wait it cuts the
+    wait short.  It names no session: it is about *now*.
+    """
+
     reason: EndReason
 
 
@@ -109,6 +147,7 @@ Event = (
     | StreamReset
     | BackoffElapsed
     | ServerBack
+    | ReconnectNow
     | StopComplete
 )
 EVENT_TYPES: tuple[type, ...] = (
@@ -119,6 +158,7 @@ EVENT_TYPES: tuple[type, ...] = (
     StreamReset,
     BackoffElapsed,
     ServerBack,
+    ReconnectNow,
     StopComplete,
 )
 
@@ -136,12 +176,14 @@ class OpenStream:
 
 @dataclass(frozen=True)
 class MarkConnected:
+    """Stamp the session record: connected now (the phase already says streaming)."""
+
     session: int
 
 
 @dataclass(frozen=True)
-class MarkDisconnected:
-    """The stream is down *now*: diagnostics must say so at once."""
+class EndSession:
+    """Close session `session`'s record with `reason`, exactly once, at the moment it ends."""
 
     session: int
     reason: EndReason
@@ -149,18 +191,26 @@ class MarkDisconnected:
 
 @dataclass(frozen=True)
 class CancelStream:
+    """Stop reading session `session` (a detector, a stop or a forced reconnect ended it)."""
+
     session: int
     reason: EndReason
 
 
 @dataclass(frozen=True)
 class ScheduleReconnect:
+    """Start reconnect wait `attempt`: none and a fresh backoff when `fresh`, else the next
+    backoff step.  The reconnector feeds `BackoffElapsed(attempt)` when it is over."""
+
     attempt: int
     reason: EndReason
+    fresh: bool
 
 
 @dataclass(frozen=True)
 class CutWaitShort:
+    """End reconnect wait `attempt` now, and start the backoff afresh."""
+
     attempt: int
 
 
@@ -173,7 +223,7 @@ Effect = (
     StartWorkers
     | OpenStream
     | MarkConnected
-    | MarkDisconnected
+    | EndSession
     | CancelStream
     | ScheduleReconnect
     | CutWaitShort
@@ -184,22 +234,30 @@ Step = tuple[Machine, tuple[Effect, ...]]
 _IGNORE: tuple[Effect, ...] = ()
 
 
-def _down(m: Machine, session: int, reason: EndReason, cancel: bool) -> Step:
+def _down(m: Machine, session: int, reason: EndReason, healthy: bool, cancel: bool) -> Step:
     """Leave connecting/streaming for reconnecting because session `session` ended."""
     attempt = m.attempt + 1
+    fresh = healthy or reason.reconnects_at_once
     effects: list[Effect] = []
     if cancel:
         effects.append(CancelStream(session, reason))
-    effects += [MarkDisconnected(session, reason), ScheduleReconnect(attempt, reason)]
-    return replace(m, phase=S.RECONNECTING, attempt=attempt), tuple(effects)
+    effects += [EndSession(session, reason), ScheduleReconnect(attempt, reason, fresh)]
+    new = replace(m, phase=S.RECONNECTING, attempt=attempt, last_end=reason)
+    return new, tuple(effects)
 
 
 def _stop(m: Machine, cancel: bool) -> Step:
     effects: tuple[Effect, ...] = (StopWorkers(),)
-    if cancel:
-        stopped = EndReason.STOPPED
-        effects = (CancelStream(m.session, stopped), MarkDisconnected(m.session, stopped), *effects)
-    return replace(m, phase=S.STOPPING), effects
+    if not cancel:
+        return replace(m, phase=S.STOPPING), effects
+    stopped = EndReason.STOPPED
+    effects = (CancelStream(m.session, stopped), EndSession(m.session, stopped), *effects)
+    return replace(m, phase=S.STOPPING, last_end=stopped), effects
+
+
+def _next_session(m: Machine) -> Machine:
+    counts = m.session > 0 and m.last_end is not EndReason.ROTATED
+    return replace(m, phase=S.CONNECTING, session=m.session + 1, reconnects=m.reconnects + counts)
 
 
 def step(m: Machine, event: Event) -> Step:
@@ -217,6 +275,7 @@ def step(m: Machine, event: Event) -> Step:
             | StreamReset()
             | BackoffElapsed()
             | ServerBack()
+            | ReconnectNow()
             | StopComplete()
         ):
             return ignore
@@ -225,10 +284,12 @@ def step(m: Machine, event: Event) -> Step:
             return _stop(m, cancel=True)
         case S.CONNECTING, Connected(session) if session == m.session:
             return replace(m, phase=S.STREAMING), (MarkConnected(session),)
-        case S.CONNECTING, StreamEnded(session, reason) if session == m.session:
-            return _down(m, session, reason, cancel=False)
-        case S.CONNECTING, StreamReset(session, reason) if session == m.session:
-            return _down(m, session, reason, cancel=True)
+        case S.CONNECTING, StreamEnded(session, reason, healthy) if session == m.session:
+            return _down(m, session, reason, healthy, cancel=False)
+        case S.CONNECTING, StreamReset(session, reason, healthy) if session == m.session:
+            return _down(m, session, reason, healthy, cancel=True)
+        case S.CONNECTING, ReconnectNow(reason):
+            return _down(m, m.session, reason, True, cancel=True)
         case S.CONNECTING, (
             Start()
             | Connected()
@@ -236,16 +297,19 @@ def step(m: Machine, event: Event) -> Step:
             | StreamReset()
             | BackoffElapsed()
             | ServerBack()
+            | ReconnectNow()
             | StopComplete()
         ):
             return ignore
         # --- streaming -----------------------------------------------------------
         case S.STREAMING, Stop():
             return _stop(m, cancel=True)
-        case S.STREAMING, StreamEnded(session, reason) if session == m.session:
-            return _down(m, session, reason, cancel=False)
-        case S.STREAMING, StreamReset(session, reason) if session == m.session:
-            return _down(m, session, reason, cancel=True)
+        case S.STREAMING, StreamEnded(session, reason, healthy) if session == m.session:
+            return _down(m, session, reason, healthy, cancel=False)
+        case S.STREAMING, StreamReset(session, reason, healthy) if session == m.session:
+            return _down(m, session, reason, healthy, cancel=True)
+        case S.STREAMING, ReconnectNow(reason):
+            return _down(m, m.session, reason, True, cancel=True)
         case S.STREAMING, (
             Start()
             | Connected()
@@ -253,6 +317,7 @@ def step(m: Machine, event: Event) -> Step:
             | StreamReset()
             | BackoffElapsed()
             | ServerBack()
+            | ReconnectNow()
             | StopComplete()
         ):
             return ignore
@@ -260,10 +325,12 @@ def step(m: Machine, event: Event) -> Step:
         case S.RECONNECTING, Stop():
             return _stop(m, cancel=False)
         case S.RECONNECTING, BackoffElapsed(attempt) if attempt == m.attempt:
-            new = replace(m, phase=S.CONNECTING, session=m.session + 1)
+            new = _next_session(m)
             return new, (OpenStream(new.session),)
         case S.RECONNECTING, ServerBack(attempt) if attempt == m.attempt:
             return m, (CutWaitShort(attempt),)
+        case S.RECONNECTING, ReconnectNow():
+            return m, (CutWaitShort(m.attempt),)
         case S.RECONNECTING, (
             Start()
             | Connected()
@@ -271,6 +338,7 @@ def step(m: Machine, event: Event) -> Step:
             | StreamReset()
             | BackoffElapsed()
             | ServerBack()
+            | ReconnectNow()
             | StopComplete()
         ):
             return ignore
@@ -285,6 +353,7 @@ def step(m: Machine, event: Event) -> Step:
             | StreamReset()
             | BackoffElapsed()
             | ServerBack()
+            | ReconnectNow()
         ):
             return ignore
     raise AssertionError(f"unhandled pair {m!r} {event!r}")  # pragma: no cover
@@ -297,6 +366,15 @@ class EffectPort(Protocol):
     def run_effect(self, effect: Effect) -> None: ...
 
     def transitioned(self, old: Machine, new: Machine, event: Event) -> None: ...
+
+
+class EventSink(Protocol):
+    """What a detector needs: the machine to read, and a way to feed it an event."""
+
+    @property
+    def machine(self) -> Machine: ...
+
+    def feed(self, event: Event) -> None: ...
 
 
 class Driver:

@@ -1,114 +1,109 @@
-"""Reconnect policy: the `backoff` decorator, in exactly one place.
+"""Reconnect waits: how long between two sessions, driven by the machine.
 
-`attempt` opens and consumes one session and raises `SessionEnded` on every
-end.  It is decorated with ``backoff.on_exception(backoff.expo, SessionEnded,
-factor=1, max_value=backoff_max, jitter=full_jitter)`` and no give-up, so
-failures wait 1, 2, 4 ... `backoff_max` s (each drawn uniformly below that,
-full jitter).  `backoff` never resets by itself, so:
+The machine decides *that* a session ended and whether the next one opens at
+once (`ScheduleReconnect.fresh`: a rotation, a resume, a stall, a forced
+reconnect or the end of a healthy session).  This module decides *how long*
+otherwise: the `backoff` library's exponential sequence with full jitter,
+``backoff.expo(factor=factor, max_value=backoff_max)`` drawn through
+``backoff.full_jitter``, so failures wait [0, 1), [0, 2), [0, 4) ... up to
+[0, `backoff_max`) s, with no give-up.  A fresh reconnect waits nothing and
+restarts the sequence, so the reset happens after a healthy session, not at
+connect time (a server that accepts and dies at once keeps backing off).
 
-* an end that does not count as a failure (`SessionEnded.resets_backoff`: a
-  planned rotation or the end of a healthy session) is a ``giveup``: it leaves
-  the decorated call and the outer loop calls it afresh, reconnecting at once
-  with a fresh sequence - the reset happens after a healthy session, not at
-  connect time (a server that accepts and dies at once keeps backing off);
-* `cut_short()` (a heartbeat got through again: the server is back) cancels
-  the wait in progress; the outer loop then calls afresh too.
+When the wait is over the reconnector feeds `BackoffElapsed(attempt)`; a
+`CutWaitShort(attempt)` (a heartbeat got through again, or a forced/resume
+reconnect during the wait) feeds it at once and restarts the sequence.  A
+wait for an attempt the machine has moved past is simply ignored by it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any, NoReturn
+from collections.abc import Callable, Generator
+from typing import Any
 
 import backoff
 
-from pullwake.runner.errors import SessionEnded
+from pullwake.core.protocol import EndReason
 
 log = logging.getLogger("pullwake.runner.reconnect")
 
-
-def _resets_backoff(exc: Exception) -> bool:
-    return isinstance(exc, SessionEnded) and exc.resets_backoff
-
-
-BackoffHandler = Callable[[float, int, SessionEnded], None]
+WaitHandler = Callable[[float, int, EndReason], None]
 
 
 class Reconnector:
     def __init__(
         self,
-        attempt: Callable[[], Coroutine[Any, Any, NoReturn]],
+        elapsed: Callable[[int], None],
         *,
         backoff_max: float,
         factor: float = 1.0,
-        on_wait: BackoffHandler,
-        on_reset: Callable[[SessionEnded], None],
+        on_wait: WaitHandler,
+        jitter: Callable[[float], float] = backoff.full_jitter,
     ) -> None:
+        """`elapsed(attempt)` is called when wait `attempt` is over (feeds BackoffElapsed)."""
+        self._elapsed = elapsed
+        self._backoff_max = backoff_max
+        self._factor = factor
         self._on_wait = on_wait
-        self._on_reset = on_reset
-        self._waiting = False
-        self._cut = False
-        self._cycle: asyncio.Task[Any] | None = None
-        self.cycles = 0  # how many times the backoff sequence started afresh
-        self._decorated = backoff.on_exception(
-            backoff.expo,
-            SessionEnded,
-            factor=factor,
-            max_value=backoff_max,
-            jitter=backoff.full_jitter,
-            max_tries=None,
-            giveup=_resets_backoff,
-            on_backoff=self._backing_off,
-            raise_on_giveup=True,
-            logger=None,
-        )(self._attempt_wrapper(attempt))
+        self._jitter = jitter
+        self._sequence: Generator[float, Any, None] = self._fresh_sequence()
+        self.tries = 0  # failed sessions in the current sequence
+        self.cycles = 0  # how many times the sequence started afresh
+        self._timer: asyncio.TimerHandle | None = None
+        self._attempt: int | None = None
 
     def __repr__(self) -> str:
-        return f"<Reconnector cycles={self.cycles} waiting={self._waiting}>"
+        return f"<Reconnector tries={self.tries} cycles={self.cycles} waiting={self.waiting}>"
 
     @property
     def waiting(self) -> bool:
-        return self._waiting
+        return self._timer is not None
 
-    def _attempt_wrapper(
-        self, attempt: Callable[[], Coroutine[Any, Any, NoReturn]]
-    ) -> Callable[[], Coroutine[Any, Any, NoReturn]]:
-        async def one() -> NoReturn:
-            self._waiting = False
-            await attempt()
+    def _fresh_sequence(self) -> Generator[float, Any, None]:
+        seq = backoff.expo(factor=self._factor, max_value=self._backoff_max)
+        next(seq)  # past the generator's priming yield, as the decorator does
+        return seq
 
-        return one
+    def _restart(self) -> None:
+        self._sequence = self._fresh_sequence()
+        self.tries = 0
+        self.cycles += 1
 
-    def _backing_off(self, details: Any) -> None:
-        self._waiting = True
-        exc = details["exception"]
-        assert isinstance(exc, SessionEnded)
-        self._on_wait(float(details["wait"]), int(details["tries"]), exc)
+    def schedule(self, attempt: int, reason: EndReason, fresh: bool) -> float:
+        """Start wait `attempt`; returns its length in seconds."""
+        self.cancel()
+        if fresh:
+            self._restart()
+            wait = 0.0
+        else:
+            self.tries += 1
+            value = next(self._sequence)
+            wait = max(0.0, float(self._jitter(value)))
+        self._on_wait(wait, self.tries, reason)
+        self._attempt = attempt
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(wait, self._fire, attempt)
+        return wait
 
-    def cut_short(self) -> bool:
-        """End the backoff wait in progress, if any; True if one was cut."""
-        if not self._waiting or self._cycle is None or self._cycle.done():
+    def cut_short(self, attempt: int) -> bool:
+        """End wait `attempt` now (fresh sequence); False when it is not the one running."""
+        if self._timer is None or self._attempt != attempt:
             return False
-        self._cut = True
-        self._cycle.cancel()
+        self.cancel()
+        self._restart()
+        log.info("reconnect wait %d cut short", attempt)
+        asyncio.get_running_loop().call_soon(self._fire, attempt)
         return True
 
-    async def run(self) -> NoReturn:
-        me = asyncio.current_task()
-        while True:
-            self.cycles += 1
-            self._cut = False
-            self._cycle = asyncio.create_task(self._decorated(), name="reconnect-cycle")
-            try:
-                await self._cycle
-            except SessionEnded as end:  # a giveup: not a failure, start afresh
-                self._on_reset(end)
-            except asyncio.CancelledError:
-                if self._cut and me is not None and not me.cancelling():
-                    log.info("backoff wait cut short: the server answers again")
-                    continue
-                raise
-            finally:
-                self._waiting = False
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._attempt = None
+
+    def _fire(self, attempt: int) -> None:
+        if self._attempt == attempt:
+            self._timer, self._attempt = None, None
+        self._elapsed(attempt)

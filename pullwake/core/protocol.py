@@ -10,7 +10,9 @@ typed twice.  No I/O here.
 from __future__ import annotations
 
 import enum
+import math
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final
 
@@ -95,11 +97,29 @@ class EndReason(enum.StrEnum):
     HEARTBEAT_FAILURES = "heartbeat_failures"  # K consecutive heartbeat failures
     TAIL_AHEAD = "tail_ahead"  # tail probe: the stream's tail is past the idle live read
     STOPPED = "stopped"  # the runner was asked to stop
+    RESUMED = "resumed"  # the system slept (boot clock ran ahead of the monotonic one)
+    STALLED = "stalled"  # the process or its event loop was frozen (a timer fired late)
+    FORCED = "forced"  # asked to reconnect now (POST /reconnect, SIGHUP)
 
     @property
     def is_failure(self) -> bool:
-        """Failures mark spans ERROR and count toward reconnect storms."""
-        return self not in (EndReason.ROTATED, EndReason.STOPPED, EndReason.CLOSED)
+        """Failures mark spans ERROR and count toward reconnect storms.
+
+        A resume or a forced reconnect is the runner's own decision about a
+        stream nothing proved dead; a stall is a runner that could not run.
+        """
+        return self not in (
+            EndReason.ROTATED,
+            EndReason.STOPPED,
+            EndReason.CLOSED,
+            EndReason.RESUMED,
+            EndReason.FORCED,
+        )
+
+    @property
+    def reconnects_at_once(self) -> bool:
+        """Ends followed by an immediate reconnect with a fresh backoff, healthy or not."""
+        return self in (EndReason.ROTATED, EndReason.RESUMED, EndReason.STALLED, EndReason.FORCED)
 
 
 class HeartbeatOutcome(enum.StrEnum):
@@ -192,6 +212,60 @@ DIAGNOSTIC_ENUMS: Final[dict[str, frozenset[str]]] = {
     "last_reconnect_reason": frozenset(r.value for r in EndReason),
     "live_mode": frozenset(m.value for m in LiveMode),
 }
+
+
+# --- diagnostics as the real agents-server keeps them (upstream-protocol.md s. 3) ---
+# `sanitizeRunnerDiagnostics`: everything else is dropped silently, so a runner
+# sends exactly these and nothing more (its extras live on its own /status).
+UPSTREAM_DIAG_STATUS: Final = frozenset(
+    ("stopped", "starting", "connecting", "streaming", "reconnecting", "stopping")
+)
+UPSTREAM_DIAG_CLAIM_RESULTS: Final = frozenset(("claimed", "no_work", "error"))
+UPSTREAM_DIAG_BOOLS: Final = ("stream_connected", "last_heartbeat_ok")
+UPSTREAM_DIAG_STRINGS: Final = (
+    "started_at",
+    "stream_connected_since",
+    "last_error",
+    "last_error_at",
+    "last_heartbeat_at",
+    "last_claim_at",
+    "last_dispatch_at",
+)
+UPSTREAM_DIAG_COUNTS: Final = (
+    "reconnect_count",
+    "events_received",
+    "claims_succeeded",
+    "claims_skipped",
+    "claims_failed",
+)
+
+
+def sanitize_diagnostics(raw: Mapping[str, object]) -> dict[str, object]:
+    """What the real server would keep of `raw`, in its order; the rest is dropped."""
+    out: dict[str, object] = {}
+    status = raw.get("status")
+    if isinstance(status, str) and status in UPSTREAM_DIAG_STATUS:
+        out["status"] = status
+    for key in UPSTREAM_DIAG_BOOLS:
+        if isinstance(raw.get(key), bool):
+            out[key] = raw[key]
+    if "last_claim_result" in raw:
+        result = raw["last_claim_result"]
+        if result is None or (isinstance(result, str) and result in UPSTREAM_DIAG_CLAIM_RESULTS):
+            out["last_claim_result"] = result
+    for key in UPSTREAM_DIAG_STRINGS:
+        if key in raw and (raw[key] is None or isinstance(raw[key], str)):
+            out[key] = raw[key]
+    for key in UPSTREAM_DIAG_COUNTS:
+        value = raw.get(key)
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value >= 0
+        ):
+            out[key] = value
+    return out
 
 
 # --- error codes -----------------------------------------------------------------

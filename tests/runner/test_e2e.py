@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pullwake.core.protocol import DIAGNOSTIC_FIELDS
+from pullwake.core.protocol import DIAGNOSTIC_FIELDS, sanitize_diagnostics
 from tests.runner.harness import (
     Handled,
     publish,
@@ -259,7 +259,7 @@ def test_status_endpoints_and_python_observer_free_metrics_hook(
         )
 
         # what each heartbeat carries: lease 3 x interval, the committed offset, and the
-        # original's diagnostics plus pullwake's (the server stores whitelisted fields only)
+        # original's sixteen diagnostics, nothing of pullwake's
         committed = wait_state(r, lambda s: s["committed_offset"] != "-1", 5, "first commit")[
             "committed_offset"
         ]
@@ -267,12 +267,14 @@ def test_status_endpoints_and_python_observer_free_metrics_hook(
         def server_view() -> dict[str, Any] | None:
             code, _, h = server.api("GET", "/_electric/runners/r1/health")
             client = h.get("client") if code == 200 else None
-            streaming = client and client.get("state") == "running.streaming"
+            streaming = client and client.get("status") == "streaming"
             return h if streaming and h["runner"]["wake_stream_offset"] == committed else None
 
         h = wait_until(server_view, 5, what="a heartbeat with the committed offset")
-        assert set(h["client"]) == set(DIAGNOSTIC_FIELDS)
-        assert h["client"]["stream_connected"] is True and h["client"]["profile"] == "default"
+        # only what the real agents-server keeps is sent (upstream-protocol.md section 3)
+        assert set(h["client"]) <= set(DIAGNOSTIC_FIELDS) and "state" not in h["client"]
+        assert h["client"] == sanitize_diagnostics(h["client"])
+        assert h["client"]["stream_connected"] is True
         lease_s = unix(h["runner"]["lease_expires_at"]) - unix(h["runner"]["last_seen_at"])
         assert lease_s == pytest.approx(3 * 1.0, abs=0.01)  # --heartbeat-interval 1
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import aiohttp
 import pytest
@@ -22,6 +21,7 @@ from pullwake.runner.offsets import CommitTracker, OffsetStore
 from pullwake.runner.reconnect import Reconnector
 from pullwake.runner.session import idle_bound
 from pullwake.runner.transport import keepalive_options, stream_timeout
+from tests.support.waits import until
 
 
 def cfg(**kw: Any) -> RunnerConfig:
@@ -221,85 +221,64 @@ def test_public_api_is_pinned() -> None:
         runner.Runner(cfg(), runner_id="x")
 
 
-# --- reconnect policy (real `backoff`, scripted attempts) ------------------------------
-class Script:
-    """Attempts that end with the given SessionEnded, in order; then block forever."""
+# --- reconnect waits (real `backoff` sequence, real event loop timers) -----------------
+class Elapsed:
+    """Records each `elapsed(attempt)` call with its time, and the announced waits."""
 
-    def __init__(self, ends: list[SessionEnded]) -> None:
-        self.ends = ends
-        self.calls: list[float] = []
-        self.waits: list[tuple[float, int]] = []
-        self.resets: list[EndReason] = []
+    def __init__(self) -> None:
+        self.fired: list[tuple[int, float]] = []
+        self.waits: list[tuple[float, int, EndReason]] = []
 
-    async def attempt(self) -> NoReturn:
-        self.calls.append(time.monotonic())
-        if self.ends:
-            raise self.ends.pop(0)
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
+    def __call__(self, attempt: int) -> None:
+        self.fired.append((attempt, time.monotonic()))
+
+    def on_wait(self, wait: float, tries: int, reason: EndReason) -> None:
+        self.waits.append((wait, tries, reason))
 
 
-async def run_script(script: Script, backoff_max: float, until: int) -> Reconnector:
-    rec = Reconnector(
-        script.attempt,
-        backoff_max=backoff_max,
-        on_wait=lambda w, tries, e: script.waits.append((w, tries)),
-        on_reset=lambda e: script.resets.append(e.reason),
-    )
-    task = asyncio.create_task(rec.run())
-    try:
-        async with asyncio.timeout(10):
-            while len(script.calls) < until:
-                await asyncio.sleep(0.005)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    return rec
-
-
-async def test_failures_back_off_and_a_healthy_end_starts_afresh() -> None:
+async def test_failures_back_off_and_a_fresh_end_starts_afresh() -> None:
+    rec_log = Elapsed()
+    rec = Reconnector(rec_log, backoff_max=0.02, on_wait=rec_log.on_wait)
     fail = EndReason.CONNECT_ERROR
-    script = Script(
-        [
-            SessionEnded(fail),
-            SessionEnded(fail),
-            SessionEnded(EndReason.ERROR, healthy=True),  # giveup: fresh sequence
-            SessionEnded(EndReason.ROTATED),  # giveup too
-            SessionEnded(fail),
-        ]
-    )
-    rec = await run_script(script, backoff_max=0.02, until=6)
-    assert [tries for _, tries in script.waits] == [1, 2, 1]  # tries restart after the reset
-    assert all(0 <= w <= 0.02 for w, _ in script.waits)
-    assert script.resets == [EndReason.ERROR, EndReason.ROTATED]
-    assert rec.cycles == 3
+    plan = [(fail, False), (fail, False), (EndReason.ROTATED, True), (fail, False)]
+    for attempt, (reason, fresh) in enumerate(plan, start=1):
+        rec.schedule(attempt, reason, fresh)
+        await until(lambda n=attempt: len(rec_log.fired) == n, 5)
+    assert [tries for _, tries, _ in rec_log.waits] == [1, 2, 0, 1]  # fresh restarts the count
+    assert all(0 <= w <= 0.02 for w, _, _ in rec_log.waits)
+    assert rec_log.waits[2][0] == 0.0
+    assert [a for a, _ in rec_log.fired] == [1, 2, 3, 4]
+    assert rec.cycles == 1 and not rec.waiting
 
 
-async def test_cut_short_ends_a_long_wait() -> None:
-    script = Script([SessionEnded(EndReason.CONNECT_ERROR)] * 3)
-    rec = Reconnector(
-        script.attempt,
-        backoff_max=3600,
-        factor=100,  # waits drawn from [0, 100 s): a cut is what ends them
-        on_wait=lambda w, tries, e: script.waits.append((w, tries)),
-        on_reset=lambda e: None,
-    )
+async def test_waits_follow_the_exponential_sequence_with_full_jitter() -> None:
+    rec_log = Elapsed()
+    seen: list[float] = []
 
-    task = asyncio.create_task(rec.run())
-    try:
-        async with asyncio.timeout(5):
-            while not rec.waiting:
-                await asyncio.sleep(0.005)
-        calls = len(script.calls)
-        started = time.monotonic()
-        assert rec.cut_short()
-        async with asyncio.timeout(5):
-            while len(script.calls) == calls:
-                await asyncio.sleep(0.005)
-        assert time.monotonic() - started < 1.0
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    assert rec.cycles == 2  # the cut started a fresh backoff sequence
+    def no_jitter(value: float) -> float:
+        seen.append(value)
+        return 0.0
+
+    rec = Reconnector(rec_log, backoff_max=8, on_wait=rec_log.on_wait, jitter=no_jitter)
+    for attempt in range(1, 7):
+        rec.schedule(attempt, EndReason.ERROR, fresh=False)
+    assert seen == [1, 2, 4, 8, 8, 8]
+    await until(lambda: len(rec_log.fired) == 1, 5)  # each schedule replaced the last
+    assert rec_log.fired[0][0] == 6
+
+
+async def test_cut_short_ends_a_long_wait_at_once() -> None:
+    rec_log = Elapsed()
+    rec = Reconnector(rec_log, backoff_max=3600, factor=100, on_wait=rec_log.on_wait)
+    rec.schedule(1, EndReason.CONNECT_ERROR, fresh=False)
+    rec.schedule(2, EndReason.CONNECT_ERROR, fresh=False)  # waits drawn from [0, 200 s)
+    assert rec.waiting and not rec.cut_short(1)  # not the wait in progress
+    started = time.monotonic()
+    assert rec.cut_short(2)
+    await until(lambda: rec_log.fired, 5)
+    assert rec_log.fired[0][0] == 2 and rec_log.fired[0][1] - started < 1.0
+    assert rec.cycles == 1 and rec.tries == 0  # the cut started a fresh sequence
+    rec.schedule(3, EndReason.CONNECT_ERROR, fresh=False)
+    assert rec_log.waits[-1][1] == 1
+    rec.cancel()
+    assert not rec.waiting
