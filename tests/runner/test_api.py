@@ -9,6 +9,7 @@ from typing import Any
 from pullwake.core.protocol import EndReason, RunnerState
 from pullwake.runner import RecordingObserver, Runner
 from tests.support.procs import ServerProcess
+from tests.support.waits import until
 
 
 async def test_in_process_runner_with_an_async_handler(tmp_path: Path) -> None:
@@ -25,15 +26,9 @@ async def test_in_process_runner_with_an_async_handler(tmp_path: Path) -> None:
             heartbeat_interval=0.5, offset_file=str(tmp_path / "offset"),
         )  # fmt: skip
         task = asyncio.create_task(r.run())
-        async with asyncio.timeout(15):
-            while r.phase is not RunnerState.STREAMING:
-                await asyncio.sleep(0.02)
-        wakes = [
-            (await asyncio.to_thread(server.publish, "embedded"))["wake_id"] for _ in range(3)
-        ]
-        async with asyncio.timeout(10):
-            while sorted(got) != sorted(wakes) or r.committed_offset == "-1":
-                await asyncio.sleep(0.02)
+        await until(lambda: r.phase is RunnerState.STREAMING, 15)
+        wakes = [(await asyncio.to_thread(server.publish, "embedded"))["wake_id"] for _ in range(3)]
+        await until(lambda: sorted(got) == sorted(wakes) and r.committed_offset != "-1", 10)
         snap = r.snapshot()
         assert snap.state is RunnerState.STREAMING and snap.stream_connected
         assert snap.stream_age_s >= 0 and snap.idle_timeout_s == 1.5
