@@ -530,7 +530,8 @@ class Scenario:
         self.send(entity, phase)
         wait_until(lambda: self.first_wake_after(fault.back_ms or 0) is not None, 45)
         fault.first_wake_after_ms = self.first_wake_after(fault.back_ms or 0)
-        wait_until(lambda: self.watch.first_ready_after(fault.back_ms or 0) is not None, 30)
+        if fault.detected_ms is not None:  # it noticed: wait for it to say it is back
+            wait_until(lambda: self.watch.first_ready_after(fault.back_ms or 0) is not None, 30)
         fault.ready_again_ms = self.watch.first_ready_after(fault.back_ms or 0)
         log(f"  first wake handled {fmt_s(fault.recovery_s())} after the server was back")
 
