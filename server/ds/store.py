@@ -4,7 +4,7 @@ One connection, one writer thread (`DSStore` runs every core call there, in
 submission order), WAL with `synchronous=FULL`: when an awaited write returns,
 its transaction is on disk, so an acknowledged append survives `kill -9`.
 
-Paths are DS-relative (`runners/r1/wake`, no leading slash).  Offsets follow
+Paths are DS-relative (`runners/r1/wake`; a leading slash is dropped).  Offsets follow
 the reference server: `<16 digits>_<16 digits>`, the first part always 0, the
 second the logical byte position after the message (each message counts 5
 bytes of framing plus its stored bytes), so a 121-byte wake event after
@@ -67,6 +67,12 @@ CREATE TABLE IF NOT EXISTS ds_producers (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ds_kv (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
+
+
+def key(path: str) -> str:
+    """The stream key: DS-relative, so a leading slash is dropped (`/runners/r1/wake`
+    and `runners/r1/wake` name one stream)."""
+    return path.lstrip("/")
 
 
 def format_offset(pos: int) -> str:
@@ -790,7 +796,7 @@ class DSStore:
     def tail(self, path: str) -> str | None:
         """The tail offset, or None if there is no such stream (expiry not checked)."""
         with self.core.lock:
-            m = self.core.metas.get(path)
+            m = self.core.metas.get(key(path))
             return None if m is None or m.soft_deleted else m.offset
 
     def exists(self, path: str) -> bool:
@@ -801,14 +807,16 @@ class DSStore:
             return [p for p, m in self.core.metas.items() if not m.soft_deleted]
 
     def touch(self, path: str) -> None:
-        self.core.touch(path)
+        self.core.touch(key(path))
 
     # --- operations -------------------------------------------------------------------
     async def create(self, path: str, **kwargs: Any) -> CreateResult:
-        return await self.call(StoreCore.create, path, **kwargs)
+        if kwargs.get("forked_from"):
+            kwargs["forked_from"] = key(kwargs["forked_from"])
+        return await self.call(StoreCore.create, key(path), **kwargs)
 
     async def append(self, path: str, body: bytes, **kwargs: Any) -> AppendResult:
-        return await self.call(StoreCore.append, path, body, **kwargs)
+        return await self.call(StoreCore.append, key(path), body, **kwargs)
 
     async def append_json(self, path: str, items: list[Any]) -> str:
         """Append JSON values (one message holding them all); returns the new tail."""
@@ -818,22 +826,23 @@ class DSStore:
         return res.offset
 
     async def close_stream(self, path: str, producer: Producer | None = None) -> AppendResult:
-        return await self.call(StoreCore.close_stream, path, producer)
+        return await self.call(StoreCore.close_stream, key(path), producer)
 
     async def read(self, path: str, offset: str = OFFSET_START) -> ReadResult:
-        return await self.call(StoreCore.read, path, offset)
+        return await self.call(StoreCore.read, key(path), offset)
 
     async def head(self, path: str) -> StreamMeta:
         """A copy of the stream's metadata; StoreError 404/410."""
-        m = await self.call(StoreCore.get, path)
+        m = await self.call(StoreCore.get, key(path))
         return dataclasses.replace(m)
 
     async def delete(self, path: str) -> bool:
-        return await self.call(StoreCore.delete, path)
+        return await self.call(StoreCore.delete, key(path))
 
     async def wait(self, path: str, offset: str, timeout: float) -> bool:
         """Wait until `path` changes past `offset` (append, close, delete) or timeout;
         True if something happened (or shutdown began)."""
+        path = key(path)
         ev = self.notifier.waiter(path)
         tail = self.tail(path)
         if tail is None or offset_pos(tail) > offset_pos(offset) or self.notifier.closing:

@@ -331,10 +331,17 @@ class SubscriptionManager:
         self._start_lock = asyncio.Lock()
         self._loader: asyncio.Task[Any] | None = None
         self._patterned: set[str] = set()  # ids of subscriptions with a glob pattern
+        self._expiry_listeners: list[Callable[[str, int, str | None], None]] = []
         store.on_append(self._on_append)
         store.on_delete(self.on_stream_deleted)
 
     # --- lifecycle ----------------------------------------------------------------
+    def on_expired(self, callback: Callable[[str, int, str | None], None]) -> None:
+        """`callback(sub_id, generation, wake_id)` after a lease ran out (the expired
+        claim's generation and wake; a new wake may already be announced).  Sync,
+        exceptions are logged."""
+        self._expiry_listeners.append(callback)
+
     async def start(self) -> None:
         """Load persisted subscriptions, re-arm leases, announce pending work.
 
@@ -851,6 +858,11 @@ class SubscriptionManager:
             self._clear_claim(new)
             wake = await self._next_if_pending(new)
             await self._commit(new, wake=wake)
+            for cb in list(self._expiry_listeners):
+                try:
+                    cb(sub_id, sub.generation, sub.wake_id)
+                except Exception:
+                    log.exception("expiry listener %r failed for %s", cb, sub_id)
             return 1
 
     # --- webhooks ------------------------------------------------------------------------
@@ -939,6 +951,7 @@ class SubscriptionManager:
         }
 
     def state(self, sub_id: str) -> SubscriptionState | None:
+        """Safe from any thread: committed records are never changed in place."""
         sub = self._subs.get(sub_id)
         if sub is None:
             return None
@@ -959,7 +972,7 @@ class SubscriptionManager:
     def states(self, prefix: str = "") -> list[SubscriptionState]:
         """Every subscription whose id starts with `prefix` (e.g. `runner:r1:`)."""
         out = []
-        for sub_id in sorted(self._subs):
+        for sub_id in sorted(list(self._subs)):  # one C-level copy: safe from any thread
             if sub_id.startswith(prefix):
                 st = self.state(sub_id)
                 if st is not None:

@@ -204,3 +204,10 @@ async def test_read_is_capped_but_never_empty(store: DSStore) -> None:
     assert len(rest.messages) == 1  # at least one, even above the cap
     last = await store.read("big", rest.next_offset)
     assert len(last.messages) == 1 and last.up_to_date
+
+
+async def test_leading_slash_names_the_same_stream(store: DSStore) -> None:
+    await store.create("/runners/r1/wake", content_type="application/json")
+    assert store.exists("runners/r1/wake") and store.tail("/runners/r1/wake") is not None
+    await store.append_json("runners/r1/wake", [1])
+    assert body((await store.read("/runners/r1/wake")).messages) == [1]

@@ -162,7 +162,10 @@ async def test_lease_reset_by_ack_then_expiry(env: Env) -> None:
     assert st is not None and st.holder == "r1"
     assert st.lease_expires_at == env.clock.ms + 10_000
     env.clock.ms += 10_000
+    expired: list[tuple[str, int, str | None]] = []
+    env.subs.on_expired(lambda *a: expired.append(a))
     assert await env.subs.expire_due() == 1
+    assert expired == [(SID, 1, claim["wake_id"])]
     events = await env.events()
     assert [e["generation"] for e in events] == [1, 2]
     assert events[1]["ts"] == env.clock.ms
