@@ -1,8 +1,10 @@
 """pullwake: a pull-wake runner that never lies about its stream.
 
-Shared pieces live here (wire vocabulary, metric catalog, telemetry setup,
-CLI); the runner, the server and the dashboards generator are their own
-top-level packages: `runner`, `wakeserver`, `dashboards`.
+One import name, in rooms: `pullwake.core` (the shared vocabulary: protocol,
+metric catalog, telemetry set-up), `pullwake.runner`, `pullwake.server` and
+`pullwake.dashboards` on top of it, `pullwake.tools` (demo, stack, proxy, sink,
+docs, chaos) on top of those, and `pullwake.cli` dispatching the subcommands.
+docs/architecture.md lists every module.
 """
 
 __version__ = "0.1.0"
