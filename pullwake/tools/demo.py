@@ -1,7 +1,7 @@
 """`pullwake demo`: server, runner and publisher in one process tree, watched live.
 
 What `make demo` runs on a fresh machine.  The server and the runner are
-child processes of this one (via `pullwake.supervise`, so Ctrl-C or our own
+child processes of this one (via `pullwake.tools.supervise`, so Ctrl-C or our own
 death leaves none behind); the publisher is a thread that posts a wake every
 few seconds through the server API.  Once a second a status line shows what
 the runner's `/status` says.  `--chaos` SIGKILLs the server on a schedule and

@@ -2,8 +2,8 @@
 
 Why a native twin: Docker cannot pull images on every machine (not on CI here),
 but the server, runners, Prometheus and Alertmanager all run as plain
-processes.  `stack up` starts them on `pullwake.supervise` with the same rules
-and Alertmanager routes as the compose stack (see `pullwake.stackplan`), prints
+processes.  `stack up` starts them on `pullwake.tools.supervise` with the same rules
+and Alertmanager routes as the compose stack (see `pullwake.tools.stackplan`), prints
 the URLs, and on Ctrl-C (or after `--duration`) stops every child, leaving no
 process behind.  Grafana and the collector join only when their binaries exist.
 

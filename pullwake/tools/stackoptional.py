@@ -1,7 +1,7 @@
 """The optional pieces of `pullwake stack up`: Grafana and the OpenTelemetry Collector.
 
 They join the native stack only when their binaries are on this machine (no
-registry here provides them).  Pure like `pullwake.stackplan`: generated
+registry here provides them).  Pure like `pullwake.tools.stackplan`: generated
 configs and child specs, nothing started.
 """
 

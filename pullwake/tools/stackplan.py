@@ -1,7 +1,7 @@
 """What `pullwake stack up` runs, as data: ports, child specs and generated configs.
 
 Pure on purpose (no sockets, no processes): the same plan is checked by unit
-tests and `promtool`/`amtool` without starting anything, and `pullwake.stack`
+tests and `promtool`/`amtool` without starting anything, and `pullwake.tools.stackrun`
 only carries it out.  The native stack mirrors docker-compose.yml on loopback:
 the same rules and Alertmanager routes (with the webhook pointed at the local
 sink), but Prometheus scrapes each process's `/metrics` because Debian's

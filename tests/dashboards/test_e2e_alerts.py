@@ -51,7 +51,7 @@ FAULT_PANELS = ("Heartbeat failure rate by error type", "Backoff waits p50 / p99
 TRUTHFUL = ("PullWakeRunnerNotStreaming", "PullWakeHeartbeatsFailing")
 OTEL_ON = {"OTEL_SDK_DISABLED": "false"}
 
-faultproxy = pytest.importorskip("pullwake.tools.faultproxy", reason="pullwake.faultproxy missing")
+faultproxy = pytest.importorskip("pullwake.tools.faultproxy", reason="no fault proxy")
 
 
 def fast_config(webhook: str) -> Config:
