@@ -59,7 +59,10 @@ async def late_first_byte_then_silence(request: web.Request) -> web.StreamRespon
 async def two_wakes_then_keepalives(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers=sse_headers("0.2"))
     await resp.prepare(request)
-    await resp.write(b'event: data\ndata: [{"wake_id":"w1"},{"wake_id":"w2"}]\n\n')
+    await resp.write(
+        b'event: data\ndata: [{"type":"wake","subscription_id":"s1"},'
+        b'{"type":"wake","subscription_id":"s2"}]\n\n'
+    )
     while True:
         await asyncio.sleep(0.1)
         await resp.write(b": keepalive\n\n")
@@ -107,7 +110,8 @@ async def test_idle_timeout_on_its_session_span_and_ttfb_from_the_first_byte(
 async def test_nothing_left_open_after_a_stop_or_a_cancelled_run(
     run_against: Any, how: str
 ) -> None:
-    """w1 is being handled, w2 queued behind it, a heartbeat is in flight."""
+    """s1's claim is being handled, s2's waits for the one worker, a heartbeat is in
+    flight.  A wake span is one claim cycle (`<subscription>#<n>`): s2's has not begun."""
     handling = asyncio.Event()
 
     async def handler(wake: dict[str, Any]) -> None:
@@ -137,8 +141,8 @@ async def test_nothing_left_open_after_a_stop_or_a_cancelled_run(
     assert dict(session.attributes or {})["pullwake.end.reason"] == "stopped"
     assert session.status.status_code is not StatusCode.ERROR
     wakes = {dict(s.attributes or {})["pullwake.wake.id"]: s for s in spans.finished(WAKE_SPAN)}
-    assert set(wakes) == {"w1", "w2"}
+    assert set(wakes) == {"s1#1"}
     assert all(dict(s.attributes or {})["pullwake.wake.abandoned"] for s in wakes.values())
     (handle,) = spans.finished(f"{WAKE_SPAN}.handle")
-    assert handle.parent is not None and handle.parent.span_id == wakes["w1"].context.span_id
+    assert handle.parent is not None and handle.parent.span_id == wakes["s1#1"].context.span_id
     assert spans.finished(HEARTBEAT_SPAN)  # the one cut short ended too

@@ -25,6 +25,7 @@ from pullwake.core.protocol import H_KEEPALIVE
 Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 RUNNER_ID = "r1"
+CALLBACKS = "/_electric/wake-callbacks/"
 WAKE_STREAM = f"/runners/{RUNNER_ID}/wake"
 
 
@@ -65,8 +66,13 @@ async def forever() -> None:
 
 class FakeServer:
     """The runners API, scripted: register -> 201, heartbeat -> `heartbeat_status()` (or
-    hangs while `hang_heartbeats`, or runs `heartbeat`), claim -> a token, complete -> {};
-    every GET is the wake stream, answered by `stream`.  All calls are recorded."""
+    hangs while `hang_heartbeats`, or runs `heartbeat`), claim -> the real agents-server's
+    notification (or the next of `claim_answers`: (status, body)) whose `callback` is
+    `POST /_electric/wake-callbacks/<id>` here -> `{"ok":true}` (or the next of
+    `callback_answers`); every GET is the wake stream, answered by `stream`.  All calls
+    are recorded: `claims` (subscription id or wake id of each claim body),
+    `claim_bodies`, `callbacks` ((path, Authorization, body) each), `completed` (the
+    paths of `done:true` callbacks)."""
 
     def __init__(
         self,
@@ -83,7 +89,13 @@ class FakeServer:
         self.registers = 0
         self.stream_requests = 0
         self.claims: list[str] = []
+        self.claim_bodies: list[Any] = []
+        self.claim_answers: list[tuple[int, Any]] = []
+        self.callbacks: list[tuple[str, str, Any]] = []
+        self.callback_answers: list[tuple[int, Any]] = []
         self.completed: list[str] = []
+        self.register_bodies: list[Any] = []
+        self.principals: list[str] = []
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -94,18 +106,50 @@ class FakeServer:
             if self.heartbeat is not None:
                 return await self.heartbeat(request)
             return web.json_response({}, status=self.heartbeat_status())
+        self.principals.append(request.headers.get("electric-principal", ""))
         if request.method == "POST" and path.endswith("/claim"):
             body: Any = await request.json()
-            self.claims.append(str(body.get("wake_id")) if isinstance(body, dict) else "")
-            return web.json_response({"claimToken": "t"})
-        if request.method == "POST" and path.endswith("/complete"):
-            self.completed.append(path)
-            return web.json_response({})
+            self.claim_bodies.append(body)
+            key = body.get("subscription_id", body.get("wake_id")) if isinstance(body, dict) else ""
+            self.claims.append(str(key))
+            if self.claim_answers:
+                status, answer = self.claim_answers.pop(0)
+                if status == 204:
+                    return web.Response(status=204)
+                return web.json_response(answer, status=status)
+            return web.json_response(self.notification(request, len(self.claims)))
+        if request.method == "POST" and path.startswith(CALLBACKS):
+            body = await request.json() if request.can_read_body else None
+            self.callbacks.append((path, request.headers.get("Authorization", ""), body))
+            if self.callback_answers:
+                status, answer = self.callback_answers.pop(0)
+                return web.json_response(answer, status=status)
+            if isinstance(body, dict) and body.get("done") is True:
+                self.completed.append(path)
+            return web.json_response({"ok": True, "next_wake": False})
         if request.method == "POST":
             self.registers += 1
+            self.register_bodies.append(await request.json())
             return web.json_response({"id": RUNNER_ID, "wake_stream": WAKE_STREAM}, status=201)
         self.stream_requests += 1
         return await self.stream(request)
+
+    @staticmethod
+    def notification(request: web.Request, n: int) -> dict[str, Any]:
+        """A claim answer shaped like the real agents-server's (upstream-protocol.md 6)."""
+        wake_id = f"w_{n:024x}"
+        origin = f"{request.scheme}://{request.host}"
+        return {
+            "consumerId": wake_id,
+            "epoch": n,
+            "wakeId": wake_id,
+            "streamPath": "/fake/e1/main",
+            "streams": [{"path": "/fake/e1/main", "offset": f"{0:016d}_{n:016d}"}],
+            "callback": f"{origin}{CALLBACKS}{wake_id}",
+            "claimToken": f"token-{n}",
+            "triggerEvent": "message_received",
+            "entity": {"type": "fake", "status": "idle", "url": "/fake/e1"},
+        }
 
     async def start(self) -> tuple[web.AppRunner, str]:
         return await serve(self.handle)
