@@ -68,6 +68,17 @@ def free_port() -> int:
         return port
 
 
+def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port (a bind succeeds)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def run(cmd: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run a command, turning a failure into an InteropError that shows its output."""
     proc = subprocess.run(list(cmd), text=True, capture_output=True, check=False, **kwargs)
@@ -358,6 +369,8 @@ class Postgres:
              "-E", "UTF8", "--no-sync"], **_as_postgres())
 
     def start(self) -> None:
+        if not port_free(self.port):
+            raise InteropError(f"Postgres port 127.0.0.1:{self.port} is already in use")
         log_file = (self.data_dir.parent / "postgres.log").open("ab")
         self.proc = subprocess.Popen(
             ["postgres", "-D", str(self.data_dir), "-h", "127.0.0.1", "-p", str(self.port),
@@ -416,6 +429,10 @@ class AgentsServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90.0) -> None:
+        # Someone else's server on the port would answer the health check in our stead.
+        for port, what in ((self.port, "agents-server"), (self.ds_port, "streams")):
+            if not port_free(port):
+                raise InteropError(f"{what} port 127.0.0.1:{port} is already in use")
         server_dir = self.root / "ws/packages/agents-server"
         env = dict(os.environ)
         # Upstream reads several spellings of the DS URL; none may leak in from our shell,
@@ -440,7 +457,8 @@ class AgentsServer:
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
-        while http_status(self.url + "/_electric/health", timeout=1.0) != 200:
+        while self.proc.poll() is not None or http_status(
+                self.url + "/_electric/health", timeout=1.0) != 200:
             if self.proc.poll() is not None:
                 raise InteropError(f"agents-server exited ({self.proc.returncode}); see "
                                    f"{self.log_path}")
