@@ -724,6 +724,7 @@ async def _sse(
             if ds._closing or store.notifier.closing:
                 break
             if rotate_at is not None and time.monotonic() >= rotate_at:
+                await resp.write(b": rotate\n\n")  # planned end: the runner says `rotated`
                 break
             if not changed:
                 try:

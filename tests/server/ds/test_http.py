@@ -247,3 +247,12 @@ async def test_shutdown_ends_live_reads_at_once(make: Factory) -> None:
         await e.ds.shutdown()
         rest = await asyncio.wait_for(r.content.read(), 5)
     assert rest == b"" and time.monotonic() - t0 < 2
+
+
+async def test_sse_rotation_ends_with_a_rotate_comment(make: Factory) -> None:
+    e = await make(long_poll_timeout=30, keepalive_interval=0.1, sse_rotate_seconds=0.3)
+    async with e.http.put(f"{e.url}/w", headers={"content-type": "application/json"}):
+        pass
+    async with e.http.get(f"{e.url}/w?offset=-1&live=sse") as r:
+        raw = await asyncio.wait_for(r.content.read(), 5)
+    assert raw.endswith(b": rotate\n\n") and raw.startswith(b"event: control\n")
