@@ -52,6 +52,7 @@ from pullwake.server.ds.store import (
     format_body,
     json_items,
     normalize_content_type,
+    parse_expires_at,
 )
 from pullwake.server.ds.subscriptions import (
     Subscription,
@@ -334,11 +335,8 @@ async def _create(ds: DSServer, request: web.Request, t: Target) -> web.StreamRe
         if not _TTL_RE.match(ttl_h):
             return text(400, "Invalid Stream-TTL value")
         ttl = int(ttl_h)
-    if exp_h:
-        from pullwake.server.ds.store import parse_expires_at
-
-        if parse_expires_at(exp_h) is None:
-            return text(400, "Invalid Stream-Expires-At timestamp")
+    if exp_h and parse_expires_at(exp_h) is None:
+        return text(400, "Invalid Stream-Expires-At timestamp")
     if fork_offset and not re.match(r"^\d+_\d+$", fork_offset):
         return text(400, "Invalid Stream-Fork-Offset format")
     sub_offset = None

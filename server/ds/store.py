@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import email.utils
 import json
 import logging
 import re
@@ -34,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 log = logging.getLogger("pullwake.server.ds.store")
@@ -156,13 +157,17 @@ class StreamMeta:
 
 
 def parse_expires_at(text: str) -> int | None:
-    """ISO 8601 -> unix ms, None if unparseable."""
+    """ISO 8601 (or an HTTP date, as JS `Date` also takes) -> unix ms; None if unparseable.
+    No zone means UTC."""
     try:
         dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        return None
+        try:
+            dt = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
     if dt.tzinfo is None:
-        return None
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
 
 
