@@ -82,6 +82,17 @@ def _short_alert(name: str) -> str:
     return name.removeprefix("PullWake")
 
 
+def _wrap(label: str, width: int = 34) -> str:
+    """A long CamelCase alert label on two lines, broken at the capital nearest the middle."""
+    if len(label) <= width:
+        return label
+    caps = [i for i, ch in enumerate(label) if ch.isupper() and i > 0]
+    if not caps:
+        return label
+    cut = min(caps, key=lambda i: abs(i - len(label) / 2))
+    return f"{label[:cut]}-\n{label[cut:]}"
+
+
 def _secs(value: float) -> str:
     if value < 0.1:
         return f"{value:.3f}s"
@@ -119,7 +130,9 @@ def draw(summary: dict[str, Any], png: Path, svg: Path) -> tuple[int, int]:
     axa = fig.add_subplot(gs[1], sharex=ax)
     duration = float(summary.get("run", {}).get("duration_s") or 1.0)
 
-    # fault windows: shaded across both panels, labelled on top
+    # fault windows: shaded across both panels, labelled on top (a label too close to
+    # the previous one goes one line higher, so none overlap)
+    last_centre, raised = float("-inf"), False
     for f in summary.get("faults", []):
         if f.get("start") is None:
             continue
@@ -128,9 +141,14 @@ def draw(summary: dict[str, Any], png: Path, svg: Path) -> tuple[int, int]:
         shade = FAULT_SHADE if f.get("outage", True) else BURST_SHADE
         for a in (ax, axa):
             a.axvspan(lo, max(hi, lo + 0.05), color=shade, alpha=0.55, zorder=0, lw=0)
+        centre = (lo + hi) / 2
+        # ~7 px per character at 9 pt bold; the axes span about 80% of the figure width
+        need = (len(str(f["label"])) + 2) * 7 / (0.8 * w_px) * duration
+        raised = (centre - last_centre < need) and not raised
+        last_centre = centre
         ax.text(
-            (lo + hi) / 2,
-            1.01,
+            centre,
+            1.07 if raised else 1.01,
             f["label"],
             transform=ax.get_xaxis_transform(),
             ha="center",
@@ -258,7 +276,7 @@ def draw(summary: dict[str, Any], png: Path, svg: Path) -> tuple[int, int]:
         axa.set_yticks(
             range(n_a),
             [
-                f"{_short_alert(n)} ({profiles.get(r or '', r) or 'server'})"
+                _wrap(f"{_short_alert(n)} ({profiles.get(r or '', r) or 'server'})")
                 for n, r in reversed(a_lanes)
             ],
             fontsize=8,
