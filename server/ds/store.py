@@ -32,7 +32,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -705,6 +705,18 @@ class StoreCore:
 
 
 # --- the async facade ------------------------------------------------------------------
+_RUNNING: set[asyncio.Task[Any]] = set()
+
+
+async def shielded(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion even if the awaiting task is cancelled (the caller
+    still sees its CancelledError; the work goes on and is kept referenced)."""
+    task = asyncio.ensure_future(coro)
+    _RUNNING.add(task)
+    task.add_done_callback(_RUNNING.discard)
+    return await asyncio.shield(task)
+
+
 class Notifier:
     """One asyncio.Event per path, replaced after each notification (no lost wake-ups:
     take the waiter before reading, then wait on it)."""
@@ -755,7 +767,12 @@ class DSStore:
     async def call(
         self, fn: Callable[Concatenate[StoreCore, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Run `fn(core, ...)` on the store thread; then wake readers and listeners."""
+        """Run `fn(core, ...)` on the store thread; then wake readers and listeners.
+
+        Shielded: a caller cancelled meanwhile (a client that went away, aiohttp's
+        handler cancellation) does not stop the work half-way, so a committed append
+        always wakes its readers and announces its wake.
+        """
         loop = asyncio.get_running_loop()
 
         def run() -> tuple[T, _Effects]:
@@ -765,9 +782,12 @@ class DSStore:
                 self.core.take_effects()
                 raise
 
-        result, effects = await loop.run_in_executor(self._pool, run)
-        await self._after(effects)
-        return result
+        async def whole() -> T:
+            result, effects = await loop.run_in_executor(self._pool, run)
+            await self._after(effects)
+            return result
+
+        return await shielded(whole())
 
     async def _after(self, eff: _Effects) -> None:
         for path in {a.path for a in eff.appended} | eff.closed | eff.deleted:

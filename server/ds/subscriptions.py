@@ -23,16 +23,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote, urlsplit
 
 from pullwake.server.ds.store import (
@@ -42,6 +43,7 @@ from pullwake.server.ds.store import (
     DSStore,
     StoreCore,
     now_ms,
+    shielded,
 )
 
 log = logging.getLogger("pullwake.server.ds.subscriptions")
@@ -297,6 +299,24 @@ def validate_webhook_url(raw: str) -> str | None:
 WebhookSender = Callable[[Subscription, str], Awaitable[tuple[bool, Any]]]
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _whole(
+    fn: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """An operation runs to its end even if its caller is cancelled (a client gone
+    mid-request): the database and the in-memory state never part ways, and no
+    committed append goes unannounced."""
+
+    @functools.wraps(fn)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await shielded(fn(*args, **kwargs))
+
+    return run
+
+
 class SubscriptionManager:
     """Pull-wake / webhook subscriptions over a `DSStore` (see module doc).
 
@@ -342,6 +362,7 @@ class SubscriptionManager:
         exceptions are logged."""
         self._expiry_listeners.append(callback)
 
+    @_whole
     async def start(self) -> None:
         """Load persisted subscriptions, re-arm leases, announce pending work.
 
@@ -630,6 +651,7 @@ class SubscriptionManager:
             sub.streams[path].acked_offset = offset
 
     # --- public API ----------------------------------------------------------------------
+    @_whole
     async def put(self, sub_id: str, body: Any) -> tuple[dict[str, Any], bool]:
         """Create or confirm; returns (serialized, created).  409 on another config."""
         await self._ready()
@@ -681,6 +703,7 @@ class SubscriptionManager:
     def exists(self, sub_id: str) -> bool:
         return sub_id in self._subs
 
+    @_whole
     async def delete(self, sub_id: str) -> None:
         """Idempotent (upstream answers 204 either way)."""
         await self._ready()
@@ -689,6 +712,7 @@ class SubscriptionManager:
             if sub is not None:
                 await self._commit(sub.copy(), delete=True)
 
+    @_whole
     async def add_streams(self, sub_id: str, streams: list[str]) -> None:
         await self._ready()
         async with self._lock(sub_id):
@@ -697,6 +721,7 @@ class SubscriptionManager:
                 self._link(sub, path, "explicit", self._tail(normalize_path(path)))
             await self._commit(sub)
 
+    @_whole
     async def remove_stream(self, sub_id: str, path: str) -> None:
         await self._ready()
         async with self._lock(sub_id):
@@ -710,6 +735,7 @@ class SubscriptionManager:
                 del sub.streams[link.path]
             await self._commit(sub)
 
+    @_whole
     async def claim(self, sub_id: str, worker: str) -> dict[str, Any]:
         """200 body `{wake_id, generation, token, streams, lease_ttl_ms}`."""
         await self._ready()
@@ -752,6 +778,7 @@ class SubscriptionManager:
         """The webhook callback (any subscription type), as upstream."""
         return await self._ack(sub_id, token, request, webhook=True)
 
+    @_whole
     async def _ack(
         self, sub_id: str, token: str, request: dict[str, Any], *, webhook: bool
     ) -> dict[str, Any]:
@@ -771,6 +798,7 @@ class SubscriptionManager:
             await self._commit(sub, wake=next_wake)
             return {"ok": True, "next_wake": next_wake}
 
+    @_whole
     async def release(self, sub_id: str, token: str, request: dict[str, Any]) -> None:
         """Give the wake back; pending work is announced again at once (new generation)."""
         await self._ready()
@@ -789,6 +817,7 @@ class SubscriptionManager:
             return  # our own wake events never wake anyone (as upstream)
         await self.on_stream_append(ev.path)
 
+    @_whole
     async def on_stream_append(self, path: str) -> None:
         """Link the path to matching patterns and announce a wake where one is due."""
         await self._ready()
@@ -822,6 +851,7 @@ class SubscriptionManager:
                 await self._create_wake(new, path)
                 await self._commit(new, wake=True)
 
+    @_whole
     async def on_stream_deleted(self, path: str) -> None:
         await self._ready()
         path = normalize_path(path)
@@ -846,6 +876,7 @@ class SubscriptionManager:
             n += await self._expire(sub_id)
         return n
 
+    @_whole
     async def _expire(self, sub_id: str) -> int:
         async with self._lock(sub_id):
             sub = self._subs.get(sub_id)
@@ -876,6 +907,7 @@ class SubscriptionManager:
             f"{quote(sub.id, safe='')}/{action}"
         )
 
+    @_whole
     async def _deliver(self, sub_id: str, wake_id: str) -> None:
         sub = self._subs.get(sub_id)
         if sub is None or sub.wake_id != wake_id or sub.token is None or self._sender is None:

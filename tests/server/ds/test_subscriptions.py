@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import pytest
 
 from pullwake.server.ds.store import DSStore, format_body
 from pullwake.server.ds.subscriptions import SubscriptionError, SubscriptionManager, glob_match
+from tests.support.waits import until
 
 WAKE = "runners/r1/wake"
 MAIN = "probe/e1/main"
@@ -288,3 +290,19 @@ async def test_operations_before_start_load_first(tmp_path: Path) -> None:
     finally:
         subs.shutdown()
         store.close()
+
+
+async def test_cancelled_append_still_announces(env: Env) -> None:
+    """A caller cancelled mid-append (a client gone, aiohttp handler cancellation):
+    the append still commits, wakes its readers and announces its wake."""
+    tail = env.store.tail(MAIN)
+    assert tail is not None
+    reader = asyncio.create_task(env.store.wait(MAIN, tail, 10))
+    task = asyncio.create_task(env.store.append_json(MAIN, [{"m": 1}]))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.wait_for(reader, 10)
+    await until(lambda: env.subs.state(SID).wake_outstanding, 10, what="wake announced")  # type: ignore[union-attr]
+    assert [e["generation"] for e in await env.events()] == [1]
