@@ -471,6 +471,11 @@ class Chaos:
             grace=3.0,
         )
 
+    def spawn(self, spec: ChildSpec) -> None:
+        """Start a child and record its pid (a test checks none outlives the run)."""
+        child = self.sup.start(spec, timeout=30)
+        self.log.emit("process", name=spec.name, pid=child.pid)
+
     # --- progress -----------------------------------------------------------------------
     def elapsed(self) -> str:
         return f"[{time.monotonic() - self.t0:6.1f}s]"
@@ -544,7 +549,7 @@ class Chaos:
 
     def _start(self) -> None:
         s = self.s
-        self.sup.start(self.server_spec(), timeout=30)
+        self.spawn(self.server_spec())
         if self._alert_bins:
             from pullwake.tools.chaos_alerts import AlertWatch
 
@@ -565,7 +570,7 @@ class Chaos:
             self.alerts.start()
             self.log.emit("note", text=f"alert rules with for: scaled x{1 / 20:g}")
         for rid, profile in self.runners.items():
-            self.sup.start(self.runner_spec(rid, profile, self.proxy.url), timeout=30)
+            self.spawn(self.runner_spec(rid, profile, self.proxy.url))
             w = RunnerWatcher(
                 self.log,
                 rid,
@@ -622,7 +627,7 @@ class Chaos:
             def restart() -> None:
                 if self.sup.child("server").alive():
                     self.sup.kill("server")
-                self.sup.start(self.server_spec(), timeout=30)
+                self.spawn(self.server_spec())
 
             return restart
         if fault == "sigstop":

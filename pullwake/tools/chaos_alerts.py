@@ -133,7 +133,7 @@ class AlertWatch(threading.Thread):
         self.prepare()
         w = self.workdir
         if self.alertmanager:
-            self.sup.start(
+            am = self.sup.start(
                 ChildSpec(
                     "alertmanager",
                     [
@@ -149,7 +149,8 @@ class AlertWatch(threading.Thread):
                 ),
                 timeout=30,
             )
-        self.sup.start(
+            self.log.emit("process", name="alertmanager", pid=am.pid)
+        prom = self.sup.start(
             ChildSpec(
                 "prometheus",
                 [
@@ -164,6 +165,7 @@ class AlertWatch(threading.Thread):
             ),
             timeout=30,
         )
+        self.log.emit("process", name="prometheus", pid=prom.pid)
 
     def alerts(self) -> list[dict[str, Any]] | None:
         try:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -256,3 +257,71 @@ def test_report_renders_in_headless_chromium_with_the_timeline(
     assert page["shown"] > 300  # and laid out on the page
     assert page["rows"] == 4
     assert len(got["screenshot"]) > 1000
+
+
+def test_ctrl_c_stops_cleanly_and_still_writes_what_it_has(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pullwake",
+            "chaos",
+            "--out",
+            str(out),
+            "--quick",
+            "--alerts",
+            "off",
+            "--outage",
+            "30",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OTEL_SDK_DISABLED": "true"},
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:  # wait until the first fault is under way
+            lines.append(line)
+            if "phase 1/2" in line:
+                break
+        events = out / "events.jsonl"
+        deadline = time.monotonic() + 30
+        while "fault_start" not in events.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = [int(p) for p in re.findall(r'"pid": (\d+)', events.read_text())]
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert "interrupted" in rest
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run"]["interrupted"] is True
+    assert summary["faults"][0]["fault"] == "kill9"
+    assert (out / "report.html").read_text().count("interrupted") >= 1
+    assert _png_size(out / "timeline.png") == figure_size(summary)
+    children = _children_of(proc.pid) | set(pids)
+    assert not [p for p in children if Path(f"/proc/{p}").exists() and _alive(p)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _children_of(pid: int) -> set[int]:
+    found: set[int] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
