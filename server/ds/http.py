@@ -21,7 +21,6 @@ idle behaviour is exactly upstream's.  Live reads are reported to a
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import gzip
@@ -49,6 +48,7 @@ from pullwake.server.ds.store import (
     Producer,
     ReadResult,
     StoreError,
+    drain,
     format_body,
     json_items,
     normalize_content_type,
@@ -872,7 +872,7 @@ def add_routes(
         await ds.shutdown()
 
     async def on_cleanup(app: web.Application) -> None:
-        await asyncio.sleep(0)
+        await drain(2.0)  # store calls and subscription operations still finishing
         ds.close()
 
     app.on_startup.append(on_startup)

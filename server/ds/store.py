@@ -708,6 +708,13 @@ class StoreCore:
 _RUNNING: set[asyncio.Task[Any]] = set()
 
 
+async def drain(timeout: float) -> None:
+    """Shutdown: let shielded work in flight finish (bounded) before the store closes."""
+    pending = [t for t in _RUNNING if t is not asyncio.current_task()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+
+
 async def shielded(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro` to completion even if the awaiting task is cancelled (the caller
     still sees its CancelledError; the work goes on and is kept referenced)."""
