@@ -90,10 +90,10 @@ def test_a_suspend_is_a_resume_a_late_timer_is_a_stall_and_a_short_gap_is_nothin
     assert d.check() == Gap(EndReason.RESUMED, 30.0)
 
 
-def test_the_tick_defaults_to_a_quarter_of_the_threshold_capped_at_1s() -> None:
+def test_the_tick_defaults_to_a_quarter_of_the_threshold_capped_at_half_a_second() -> None:
     clocks = ScriptedClocks()
-    assert ResumeDetector(clocks, 2.0, lambda g: None).tick == 0.5
-    assert ResumeDetector(clocks, 30.0, lambda g: None).tick == 1.0
+    assert ResumeDetector(clocks, 1.0, lambda g: None).tick == 0.25
+    assert ResumeDetector(clocks, 30.0, lambda g: None).tick == 0.5
     with pytest.raises(ValueError):
         ResumeDetector(clocks, 0.0, lambda g: None)
 
@@ -162,6 +162,7 @@ async def test_a_simulated_suspend_ends_the_read_as_resumed_and_reconnects_at_on
         resumed_at = time.monotonic()
         await until(lambda: r.machine.session == 2 and r.phase is S.STREAMING, 5)
         took = time.monotonic() - resumed_at
+        print(f"\nsimulated resume -> new session streaming: {took * 1000:.0f} ms")
         assert took < 1.0, f"reconnected {took:.2f}s after the resume"
         await until(lambda: fake.heartbeats > beats, 1.0)  # a heartbeat at once, not in 2 s
         ended = [s for (s,) in obs.of("session_ended")]
@@ -241,3 +242,59 @@ def test_reconnect_now_is_refused_when_not_running() -> None:
     assert r.reconnect_now() is False
     r.feed(ReconnectNow(EndReason.FORCED))  # the machine ignores it while stopped
     assert r.phase is S.STOPPED
+
+
+# --- metrics and spans carry the reason like any other session end ---------------------
+async def test_a_resume_shows_in_metrics_and_spans_as_its_own_reason() -> None:
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from pullwake.core.telemetry import SERVICE_RUNNER, build_telemetry
+    from pullwake.runner.otel import SESSION_SPAN, OtelRunnerObserver
+
+    spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    telemetry = build_telemetry(
+        SERVICE_RUNNER,
+        "r1",
+        env={},
+        span_processors=[SimpleSpanProcessor(spans)],
+        metric_readers=[reader],
+        prometheus=False,
+    )
+    clocks = SuspendableClocks()
+    fake = FakeServer(keepalives)
+    app_runner, url = await fake.start()
+    observer = OtelRunnerObserver(telemetry, "r1")
+    r = Runner(server=url, runner_id="r1", observer=observer, clocks=clocks, heartbeat_interval=2.0)
+    observer.bind(r.snapshot)
+    task = asyncio.create_task(r.run())
+    try:
+        await until(lambda: r.phase is S.STREAMING, 10)
+        clocks.slept += 120.0
+        await until(lambda: r.machine.session == 2 and r.phase is S.STREAMING, 5)
+    finally:
+        r.stop()
+        async with asyncio.timeout(10):
+            await task
+        await app_runner.cleanup()
+    first = next(
+        s for s in spans.get_finished_spans()
+        if s.name == SESSION_SPAN and dict(s.attributes or {})["pullwake.session.number"] == 1
+    )  # fmt: skip
+    assert dict(first.attributes or {})["pullwake.end.reason"] == "resumed"
+    assert first.status.status_code is not StatusCode.ERROR  # a resume is not a failure
+    assert "detector.resumed" in [e.name for e in first.events]
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {
+        (m.name, dict(p.attributes or {}).get("reason")): p
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        for p in m.data.data_points
+    }
+    assert points[("pullwake.stream.reconnects", "resumed")].value == 1  # type: ignore[union-attr]
+    assert ("pullwake.stream.session.duration", "resumed") in points
+    telemetry.shutdown(1.0)
