@@ -4,8 +4,8 @@ Profiles only switch parts of the same machinery on or off; they never swap
 in different code:
 
 * ``default``  every detector: idle watchdog, tail probe, heartbeat bridge,
-  TCP keepalive, connect/header timeouts; read errors end the session and are
-  reported.
+  resume/stall detector, TCP keepalive, connect/header timeouts; read errors
+  end the session and are reported.
 * ``upstream`` the original's later mitigation alone: the legacy stream layer
   (hidden retries, no timeouts) plus the heartbeat bridge (K=2), which is its
   only detector.  No idle watchdog, no TCP keepalive.
@@ -42,10 +42,13 @@ class Profile:
     hidden_retry: bool  # legacy: the stream layer swallows read failures and retries
     forced_live: LiveMode | None = None
     tail_probe: bool = False  # probe the stream's tail on a fresh connection while idle
+    resume_detector: bool = False  # a sleep or freeze past the threshold: reconnect at once
 
 
 PROFILES: dict[str, Profile] = {
-    "default": Profile("default", True, True, True, True, False, tail_probe=True),
+    "default": Profile(
+        "default", True, True, True, True, False, tail_probe=True, resume_detector=True
+    ),
     "upstream": Profile("upstream", False, True, False, False, True, LiveMode.LONG_POLL),
     "legacy": Profile("legacy", False, False, False, False, True, LiveMode.LONG_POLL),
 }

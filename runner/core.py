@@ -135,6 +135,8 @@ class Runner:
         self._heartbeater: Heartbeater | None = None
         self._clocks = clocks or SystemClocks()
         threshold = config.resume_threshold
+        if not config.profile.resume_detector:
+            threshold = 0.0  # upstream and legacy reproduce the originals: no such detector
         self.resume_threshold = config.heartbeat_interval if threshold is None else threshold
         self._bridge = HeartbeatBridge(
             self._driver, config.bridge_threshold, self._report, healthy=self._session_healthy

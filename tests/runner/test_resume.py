@@ -298,3 +298,18 @@ async def test_a_resume_shows_in_metrics_and_spans_as_its_own_reason() -> None:
     assert points[("pullwake.stream.reconnects", "resumed")].value == 1  # type: ignore[union-attr]
     assert ("pullwake.stream.session.duration", "resumed") in points
     telemetry.shutdown(1.0)
+
+
+def test_threshold_defaults_to_the_heartbeat_interval_in_the_default_profile_only() -> None:
+    from pullwake.runner.config import PROFILES, ConfigError
+
+    assert Runner(server="http://h:1", runner_id="r", heartbeat_interval=7).resume_threshold == 7
+    assert Runner(server="http://h:1", runner_id="r", resume_threshold=3).resume_threshold == 3
+    off = Runner(server="http://h:1", runner_id="r", resume_threshold=0)
+    assert off.resume_threshold == 0 and off.status()["detectors"]["resume_threshold_s"] is None
+    for name in ("upstream", "legacy"):  # they reproduce the originals, which had none
+        r = Runner(server="http://h:1", runner_id="r", profile=PROFILES[name])
+        assert r.resume_threshold == 0
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ConfigError):
+            Runner(server="http://h:1", runner_id="r", resume_threshold=bad)
