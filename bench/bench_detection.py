@@ -51,11 +51,21 @@ def one(
     handled.touch()
     with running(server), ThreadedFaultProxy(upstream=("127.0.0.1", server.port)) as proxy:
         server.register("bench")
-        cmd = f'cat >/dev/null; echo "$PULLWAKE_WAKE_ID" >> {handled}'
+        cmd = f'cat >/dev/null; echo "$PULLWAKE_WAKE_ID ${{PULLWAKE_STREAM_PATH:-}}" >> {handled}'
         r = RunnerProcess(
-            tmp, proxy.url, "bench",
-            extra=["--profile", profile, "--heartbeat-interval", str(hb), "--handler", cmd,
-                   "--log-level", "warning"],
+            tmp,
+            proxy.url,
+            "bench",
+            extra=[
+                "--profile",
+                profile,
+                "--heartbeat-interval",
+                str(hb),
+                "--handler",
+                cmd,
+                "--log-level",
+                "warning",
+            ],
         )
         r.start()
         with running(r):
@@ -81,14 +91,23 @@ def one(
             try:
                 if detected is not None:
                     wait_until(
-                        lambda: (s := r.status())["state"] == STREAMING
-                        and s["diagnostics"]["stream_connected_since"] != since0,
+                        lambda: (
+                            (s := r.status())["state"] == STREAMING
+                            and s["diagnostics"]["stream_connected_since"] != since0
+                        ),
                         cap + 30,
                         what="recovered",
                     )
                 else:
-                    wake = server.publish("bench")["wake_id"]
-                    wait_until(lambda: wake in handled.read_text(), cap + 60, what="wake")
+                    answer = server.publish("bench")
+                    # the wake id (old server) or the message's stream (upstream protocol:
+                    # the claim names the entity stream, its wake id is the server's own)
+                    keys = [
+                        str(answer[k]).lstrip("/") for k in ("wake_id", "stream") if answer.get(k)
+                    ]
+                    wait_until(
+                        lambda: any(k in handled.read_text() for k in keys), cap + 60, what="wake"
+                    )
                 recovered = time.time() - healed_at
             except AssertionError:
                 recovered = None
@@ -105,7 +124,9 @@ def inject(server: ServerProcess, proxy: ThreadedFaultProxy, fault: str) -> Call
 
         def restart() -> ServerProcess:
             return ServerProcess(
-                server.log_path.parent, port=server.port, db=server.db,
+                server.log_path.parent,
+                port=server.port,
+                db=server.db,
                 keepalive=float(server.argv[server.argv.index("--keepalive-interval") + 1]),
             ).start()
 
@@ -160,15 +181,23 @@ def main() -> int:
             for _ in range(args.repeat):
                 with tempfile.TemporaryDirectory() as tmp:
                     d, r = one(
-                        Path(tmp), profile, fault, args.cap, args.heartbeat_interval,
+                        Path(tmp),
+                        profile,
+                        fault,
+                        args.cap,
+                        args.heartbeat_interval,
                         args.keepalive,
                     )
                 det.append(d)
                 rec.append(r)
             print(f"{fault:<10} {profile:<9} {fmt(det):>18} {fmt(rec):>18}", flush=True)
             results.append(
-                {"fault": fault, "profile": profile, "detection_s": median(det),
-                 "recovery_s": median(rec)}
+                {
+                    "fault": fault,
+                    "profile": profile,
+                    "detection_s": median(det),
+                    "recovery_s": median(rec),
+                }
             )
     if str(args.chart) not in ("", "."):
         from pullwake.tools.chaos_plot import draw_detection_chart
