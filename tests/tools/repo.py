@@ -9,7 +9,9 @@ from typing import Any
 
 import yaml
 
-from tests.support.repo import ROOT
+from tests.support.repo import DEPLOY, ROOT
+
+__all__ = ["DEPLOY", "ROOT"]  # and the loaders below; the paths come from tests.support.repo
 
 COMPOSE = ROOT / "docker-compose.yml"
 COLLECTOR = ROOT / "otel-collector" / "config.yaml"
