@@ -16,14 +16,36 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from pullwake.core.protocol import RunnerState
+from pullwake.core.protocol import EndReason, RunnerState
+from pullwake.runner.config import RunnerConfig
+from pullwake.runner.heartbeat import HeartbeatRecord
+from pullwake.runner.machine import Machine
 
-if TYPE_CHECKING:
-    from pullwake.runner.core import Runner
+
+class StatusSource(Protocol):
+    """What the listener reads and may ask of the runner (`runner.core.Runner` is one)."""
+
+    config: RunnerConfig
+    heartbeats: HeartbeatRecord
+    metrics: Callable[[], tuple[bytes, str]] | None
+
+    @property
+    def machine(self) -> Machine: ...
+
+    @property
+    def phase(self) -> RunnerState: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def reconnect_now(self, reason: EndReason = EndReason.FORCED) -> bool: ...
 
 
 def is_loopback(host: str) -> bool:
@@ -43,7 +65,9 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 class StatusServer:
-    def __init__(self, runner: Runner, host: str, port: int, token: str | None = None) -> None:
+    def __init__(
+        self, runner: StatusSource, host: str, port: int, token: str | None = None
+    ) -> None:
         """`token`: the bearer token `POST /reconnect` needs (default: the runner's
         `status_token` setting)."""
         self._runner = runner
