@@ -190,3 +190,21 @@ def test_the_architecture_doc_lists_every_module() -> None:
         if shown not in doc:
             missing.append(f"{name} ({shown})")
     assert missing == [], "add a line to docs/architecture.md for: " + ", ".join(missing)
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    """Shared helpers live in tests/support/ (or a room's non-test helper module), so
+    a test file can be read, run and deleted on its own."""
+    bad = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                if name.startswith("tests.") and name.rsplit(".", 1)[-1].startswith("test_"):
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+    assert bad == [], "\n".join(bad)
