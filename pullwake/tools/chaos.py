@@ -518,6 +518,13 @@ class Chaos:
             idle_timeout_s=3 * s.keepalive,
             quick=s.quick,
             slow_handler_s=s.slow_s,
+            alerts_note=(
+                "no alert went pending"
+                if self._alert_bins
+                else "alerts off (--alerts off)"
+                if s.alerts == "off"
+                else "no alerts: prometheus not on PATH"
+            ),
         )
         say(
             f"pullwake chaos: {len(self.runners)} runner(s) ({', '.join(s.profiles)}), faults "
@@ -536,10 +543,15 @@ class Chaos:
             except SupervisorError as exc:
                 if self.sup.stop_requested:
                     interrupted = True
+                    say(f"{self.elapsed()} interrupted: stopping and writing what was recorded")
                 else:
                     self.log.emit("note", text=f"aborted: {str(exc).splitlines()[0]}")
                     say(f"pullwake chaos: error: {exc}")
                     code = 1
+            except Exception as exc:  # a bug or a surprise: still stop everything, still write
+                self.log.emit("note", text=f"aborted: {type(exc).__name__}: {exc}")
+                say(f"pullwake chaos: error: {type(exc).__name__}: {exc}")
+                code = 1
             finally:
                 self._teardown()
         self.log.emit("run_end", interrupted=interrupted)

@@ -109,7 +109,7 @@ def render_html(summary: dict[str, Any], png: bytes) -> str:
         f'<table id="alerts"><thead><tr>{head(ALERT_COLUMNS, [])}</tr></thead>'
         f"<tbody>{''.join(alert_rows)}</tbody></table>"
         if alert_rows
-        else "<p>No alert went pending (or Prometheus was not on PATH).</p>"
+        else f"<p>{html.escape(str(cfg.get('alerts_note') or 'No alert went pending.'))}</p>"
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
