@@ -295,7 +295,7 @@ class Runner:
             if getattr(error, "status", None) == 404:
                 self._registered = False  # a server on a fresh db: register again
             self.diag.error(f"heartbeat: {describe(error)}")
-        self._bridge.heartbeat(ok)
+        self._bridge.heartbeat(self.heartbeats)
 
     # --- detectors ----------------------------------------------------------------------
     def _report(self, detector: str, details: Mapping[str, Any]) -> None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 from pullwake.core.protocol import EndReason, RunnerState
+from pullwake.runner.heartbeat import HeartbeatRecord
 from pullwake.runner.machine import EventSink, ReconnectNow, ServerBack, StreamReset
 
 log = logging.getLogger("pullwake.runner.detectors")
@@ -59,22 +60,20 @@ class HeartbeatBridge:
         self._healthy = healthy
         self._session = 0
         self.session_failures = 0  # failures since the current session opened
-        self.consecutive = 0
 
     def __repr__(self) -> str:
         return f"<HeartbeatBridge k={self.threshold} session_failures={self.session_failures}>"
 
-    def heartbeat(self, ok: bool) -> None:
+    def heartbeat(self, record: HeartbeatRecord) -> None:
+        """Judge the outcome `record` just recorded."""
         m = self._sink.machine
         if m.session != self._session:
             self._session, self.session_failures = m.session, 0
-        if ok:
-            recovered = self.consecutive > 0
-            self.consecutive = self.session_failures = 0
-            if recovered:
+        if record.last_ok:
+            self.session_failures = 0
+            if record.recovered:
                 self._sink.feed(ServerBack(m.attempt))
             return
-        self.consecutive += 1
         self.session_failures += 1
         k = self.threshold
         if k is None or m.phase not in (RunnerState.CONNECTING, RunnerState.STREAMING):
@@ -83,7 +82,7 @@ class HeartbeatBridge:
             return
         self._report(
             EndReason.HEARTBEAT_FAILURES.value,
-            {"consecutive_failures": self.consecutive, "threshold": k},
+            {"consecutive_failures": record.consecutive_failures, "threshold": k},
         )
         self._sink.feed(StreamReset(m.session, EndReason.HEARTBEAT_FAILURES, self._healthy()))
 

@@ -54,6 +54,12 @@ class HeartbeatRecord:
     last_ok: bool | None = None
     last_success_at: float | None = None
     consecutive_failures: int = 0
+    failures_before: int = 0  # the failures in a row before the last outcome
+
+    @property
+    def recovered(self) -> bool:
+        """The last heartbeat got through after one or more failures: the server is back."""
+        return self.last_ok is True and self.failures_before > 0
 
 
 class Heartbeater:
@@ -109,6 +115,7 @@ class Heartbeater:
         rec = self.record
         rec.sent += 1
         rec.last_at, rec.last_ok = time.time(), ok
+        rec.failures_before = rec.consecutive_failures
         if ok:
             rec.consecutive_failures = 0
             rec.last_success_at = rec.last_at

@@ -21,6 +21,7 @@ from pullwake.core.protocol import (
 from pullwake.runner import RecordingObserver, Runner
 from pullwake.runner.detectors import Gap, HeartbeatBridge, ResumeDetector, SystemClocks
 from pullwake.runner.diagnostics import claim_result_word
+from pullwake.runner.heartbeat import HeartbeatRecord
 from pullwake.runner.machine import Event, Machine, ReconnectNow, ServerBack, StreamReset
 from tests.support.fakeserver import FakeServer, keepalives
 from tests.support.waits import until
@@ -113,33 +114,48 @@ async def test_the_detector_loop_sees_a_blocked_event_loop() -> None:
 
 
 # --- the heartbeat bridge as a detector ------------------------------------------------
+class Beats:
+    """A heartbeat record fed outcome by outcome, as `Heartbeater.beat` records them."""
+
+    def __init__(self) -> None:
+        self.record = HeartbeatRecord()
+
+    def __call__(self, ok: bool) -> HeartbeatRecord:
+        r = self.record
+        r.last_ok, r.failures_before = ok, r.consecutive_failures
+        r.consecutive_failures = 0 if ok else r.consecutive_failures + 1
+        return r
+
+
 def test_bridge_counts_failures_per_session_and_says_when_the_server_is_back() -> None:
     reports: list[tuple[str, Any]] = []
     sink = Sink(Machine(S.STREAMING, session=2, attempt=1))
     bridge = HeartbeatBridge(sink, 2, lambda d, x: reports.append((d, dict(x))))
-    bridge.heartbeat(False)
+    beat = Beats()
+    bridge.heartbeat(beat(False))
     assert sink.events == []
-    bridge.heartbeat(False)
+    bridge.heartbeat(beat(False))
     assert sink.events == [StreamReset(2, EndReason.HEARTBEAT_FAILURES, False)]
     assert reports == [("heartbeat_failures", {"consecutive_failures": 2, "threshold": 2})]
     sink.machine = Machine(S.RECONNECTING, session=2, attempt=2)
-    bridge.heartbeat(False)  # no session to reset while waiting
+    bridge.heartbeat(beat(False))  # no session to reset while waiting
     assert len(sink.events) == 1
     sink.machine = Machine(S.CONNECTING, session=3, attempt=2)
-    bridge.heartbeat(False)  # a fresh session gets its own K
+    bridge.heartbeat(beat(False))  # a fresh session gets its own K
     assert len(sink.events) == 1 and bridge.session_failures == 1
     sink.machine = Machine(S.RECONNECTING, session=3, attempt=3)
-    bridge.heartbeat(True)
+    bridge.heartbeat(beat(True))
     assert sink.events[-1] == ServerBack(3)
-    bridge.heartbeat(True)  # only the first success after failures
+    bridge.heartbeat(beat(True))  # only the first success after failures
     assert len(sink.events) == 2
 
 
 def test_bridge_off_never_resets() -> None:
     sink = Sink(Machine(S.STREAMING, session=1))
     bridge = HeartbeatBridge(sink, None, lambda d, x: None)
+    beat = Beats()
     for _ in range(5):
-        bridge.heartbeat(False)
+        bridge.heartbeat(beat(False))
     assert sink.events == []
 
 
