@@ -62,6 +62,9 @@ def test_dev_extras_hold_the_tools_and_runtime_does_not() -> None:
 
 def test_the_readme_setup_is_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()
-    block = readme.split("```", 2)[1]  # the first code block is the set-up
+    setup = readme.split("\n## Set-up", 1)[1].split("\n## ", 1)[0]
+    blocks = setup.split("```")[1::2]
+    assert len(blocks) == 1, setup  # one block of commands in the set-up section
+    block = blocks[0]
     commands = [ln.split("#", 1)[0].strip() for ln in block.splitlines()[1:] if ln.strip()]
     assert commands == ["make demo", "make test"], block
