@@ -24,6 +24,7 @@ from typing import Any, TextIO
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \S+ \S+: (.*)$")
 _TRANSITION = re.compile(r"^(\S+) -> (\S+) on (\w+)")
 _SESSION_END = re.compile(r"^session (\d+) ended: (\S+)")
+_DETECTOR = re.compile(r"^detector (\w+) fired")
 
 MSG_KEY = "chaos_msg"  # payload field carrying the message id the publisher chose
 SLOW_KEY = "chaos_slow"  # payload marker: the handler sleeps before finishing
@@ -86,6 +87,8 @@ def parse_log_line(line: str) -> tuple[str, float, dict[str, Any]] | None:
     if sm := _SESSION_END.match(text):
         reason = sm.group(2).rstrip(".,;:").removeprefix("EndReason.").lower()
         return "session_end", t, {"session": int(sm.group(1)), "reason": reason}
+    if dm := _DETECTOR.match(text):
+        return "detector", t, {"detector": dm.group(1)}
     return None
 
 

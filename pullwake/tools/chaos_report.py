@@ -37,6 +37,7 @@ RUNNER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("heartbeats_ok", "heartbeats ok"),
     ("heartbeats_failed", "heartbeats failed"),
     ("lied_s", "said streaming, heartbeats failing (s)"),
+    ("session_ends", "session ends by reason"),
 )
 ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("alert", "alert"),
@@ -59,6 +60,8 @@ def cell_text(key: str, value: Any, outage: bool = True) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.2f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
     if key == "state_at_fault" and isinstance(value, str):
         return value.removeprefix("running.")
     return str(value)

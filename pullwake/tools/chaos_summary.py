@@ -265,6 +265,7 @@ def summarize(events: Iterable[Event]) -> dict[str, Any]:
     beats_of: dict[str, list[tuple[float, bool]]] = {}
     lies_of: dict[str, list[tuple[float, float]]] = {}
     ends_of: dict[str, list[tuple[float, str]]] = {}
+    dets_of: dict[str, list[tuple[float, str]]] = {}
     for rid, profile in runners.items():
         trans = _transitions(evs, rid)
         beats = [
@@ -276,6 +277,11 @@ def summarize(events: Iterable[Event]) -> dict[str, Any]:
             (float(e["t"]), str(e.get("reason", "?")))
             for e in evs
             if e.get("type") == "session_end" and e.get("runner") == rid
+        ]
+        dets_of[rid] = [
+            (float(e["t"]), str(e.get("detector", "?")))
+            for e in evs
+            if e.get("type") == "detector" and e.get("runner") == rid
         ]
         lies = _lies(trans, beats, t_end)
         trans_of[rid], beats_of[rid], lies_of[rid], ends_of[rid] = trans, beats, lies, ends
@@ -313,8 +319,10 @@ def summarize(events: Iterable[Event]) -> dict[str, Any]:
                 left = [t for t, old, _new in trans_of[rid] if old == STREAMING and f_t <= t < hi]
                 if left:
                     detected = left[0] - f_t
+                    # the detector that fired for it, else how the session ended
+                    fired = [d for t, d in dets_of[rid] if f_t <= t <= left[0] + 0.1]
                     why = [r for t, r in ends_of[rid] if left[0] - 0.5 <= t < hi and t >= f_t]
-                    reason = why[0] if why else None
+                    reason = fired[-1] if fired else (why[0] if why else None)
                     if h_t is not None:
                         back_ts = [
                             t for t, _o, new in trans_of[rid] if new == STREAMING and t >= left[0]

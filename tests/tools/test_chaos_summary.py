@@ -38,6 +38,7 @@ def scenario() -> list[dict[str, Any]]:
         ev(2, "fault_start", fault="kill9", label="server kill -9", outage=True),
         ev(2.2, "transition", runner="d", **{"from": S, "to": R}),
         ev(2.21, "session_end", runner="d", session=1, reason="error"),
+        ev(2.19, "detector", runner="l", detector="idle_timeout"),  # not d's
         ev(6, "fault_heal", fault="kill9"),
         ev(6.7, "transition", runner="d", **{"from": R, "to": S}),
         ev(9, "phase_end", fault="kill9"),
@@ -160,6 +161,11 @@ def test_runner_log_lines_parse_as_utc() -> None:
     assert t == 1796185833.497
     parsed = parse_log_line("2026-12-02 04:30:40,001 INFO runner: session 3 ended: idle_timeout")
     assert parsed is not None and parsed[2] == {"session": 3, "reason": "idle_timeout"}
+    parsed = parse_log_line(
+        "2026-12-02 04:47:53,923 WARNING runner: detector heartbeat_failures fired: {'k': 2}"
+    )
+    assert parsed is not None and parsed[:1] == ("detector",)
+    assert parsed[2] == {"detector": "heartbeat_failures"}
     parsed = parse_log_line("2026-12-02 04:30:40,001 INFO runner: session 4 ended: error: RST")
     assert parsed is not None and parsed[2]["reason"] == "error"
     assert parse_log_line("2026-12-02 04:30:40,001 INFO runner: wake x (no handler)") is None
@@ -273,3 +279,12 @@ def test_bench_detection_chart_is_a_png_of_the_size_it_says(tmp_path: Path) -> N
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     assert (int.from_bytes(head[16:20]), int.from_bytes(head[20:24])) == size
     assert "never" in svg.read_text()
+
+
+def test_detection_reason_is_the_detector_that_fired_when_the_log_names_one() -> None:
+    e = [
+        *scenario(),
+        ev(2.199, "detector", runner="d", detector="heartbeat_failures"),
+    ]
+    assert summarize(e)["faults"][0]["rows"]["d"]["reason"] == "heartbeat_failures"
+    assert summarize(scenario())["faults"][0]["rows"]["d"]["reason"] == "error"
