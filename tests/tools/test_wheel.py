@@ -133,6 +133,8 @@ def test_the_wheel_holds_one_top_level_name_and_its_data(installed: Installed) -
     tops = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
     assert tops == {"pullwake"}
     assert top_level.decode().split() == ["pullwake"]
+    data = [n for n in names if not n.endswith(".py") and ".dist-info/" not in n]
+    assert sorted(data) == ["pullwake/otel_collector/config.yaml", "pullwake/py.typed"]
     for needed in (
         "pullwake/py.typed",
         "pullwake/otel_collector/config.yaml",
