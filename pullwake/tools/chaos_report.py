@@ -28,6 +28,7 @@ FAULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("published", "published"),
     ("lost", "lost"),
     ("handled_twice", "handled twice"),
+    ("alerts_fired", "alerts that fired (s after the fault)"),
 )
 RUNNER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("published", "published"),
@@ -60,6 +61,13 @@ def cell_text(key: str, value: Any, outage: bool = True) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.2f}"
+    if key == "alerts_fired" and isinstance(value, list):
+        return (
+            "; ".join(
+                f"{str(a['alert']).removeprefix('PullWake')} {a['after_s']:.1f}" for a in value
+            )
+            or "none"
+        )
     if isinstance(value, dict):
         return ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
     if key == "state_at_fault" and isinstance(value, str):

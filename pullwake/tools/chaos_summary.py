@@ -350,6 +350,7 @@ def summarize(events: Iterable[Event]) -> dict[str, Any]:
                 "lost": len(lost_in(rid, lo, hi)),
                 "handled_twice": len(twice_in(rid, lo, hi)),
                 "lost_msgs": lost_in(rid, lo, hi),
+                "alerts_fired": [],
             }
         faults.append(
             {
@@ -363,6 +364,20 @@ def summarize(events: Iterable[Event]) -> dict[str, Any]:
                 "rows": rows,
             }
         )
+
+    # --- which alerts fired for each runner during each fault -----------------------
+    alert_rows = _alert_intervals(evs, t0, t_end)
+    for f in faults:
+        if f["start"] is None:
+            continue
+        for rid, row in f["rows"].items():
+            row["alerts_fired"] = [
+                {"alert": a["alert"], "after_s": _r(a["firing_at"] - f["start"])}
+                for a in alert_rows
+                if a["runner"] == rid
+                and a["firing_at"] is not None
+                and f["start"] <= a["firing_at"] < f["end"]
+            ]
 
     # --- totals ----------------------------------------------------------------------
     per_runner: dict[str, dict[str, Any]] = {}
@@ -395,7 +410,7 @@ def summarize(events: Iterable[Event]) -> dict[str, Any]:
         "order": list(runners),
         "runners": per_runner,
         "faults": faults,
-        "alerts": _alert_intervals(evs, t0, t_end),
+        "alerts": alert_rows,
         "lanes": lanes,
         "totals": totals,
         "notes": [str(e.get("text")) for e in evs if e.get("type") == "note"],

@@ -116,6 +116,13 @@ def test_runner_totals_lanes_and_alerts() -> None:
         },
     ]
     assert s["run"]["interrupted"] is False and s["run"]["duration_s"] == 10.0
+    # the alert that fired while the kill lasted, seconds after the fault started
+    assert s["faults"][0]["rows"]["l"]["alerts_fired"] == [
+        {"alert": "PullWakeHeartbeatsFailing", "after_s": 3.0}
+    ]
+    assert s["faults"][0]["rows"]["d"]["alerts_fired"] == [
+        {"alert": "PullWakeRunnerNotStreaming", "after_s": 6.0}
+    ]
 
 
 def test_polled_states_stand_in_when_the_log_gave_no_transition() -> None:
