@@ -89,14 +89,20 @@ def build(config: Config) -> db.Dashboard:
         .with_panel(
             timeseries_panel(
                 config,
-                "Published wakes",
-                "Wakes appended to runners' wake streams per second.",
+                "Messages and wakes",
+                "Messages sent to entities targeting each runner, and wake events announced"
+                " on its wake stream (one per subscription generation), per second.",
                 [
                     target(
                         config,
-                        q.rate_by(config, c.SERVER_WAKES_PUBLISHED, RATE, (q.RUNNER,)),
-                        "{{" + q.RUNNER + "}}",
-                    )
+                        q.rate_by(config, c.SERVER_MESSAGES, RATE, (q.RUNNER,)),
+                        "messages {{" + q.RUNNER + "}}",
+                    ),
+                    target(
+                        config,
+                        q.rate_by(config, c.SERVER_WAKES_ANNOUNCED, RATE, (q.RUNNER,)),
+                        "wakes {{" + q.RUNNER + "}}",
+                    ),
                 ],
                 unit="ops",
                 span=8,
@@ -105,14 +111,20 @@ def build(config: Config) -> db.Dashboard:
         .with_panel(
             timeseries_panel(
                 config,
-                "Pending wakes",
-                "Wakes not yet completed, per runner.",
+                "Pending subscriptions, active claims",
+                "Entity subscriptions with un-acked messages, and claims health lists as"
+                " active (expired claims stay listed, as upstream), per runner.",
                 [
                     target(
                         config,
-                        q.per_runner(config, c.SERVER_WAKES_PENDING),
-                        "{{" + q.RUNNER + "}}",
-                    )
+                        q.per_runner(config, c.SERVER_SUBSCRIPTIONS_PENDING),
+                        "pending {{" + q.RUNNER + "}}",
+                    ),
+                    target(
+                        config,
+                        q.per_runner(config, c.SERVER_CLAIMS_ACTIVE),
+                        "active claims {{" + q.RUNNER + "}}",
+                    ),
                 ],
                 span=8,
             )
@@ -155,13 +167,36 @@ def build(config: Config) -> db.Dashboard:
         .with_panel(
             timeseries_panel(
                 config,
-                "Claims by outcome",
-                "Claim answers per second.",
+                "Claims and completions",
+                "Claim answers and wake-callback acks per second, by outcome (fenced: a late"
+                " ack of a lost claim).",
                 [
                     target(
                         config,
                         q.rate_by(config, c.SERVER_CLAIMS, RATE, (q.OUTCOME,)),
-                        "{{" + q.OUTCOME + "}}",
+                        "claim {{" + q.OUTCOME + "}}",
+                    ),
+                    target(
+                        config,
+                        q.rate_by(config, c.SERVER_COMPLETIONS, RATE, (q.OUTCOME,)),
+                        "ack {{" + q.OUTCOME + "}}",
+                    ),
+                ],
+                unit="ops",
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Claim lease expiries",
+                "Claims whose 30 s lease ran out without a done, per runner: the server"
+                " announced the work again as a new generation (a runner that stopped"
+                " heartbeating its claims, or never completes them).",
+                [
+                    target(
+                        config,
+                        q.rate_by(config, c.SERVER_LEASE_EXPIRIES, RATE, (q.RUNNER,)),
+                        "{{" + q.RUNNER + "}}",
                     )
                 ],
                 unit="ops",
@@ -180,7 +215,7 @@ def build(config: Config) -> db.Dashboard:
                     )
                 ],
                 unit="s",
-                span=24,
+                span=12,
             )
         )
     )

@@ -1,9 +1,13 @@
-"""Who is asking, and may they act on this runner.
+"""Who is asking: the `electric-principal` header, resolved for every request.
 
-`electric-principal: <kind>:<name>` names the caller; only the principal that
-registered a runner may act on it.  `--dev` treats a missing principal as
-`system:dev-local`.  When `PULLWAKE_AUTH_TOKEN` is set every API and stream
-request must also carry `Authorization: Bearer <token>`.
+As upstream (`AS/server.ts:381-428`): the header in key or URL form, an
+invalid one counts as absent; absent means `system:dev-local` while the dev
+fallback is on (upstream: whenever its Durable Streams server is embedded,
+which ours always is; `pullwake server --no-dev-principal` turns it off),
+else 401 `Missing Electric-Principal` on every path.  Optionally (ours, off
+unless PULLWAKE_AUTH_TOKEN is set) every request must also carry a bearer
+token; `/healthz`, `/metrics` and the wake callbacks (which carry the claim
+token in `Authorization`) are exempt.
 """
 
 from __future__ import annotations
@@ -12,60 +16,55 @@ import hmac
 
 from aiohttp import web
 
-from pullwake.core.protocol import DEV_PRINCIPAL, H_PRINCIPAL, PRINCIPAL_KINDS, ErrorCode
-from pullwake.server.config import ServerConfig
-from pullwake.server.errors import ApiError
+from pullwake.server import principal as pr
+from pullwake.server.errors import UNAUTHORIZED, ApiError, Handler, error_response, forbidden
+from pullwake.server.state import state_of
+
+PRINCIPAL_KEY: web.RequestKey[pr.Principal] = web.RequestKey("pullwake_principal", pr.Principal)
+H_PRINCIPAL = "electric-principal"
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+CALLBACK_PREFIX = "/_electric/wake-callbacks/"
 
 
-def parse_principal(value: str | None, *, dev: bool) -> str:
-    """The caller's principal, or 401 when missing or malformed."""
-    if value is None or not value.strip():
-        if dev:
-            return DEV_PRINCIPAL
-        raise ApiError(401, ErrorCode.UNAUTHORIZED, f"missing {H_PRINCIPAL} header")
-    value = value.strip()
-    kind, sep, name = value.partition(":")
-    # isprintable(): no control characters, and no surrogate-escaped bytes that
-    # were not UTF-8 on the wire (SQLite could not store such an owner).
-    if (
-        not sep
-        or kind not in PRINCIPAL_KINDS
-        or not name
-        or len(value) > 256
-        or not value.isprintable()
-    ):
-        raise ApiError(
-            401,
-            ErrorCode.UNAUTHORIZED,
-            f"{H_PRINCIPAL} must be <kind>:<name> with kind one of {', '.join(PRINCIPAL_KINDS)}",
-        )
-    return value
-
-
-def check_token(request: web.Request, token: str | None) -> None:
-    """Enforce the optional shared bearer token (constant-time compare)."""
-    if token is None:
-        return
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    # surrogateescape: header bytes that were not UTF-8 compare as the raw bytes
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
+def _token_ok(request: web.Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
         given.strip().encode("utf-8", "surrogateescape"), token.encode()
+    )
+
+
+@web.middleware
+async def principal_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in OPEN_PATHS:
+        return await handler(request)
+    config = state_of(request).config
+    if (
+        config.auth_token is not None
+        and not request.path.startswith(CALLBACK_PREFIX)
+        and not _token_ok(request, config.auth_token)
     ):
-        raise ApiError(
+        return error_response(
             401,
-            ErrorCode.UNAUTHORIZED,
+            UNAUTHORIZED,
             "missing or wrong bearer token",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    p = pr.parse_input(request.headers.get(H_PRINCIPAL))
+    if p is None and config.dev_principal_fallback:
+        p = pr.DEV_PRINCIPAL
+    if p is None:
+        return error_response(401, UNAUTHORIZED, "Missing Electric-Principal")
+    request[PRINCIPAL_KEY] = p
+    return await handler(request)
 
 
-def authenticate(request: web.Request, config: ServerConfig) -> str:
-    """Token (if configured) then principal; returns the principal."""
-    check_token(request, config.auth_token)
-    return parse_principal(request.headers.get(H_PRINCIPAL), dev=config.dev)
+def principal_of(request: web.Request) -> pr.Principal:
+    p: pr.Principal | None = request.get(PRINCIPAL_KEY)
+    if p is None:  # the middleware always sets it
+        raise ApiError(401, UNAUTHORIZED, "Runner route requires an authenticated principal")
+    return p
 
 
-def check_owner(principal: str, owner: str, runner_id: str) -> None:
-    if principal != owner:
-        raise ApiError(403, ErrorCode.FORBIDDEN, f"{principal} does not own runner {runner_id}")
+def check_owner(principal: pr.Principal, owner_url: str, message: str) -> None:
+    if principal.url != owner_url:
+        raise forbidden(message)

@@ -3,30 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
+import uuid
 from typing import Any
 
 from pullwake.core.errors import CLIError
 
 DEFAULTS_NOTE = "(default: %(default)s)"
+DEFAULT_ENTITY_TYPE = "pullwake"
 
 
 def register(subparsers: Any) -> None:
     s = subparsers.add_parser(
         "server",
-        help="run the pull-wake server (runners API + durable wake streams)",
+        help="run the server (an agents-server 0.6.4 look-alike with a Durable Streams server)",
         description=(
-            "Serve the runners API under /_electric/runners and each runner's wake stream "
-            "(Durable Streams reads: catch-up, long-poll, SSE), backed by SQLite in WAL mode. "
-            "A published wake is on disk before its 201. SIGINT/SIGTERM end every live "
-            "stream at once and exit 0. Env PULLWAKE_AUTH_TOKEN, when set, is a bearer "
-            "token every API and stream request must carry. GET /healthz and GET /metrics "
-            "(Prometheus text) need no auth. The standard OTEL_* variables configure OTLP "
-            "export (OTEL_SDK_DISABLED=true turns telemetry off; "
-            "see docs/metrics.md)."
+            "Serve what the real electric agents-server 0.6.4 serves to runners: the runners "
+            "API (/_electric/runners: register, heartbeat, health, claim), the wake callbacks "
+            "(/_electric/wake-callbacks/:consumerId), the entity API subset that makes wakes "
+            "(/_electric/entity-types, /_electric/entities/<type>/<id>[/send|/signal]) and the "
+            "embedded Durable Streams server (every other path: streams, reads, pull-wake "
+            "subscriptions). Everything is in one SQLite file (WAL, synchronous=FULL): an "
+            "acknowledged write survives kill -9. A missing electric-principal means "
+            "system:dev-local, as upstream with its embedded DS (--no-dev-principal: 401). "
+            "Ours on top, invisible to upstream clients: GET /_pullwake/runners/ID/stream (the "
+            "server's own view of a runner's wake stream), GET /healthz, GET /metrics "
+            "(Prometheus text). Env PULLWAKE_AUTH_TOKEN, when set, is a bearer token every "
+            "request but /healthz, /metrics and the wake callbacks must carry. The standard "
+            "OTEL_* variables configure OTLP export (OTEL_SDK_DISABLED=true turns telemetry "
+            "off; see docs/metrics.md). SIGINT/SIGTERM end every live read at once and exit 0."
         ),
     )
     s.add_argument("--host", default="127.0.0.1", help=f"address to listen on {DEFAULTS_NOTE}")
@@ -35,57 +42,68 @@ def register(subparsers: Any) -> None:
         "--db", default="./pullwake.db", help=f"SQLite file, or :memory: {DEFAULTS_NOTE}"
     )
     s.add_argument(
-        "--keepalive-interval",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help=f"SSE comment at least this often on every live SSE read {DEFAULTS_NOTE}",
+        "--compat",
+        choices=("pullwake", "upstream"),
+        default="pullwake",
+        help="idle behaviour of live reads. 'upstream' reproduces the real server (embedded "
+        "@durable-streams/server 0.3.7) exactly: an idle SSE read gets a pair of `event: "
+        "control` every --long-poll-timeout seconds, no comments, no Stream-Keepalive-Interval "
+        "header, and is never ended by the server. 'pullwake' adds an SSE comment every "
+        "--keepalive-interval, the Stream-Keepalive-Interval header and a clean end every "
+        "--sse-rotate-seconds, so a client can tell a silent dead stream from an idle one. "
+        f"Everything else is the same in both {DEFAULTS_NOTE}",
     )
     s.add_argument(
         "--long-poll-timeout",
         type=float,
-        default=20.0,
+        default=30.0,
         metavar="SECONDS",
-        help=f"a long-poll with no new data answers 204 after this {DEFAULTS_NOTE}",
+        help=f"a long-poll with no new data answers 204 after this (upstream: 30) {DEFAULTS_NOTE}",
+    )
+    s.add_argument(
+        "--keepalive-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help=f"--compat pullwake: SSE comment at least this often {DEFAULTS_NOTE}",
     )
     s.add_argument(
         "--sse-rotate-seconds",
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help=f"end each SSE response cleanly after this; clients resume {DEFAULTS_NOTE}",
+        help=f"--compat pullwake: end each SSE response cleanly after this {DEFAULTS_NOTE}",
     )
     s.add_argument(
         "--lease-ms",
         type=int,
         default=30_000,
         metavar="MS",
-        help=f"runner liveness lease when a heartbeat names none {DEFAULTS_NOTE}",
+        help=f"runner liveness lease when a heartbeat names none (upstream: 30000) {DEFAULTS_NOTE}",
     )
     s.add_argument(
-        "--claim-lease",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help=f"a claim not completed within this is re-announced {DEFAULTS_NOTE}",
-    )
-    s.add_argument(
-        "--retain",
+        "--claim-lease-ms",
         type=int,
-        default=0,
-        metavar="N",
-        help="keep the last N events per wake stream, 0 = all; older offsets get 410. "
-        "A wake that falls out before its runner read it is still claimable but no "
-        f"longer announced, so N > 0 gives up 'acknowledged means delivered' {DEFAULTS_NOTE}",
+        default=None,
+        metavar="MS",
+        help="pullwake-only, for tests: the claim lease of new runner subscriptions, "
+        "1000-600000 (default: DS's 30000, as upstream). An un-acked claim is announced "
+        "again as a new generation this long after its last ack",
+    )
+    s.add_argument(
+        "--public-url",
+        default=None,
+        metavar="URL",
+        help="base URL of the claims' callback URLs (upstream ELECTRIC_AGENTS_BASE_URL; "
+        "default: http://HOST:PORT, 0.0.0.0 shown as 127.0.0.1)",
     )
     s.add_argument(
         "--stream-grace",
         type=float,
         default=2.0,
         metavar="SECONDS",
-        help="a live read that ended less than this ago still counts as open (the gap "
-        "between two long-polls, a quick reconnect); the stream-mismatch health issue waits "
-        f"this long too {DEFAULTS_NOTE}",
+        help="server view: a live read that ended less than this ago still counts as open "
+        f"(the gap between two long-polls) {DEFAULTS_NOTE}",
     )
     s.add_argument(
         "--shutdown-timeout",
@@ -95,20 +113,28 @@ def register(subparsers: Any) -> None:
         help=f"grace for in-flight requests on SIGINT/SIGTERM {DEFAULTS_NOTE}",
     )
     s.add_argument(
-        "--dev",
+        "--no-dev-principal",
         action="store_true",
-        help="development mode: a missing electric-principal means system:dev-local "
-        "(default: off, a missing principal is 401)",
+        help="a request without a valid electric-principal is 401 Missing Electric-Principal "
+        "(upstream with an external DS in production); default: it is system:dev-local",
     )
+    s.add_argument("--dev", action="store_true", help=argparse.SUPPRESS)  # the old default
     s.set_defaults(func=run_server)
 
     p = subparsers.add_parser(
         "publish",
-        help="publish wakes to a runner's wake stream",
+        help="send messages that wake a runner (pullwake's convenience)",
         description=(
-            "POST wakes to /_electric/runners/ID/wakes of a registered runner; prints one JSON "
-            'line per acknowledged wake ({"wake_id", "offset", "stream"}: on disk when printed). '
-            "Env PULLWAKE_AUTH_TOKEN, when set, is sent as the bearer token. Errors are one "
+            "pullwake's convenience, not an upstream command: sends each payload as a message "
+            "to an entity whose dispatch policy targets the runner, through the agents-server "
+            "entity API (POST /_electric/entity-types, PUT /_electric/entities/<type>/<id>, "
+            "POST .../send), which makes the server announce a wake on the runner's wake "
+            "stream. Without --entity a fresh entity /pullwake/<random> is spawned for this "
+            "invocation (entity type 'pullwake' created as needed); with --entity URL "
+            "(/<type>/<id>) the messages go to that entity, spawned first if missing. Prints "
+            'one JSON line per acknowledged message ({"entity", "stream", "offset", "txid", '
+            '"subscription_id"}; on disk when printed). Works against the real agents-server '
+            "too. Env PULLWAKE_AUTH_TOKEN, when set, is sent as the bearer token. Errors are one "
             "line on stderr, exit status 2."
         ),
     )
@@ -116,14 +142,21 @@ def register(subparsers: Any) -> None:
         "--server", default="http://127.0.0.1:4437", help=f"server base URL {DEFAULTS_NOTE}"
     )
     p.add_argument("--runner-id", required=True, help="the runner to wake (required)")
-    p.add_argument("--count", type=int, default=1, help=f"number of wakes {DEFAULTS_NOTE}")
     p.add_argument(
-        "--payload", default=None, help="JSON object attached to each wake (default: none)"
+        "--entity", default=None, metavar="URL", help="send to this entity (/<type>/<id>)"
     )
+    p.add_argument("--count", type=int, default=1, help=f"number of messages {DEFAULTS_NOTE}")
+    p.add_argument(
+        "payload",
+        nargs="?",
+        default=None,
+        help="JSON message payload (default: null); --payload JSON also works",
+    )
+    p.add_argument("--payload", dest="payload_opt", default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--principal",
         default=None,
-        help="electric-principal header (default: none; a --dev server assumes system:dev-local)",
+        help="electric-principal header (default: none, i.e. system:dev-local)",
     )
     p.set_defaults(func=run_publish)
 
@@ -138,36 +171,32 @@ def _positive(name: str, value: float, hi: float = MAX_SECONDS) -> None:
 
 
 def run_server(args: argparse.Namespace) -> int:
-    from pullwake.server.claims import MAX_CLAIM_LEASE_MS
     from pullwake.server.config import ServerConfig
     from pullwake.server.serve import serve
-    from pullwake.server.validate import MAX_LEASE_MS
 
     for name in ("keepalive_interval", "long_poll_timeout", "sse_rotate_seconds"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
-    _positive("--claim-lease", args.claim_lease, MAX_CLAIM_LEASE_MS / 1000)
-    _positive("--lease-ms", args.lease_ms, MAX_LEASE_MS)
-    if args.retain < 0 or not (
-        0 <= args.stream_grace <= MAX_SECONDS and 0 <= args.shutdown_timeout <= MAX_SECONDS
-    ):
-        raise CLIError(
-            "--retain, --stream-grace and --shutdown-timeout must not be negative "
-            f"(and the last two at most {MAX_SECONDS:g})"
-        )
+    if not 0 < args.lease_ms <= MAX_SECONDS * 1000:
+        raise CLIError(f"--lease-ms must be positive and at most {MAX_SECONDS * 1000:.0f}")
+    if args.claim_lease_ms is not None and not 1000 <= args.claim_lease_ms <= 600_000:
+        raise CLIError(f"--claim-lease-ms must be 1000-600000, got {args.claim_lease_ms}")
+    if not (0 <= args.stream_grace <= MAX_SECONDS and 0 <= args.shutdown_timeout <= MAX_SECONDS):
+        raise CLIError(f"--stream-grace and --shutdown-timeout must be in [0, {MAX_SECONDS:g}]")
     if not 0 <= args.port <= 65535:
         raise CLIError(f"--port must be 0-65535, got {args.port}")
     config = ServerConfig(
         host=args.host,
         port=args.port,
         db=args.db,
-        keepalive_interval=args.keepalive_interval,
+        dev_principal_fallback=not args.no_dev_principal,
         long_poll_timeout=args.long_poll_timeout,
+        keepalive_interval=args.keepalive_interval,
         sse_rotate_seconds=args.sse_rotate_seconds,
+        compat_upstream=args.compat == "upstream",
         default_lease_ms=args.lease_ms,
-        claim_lease_seconds=args.claim_lease,
-        retain=args.retain,
+        claim_lease_ms=args.claim_lease_ms,
         stream_grace_seconds=args.stream_grace,
-        dev=args.dev,
+        public_url=args.public_url,
         auth_token=os.environ.get("PULLWAKE_AUTH_TOKEN") or None,
         shutdown_timeout=args.shutdown_timeout,
     )
@@ -175,54 +204,26 @@ def run_server(args: argparse.Namespace) -> int:
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    import urllib.error
-    import urllib.parse
-    import urllib.request
+    from pullwake.server.publish import Publisher, PublishError
 
-    from pullwake.core.protocol import H_PRINCIPAL, RUNNER_ID_RE, RUNNERS_PREFIX
-
-    if not RUNNER_ID_RE.match(args.runner_id):
-        raise CLIError(f"bad --runner-id {args.runner_id!r}")
     if args.count < 1:
         raise CLIError("--count must be at least 1")
-    payload: Any = {}
-    if args.payload is not None:
+    # getattr: callers build this Namespace by hand too (`pullwake stack trickle`)
+    raw = args.payload if args.payload is not None else getattr(args, "payload_opt", None)
+    payload: Any = None
+    if raw is not None:
         try:
-            payload = json.loads(args.payload)
+            payload = json.loads(raw)
         except ValueError as exc:
-            raise CLIError(f"--payload is not JSON: {exc}") from None
-        if not isinstance(payload, dict):
-            raise CLIError("--payload must be a JSON object")
-    headers = {"Content-Type": "application/json"}
-    if args.principal:
-        headers[H_PRINCIPAL] = args.principal
-    token = os.environ.get("PULLWAKE_AUTH_TOKEN")
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+            raise CLIError(f"payload is not JSON: {exc}") from None
     try:
-        parts = urllib.parse.urlsplit(args.server)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-        ok = ok and (parts.port is None or parts.port > 0)  # raises on a non-numeric port
-    except ValueError:
-        ok = False
-    if not ok:
-        raise CLIError(
-            f"--server must be an http(s) URL like http://127.0.0.1:4437, got {args.server!r}"
+        pub = Publisher(
+            args.server, principal=args.principal, token=os.environ.get("PULLWAKE_AUTH_TOKEN")
         )
-    url = f"{args.server.rstrip('/')}{RUNNERS_PREFIX}/{args.runner_id}/wakes"
-    data = json.dumps(payload).encode()
-    for _ in range(args.count):
-        req = urllib.request.Request(url, data=data, method="POST", headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                print(resp.read().decode().strip())
-        except urllib.error.HTTPError as err:
-            detail = err.read().decode("utf-8", "replace")
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                detail = json.loads(detail)["error"]["message"]
-            raise CLIError(f"publish failed: HTTP {err.code}: {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise CLIError(f"cannot reach {args.server}: {reason}") from None
+        entity = getattr(args, "entity", None) or f"/{DEFAULT_ENTITY_TYPE}/{uuid.uuid4().hex[:12]}"
+        for _ in range(args.count):
+            print(json.dumps(pub.send(args.runner_id, entity, payload)), flush=True)
+    except PublishError as exc:
+        raise CLIError(str(exc)) from None
     sys.stdout.flush()
     return 0

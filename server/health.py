@@ -1,9 +1,9 @@
-"""Health derivation: pure functions from stored facts to status and issues.
+"""Runner health, exactly as upstream `GET /_electric/runners/:id/health` derives it.
 
-Mirrors the original's issue set and meaning (status starts `healthy` and only
-escalates), plus the server-side detector of the seed bug: the client's last
-diagnostics say `stream_connected` but the server has had no open read of its
-wake stream for longer than the grace period.
+Pure functions from stored facts.  `health.status` starts `healthy` and only
+escalates; the seven issue strings and their order are upstream's.  The
+server's own view of the wake stream (is it being read right now) is not part
+of this answer upstream, so it is not here either: see `pullwake.server.view`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pullwake.server.live import ServerView
-
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 ONLINE, OFFLINE, EXPIRED = "online", "offline", "expired"
-MISMATCH_ISSUE = "Client reports stream connected but server has no open stream"
 RECONNECT_ISSUE_OVER = 5
 
 
@@ -28,13 +25,9 @@ def liveness_status(admin_status: str, lease_expires_at_ms: int | None, now_ms: 
     return ONLINE if lease_expires_at_ms > now_ms else EXPIRED
 
 
-def stream_mismatch(
-    diagnostics: Mapping[str, Any] | None, liveness: str, view: ServerView, grace: float
-) -> bool:
-    """The client claims a connected stream; the server sees none (beyond grace)."""
-    if liveness != ONLINE or not diagnostics or diagnostics.get("stream_connected") is not True:
-        return False
-    return not view.stream_open and (view.closed_for is None or view.closed_for >= grace)
+def js_round(x: float) -> int:
+    """`Math.round`: halves round up (Python's round() goes to even)."""
+    return math.floor(x + 0.5)
 
 
 @dataclass(frozen=True)
@@ -52,8 +45,7 @@ def derive_health(
     liveness: str,
     lease_expires_at_ms: int | None,
     last_seen_at_ms: int | None,
-    diagnostics: Mapping[str, Any] | None,
-    mismatch: bool,
+    client: Mapping[str, Any] | None,
     now_ms: int,
 ) -> Health:
     status = HEALTHY
@@ -70,21 +62,29 @@ def derive_health(
     if admin_status == "disabled":
         escalate(UNHEALTHY, "Runner is disabled")
     if liveness == EXPIRED:
-        # Math.round as the original: halves round up (Python's round() goes to even)
-        ago = math.floor((now_ms - (lease_expires_at_ms or now_ms)) / 1000 + 0.5)
+        ago = js_round((now_ms - lease_expires_at_ms) / 1000) if lease_expires_at_ms else 0
         escalate(UNHEALTHY, f"Heartbeat lease expired {ago}s ago")
     if liveness == OFFLINE and admin_status == "enabled":
         escalate(DEGRADED, "Runner has never sent a heartbeat")
-    if diagnostics:
-        if diagnostics.get("stream_connected") is False:
+    if client:
+        if client.get("stream_connected") is False:
             escalate(DEGRADED, "Client reports stream disconnected")
-        if diagnostics.get("last_heartbeat_ok") is False:
+        if client.get("last_heartbeat_ok") is False:
             escalate(DEGRADED, "Client reports last heartbeat failed")
-        count = diagnostics.get("reconnect_count")
-        if isinstance(count, int) and not isinstance(count, bool) and count > RECONNECT_ISSUE_OVER:
-            escalate(DEGRADED, f"Client has reconnected {count} times")
+        count = client.get("reconnect_count")
+        if (
+            isinstance(count, int | float)
+            and not isinstance(count, bool)
+            and count > RECONNECT_ISSUE_OVER
+        ):
+            escalate(DEGRADED, f"Client has reconnected {js_number(count)} times")
     elif last_seen_at_ms is not None:
         escalate(DEGRADED, "No client diagnostics available")
-    if mismatch:
-        escalate(DEGRADED, MISMATCH_ISSUE)
     return Health(status, tuple(issues))
+
+
+def js_number(value: float) -> str:
+    """A number as JavaScript prints it in a template string (7.0 -> 7)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return str(int(value))
+    return str(value)

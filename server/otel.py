@@ -2,8 +2,8 @@
 
 Attached through the server's observer seam (`pullwake.server.observe`), so the
 server core never imports OpenTelemetry.  Gauges (open streams, pending
-wakes, lease remaining, the "client says connected but no open stream"
-mismatch) are read from a `ServerSnapshot` at collection time; counters and
+subscriptions, active claims, lease remaining, the "client says connected but
+no open stream" mismatch) are read from a `ServerSnapshot` at collection time; counters and
 the request histogram come from observer calls.  A middleware continues the
 runner's W3C `traceparent` with a server span per request.
 """
@@ -23,7 +23,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from pullwake.core import catalog as c
 from pullwake.core.catalog import RUNNER_ID, Component
 from pullwake.core.instruments import CachedSnapshot
-from pullwake.core.protocol import ClaimOutcome, LiveMode
+from pullwake.core.protocol import ClaimOutcome, CompletionOutcome, LiveMode
 from pullwake.core.telemetry import (
     PROMETHEUS_CONTENT_TYPE,
     SERVICE_SERVER,
@@ -56,7 +56,8 @@ class OtelServerObserver:
             Component.SERVER,
             {
                 c.SERVER_STREAMS_OPEN.name: self._streams_open,
-                c.SERVER_WAKES_PENDING.name: self._pending,
+                c.SERVER_SUBSCRIPTIONS_PENDING.name: self._pending,
+                c.SERVER_CLAIMS_ACTIVE.name: self._active_claims,
                 c.SERVER_LEASE_REMAINING.name: self._lease,
                 c.SERVER_STREAM_MISMATCH.name: self._mismatch,
             },
@@ -78,7 +79,15 @@ class OtelServerObserver:
     def _pending(self) -> Gauge:
         snap = self._snapshot.get()
         return (
-            [(float(r.pending_wakes), {RUNNER_ID: r.runner_id}) for r in snap.runners]
+            [(float(r.pending_subscriptions), {RUNNER_ID: r.runner_id}) for r in snap.runners]
+            if snap
+            else []
+        )
+
+    def _active_claims(self) -> Gauge:
+        snap = self._snapshot.get()
+        return (
+            [(float(r.active_claims), {RUNNER_ID: r.runner_id}) for r in snap.runners]
             if snap
             else []
         )
@@ -104,14 +113,23 @@ class OtelServerObserver:
         )
 
     # --- the ServerObserver protocol ---
-    def wake_published(self, runner_id: str) -> None:
-        self._ins.add(c.SERVER_WAKES_PUBLISHED, 1, {RUNNER_ID: runner_id})
-
     def heartbeat_accepted(self, runner_id: str) -> None:
         self._ins.add(c.SERVER_HEARTBEATS, 1, {RUNNER_ID: runner_id})
 
+    def message_sent(self, runner_id: str) -> None:
+        self._ins.add(c.SERVER_MESSAGES, 1, {RUNNER_ID: runner_id})
+
+    def wake_announced(self, runner_id: str) -> None:
+        self._ins.add(c.SERVER_WAKES_ANNOUNCED, 1, {RUNNER_ID: runner_id})
+
     def claim_answered(self, runner_id: str, outcome: ClaimOutcome) -> None:
         self._ins.add(c.SERVER_CLAIMS, 1, {RUNNER_ID: runner_id, "outcome": outcome.value})
+
+    def completion(self, runner_id: str, outcome: CompletionOutcome) -> None:
+        self._ins.add(c.SERVER_COMPLETIONS, 1, {RUNNER_ID: runner_id, "outcome": outcome.value})
+
+    def lease_expired(self, runner_id: str) -> None:
+        self._ins.add(c.SERVER_LEASE_EXPIRIES, 1, {RUNNER_ID: runner_id})
 
     def live_read_opened(self, runner_id: str, mode: LiveMode) -> None:
         pass  # the open-streams gauge reads the snapshot, the authoritative count

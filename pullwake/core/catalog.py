@@ -21,6 +21,7 @@ from pullwake.core.protocol import (
     CallbackOutcome,
     ClaimOutcome,
     ClaimResult,
+    CompletionOutcome,
     EndReason,
     HeartbeatErrorType,
     HeartbeatOutcome,
@@ -51,6 +52,7 @@ ATTRIBUTE_VALUES: Final[Mapping[str, tuple[str, ...]]] = {
     "outcome.heartbeat": tuple(o.value for o in HeartbeatOutcome),
     "outcome.wake": tuple(o.value for o in WakeOutcome),
     "outcome.claim": tuple(o.value for o in ClaimOutcome),
+    "outcome.completion": tuple(o.value for o in CompletionOutcome),
     "outcome.claim_request": tuple(o.value for o in ClaimResult),
     "outcome.callback": tuple(o.value for o in CallbackOutcome),
     "error.type": tuple(e.value for e in HeartbeatErrorType),
@@ -339,19 +341,38 @@ SERVER_STREAMS_OPEN = Metric(
     S,
     (RUNNER_ID, "live.mode"),
 )
-SERVER_WAKES_PUBLISHED = Metric(
-    "pullwake.server.wakes.published",
+SERVER_MESSAGES = Metric(
+    "pullwake.server.messages",
     Kind.COUNTER,
     "",
-    "Wakes appended to runners' wake streams (each one durable).",
+    "Messages appended to entities whose dispatch targets the runner (each one durable;"
+    " runner.id empty when the entity targets no runner).",
     S,
     (RUNNER_ID,),
 )
-SERVER_WAKES_PENDING = Metric(
-    "pullwake.server.wakes.pending",
+SERVER_WAKES_ANNOUNCED = Metric(
+    "pullwake.server.wakes.announced",
+    Kind.COUNTER,
+    "",
+    "Wake events appended to the runner's wake stream: one per subscription generation"
+    " (new work on an idle subscription, leftovers after done, lease expiry, release).",
+    S,
+    (RUNNER_ID,),
+)
+SERVER_SUBSCRIPTIONS_PENDING = Metric(
+    "pullwake.server.subscriptions.pending",
     Kind.GAUGE,
     "",
-    "Wakes not yet completed (unclaimed or claimed with a live lease).",
+    "The runner's entity subscriptions with un-acknowledged messages (waiting or claimed).",
+    S,
+    (RUNNER_ID,),
+)
+SERVER_CLAIMS_ACTIVE = Metric(
+    "pullwake.server.claims.active",
+    Kind.GAUGE,
+    "",
+    "Claims listed as active in the runner's health (as upstream, a claim whose lease"
+    " expired stays listed: a growing value means claims that are never completed).",
     S,
     (RUNNER_ID,),
 )
@@ -367,10 +388,30 @@ SERVER_CLAIMS = Metric(
     "pullwake.server.claims",
     Kind.COUNTER,
     "",
-    "Claim answers, by outcome.",
+    "Claim answers, by outcome: claimed, done (entity paused/stopped), already_claimed,"
+    " no_pending_work, unknown (204), not_running.",
     S,
     (RUNNER_ID, "outcome"),
     value_sets={"outcome": "outcome.claim"},
+)
+SERVER_COMPLETIONS = Metric(
+    "pullwake.server.completions",
+    Kind.COUNTER,
+    "",
+    "Acks on wake callbacks, by outcome: done (claim completed), extended (lease heartbeat"
+    " or partial ack), fenced (stale generation: lease expired or already done), rejected"
+    " (bad token, offset or subscription).",
+    S,
+    (RUNNER_ID, "outcome"),
+    value_sets={"outcome": "outcome.completion"},
+)
+SERVER_LEASE_EXPIRIES = Metric(
+    "pullwake.server.claim.lease_expiries",
+    Kind.COUNTER,
+    "",
+    "Claims whose lease ran out without a done (the work is announced again as a new generation).",
+    S,
+    (RUNNER_ID,),
 )
 SERVER_LEASE_REMAINING = Metric(
     "pullwake.server.lease.remaining",

@@ -166,13 +166,23 @@ class CallbackOutcome(enum.StrEnum):
 
 
 class ClaimOutcome(enum.StrEnum):
-    """Server-side claim answers."""
+    """Server-side answers to `POST /_electric/runners/:id/claim`."""
 
-    CLAIMED = "claimed"
-    CONFLICT = "conflict"
-    EMPTY = "empty"
-    COMPLETED = "completed"
-    EXPIRED = "expired"
+    CLAIMED = "claimed"  # 200 notification
+    DONE = "done"  # 200 {"done":true}: entity paused/stopped, DS released the wake
+    ALREADY_CLAIMED = "already_claimed"  # 409: another claim holds the subscription
+    NO_PENDING_WORK = "no_pending_work"  # 409: nothing un-acked
+    UNKNOWN = "unknown"  # 204: no such subscription
+    NOT_RUNNING = "not_running"  # 409: runner disabled
+
+
+class CompletionOutcome(enum.StrEnum):
+    """Server-side answers to `POST /_electric/wake-callbacks/:consumerId` acks."""
+
+    DONE = "done"  # {epoch, acks, done:true} accepted: the claim is complete
+    EXTENDED = "extended"  # {epoch} / partial ack accepted: lease extended
+    FENCED = "fenced"  # 502 ... FENCED: stale generation (lease expired, already done)
+    REJECTED = "rejected"  # 502 other DS refusal (token, offset, unknown subscription)
 
 
 # --- events on the wake stream ---------------------------------------------------

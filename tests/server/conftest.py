@@ -16,16 +16,16 @@ _ids = itertools.count()
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A --dev server with fast timings.
+    """A server with fast read timings (claims keep upstream's 30 s lease).
 
-    Keepalive 0.5 s, long-poll 1 s, claim lease 1 s, SSE rotation 2 s, stream grace 2 s.
+    Keepalive 0.5 s, long-poll 1 s, SSE rotation 2 s, stream grace 2 s.
     """
     tmp: Path = tmp_path_factory.mktemp("server")
     srv = ServerProcess(
         tmp,
         keepalive=0.5,
         long_poll_timeout=1.0,
-        extra=["--claim-lease", "1", "--sse-rotate-seconds", "2", "--stream-grace", "2"],
+        extra=["--sse-rotate-seconds", "2", "--stream-grace", "2"],
     )
     srv.start()
     try:

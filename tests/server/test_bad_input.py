@@ -1,4 +1,11 @@
-"""Bad input: the right 4xx with the JSON error shape, nothing changed, never a 500."""
+"""Bad input: upstream's 4xx with the JSON error shape, nothing changed, never a 500.
+
+The exact answers to the common mistakes are pinned by the golden conversation
+with the real server (`test_upstream_sequence.py`); here: the odd bytes
+(malformed UTF-8, NaN, huge nesting, compressed bodies, oversize bodies) and a
+property test of random requests.  Two 500s are upstream's and stay (a
+duplicate `wake_stream`, an unparsable `liveness_lease_expires_at`).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from pullwake.core.protocol import MAX_BODY_BYTES
 from tests.support.procs import PRINCIPAL, ServerProcess
 
 P = "/_electric/runners"
+JSON = {"Content-Type": "application/json"}
 
 
 def raw(
@@ -42,9 +50,6 @@ def raw(
         conn.close()
 
 
-JSON = {"Content-Type": "application/json"}
-
-
 def assert_error(status: int, body: Any, want_status: int, want_code: str) -> None:
     assert status == want_status, body
     assert isinstance(body, dict) and set(body) == {"error"}, body
@@ -52,10 +57,12 @@ def assert_error(status: int, body: Any, want_status: int, want_code: str) -> No
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
 
 
-def stream_state(server: ServerProcess, rid: str) -> tuple[str, int, Any]:
+def state(server: ServerProcess, rid: str) -> tuple[Any, ...]:
     _, headers, events = server.api("GET", f"/runners/{rid}/wake?offset=-1")
     _, _, runner = server.api("GET", f"{P}/{rid}")
-    return headers["Stream-Next-Offset"], len(events), runner
+    _, _, health = server.api("GET", f"{P}/{rid}/health")
+    health["runner"].pop("lease_remaining_ms")
+    return headers["Stream-Next-Offset"], len(events), runner, health
 
 
 @pytest.fixture
@@ -66,85 +73,26 @@ def known(server: ServerProcess, rid: str) -> str:
     return rid
 
 
+INVALID_JSON = [b"{not json", b'{"a": NaN}', b"\xff\xfe", b"[" * 100_000, b'{"x": 1e400}']
 CASES: list[tuple[str, str, bytes | None, dict[str, str], int, str]] = [
-    ("POST", "{p}/{r}/wakes", b"{not json", JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}/{r}/wakes", b'{"a": NaN}', JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}/{r}/wakes", b"[1, 2]", JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}/{r}/wakes", b"\xff\xfe", JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}/{r}/wakes", b"[" * 100_000, JSON, 400, "INVALID_REQUEST"),
-    # 1e400 overflows to inf: stored, it would poison the stream with `Infinity`
-    ("POST", "{p}/{r}/wakes", b'{"x": 1e400}', JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}/{r}/wakes", b'{"x": "\\ud800"}', JSON, 400, "INVALID_REQUEST"),
+    *(("POST", "{p}/{r}/heartbeat", b, JSON, 400, "INVALID_REQUEST") for b in INVALID_JSON),
+    *(("POST", "{p}/{r}/claim", b, {}, 400, "INVALID_REQUEST") for b in INVALID_JSON),
     ("POST", "{p}", b'{"id": "x", "label": "\\ud800"}', JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}", b'{"id": "x", "wake_stream": "/\\udfff"}', JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}/{r}/claim", b'{"wake_id": "\\ud800"}', JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}/{r}/wakes", b"{}", {"Content-Type": "text/plain"}, 415, "UNSUPPORTED_MEDIA_TYPE"),
-    ("POST", "{p}/{r}/wakes", b"{}", {}, 415, "UNSUPPORTED_MEDIA_TYPE"),
-    # compressed bodies are refused before reading (a bad one was a 500 or a hang)
+    # compressed bodies are refused before reading (upstream cannot parse them either)
     (
         "POST",
-        "{p}/{r}/wakes",
+        "{p}/{r}/heartbeat",
         gzip.compress(b"{}"),
-        {**JSON, "Content-Encoding": "gzip"},
-        415,
-        "UNSUPPORTED_MEDIA_TYPE",
+        {"Content-Encoding": "gzip"},
+        400,
+        "INVALID_REQUEST",
     ),
-    ("POST", "{p}/ghost/wakes", b"{}", JSON, 404, "NOT_FOUND"),
-    ("POST", "{p}/bad%20id/wakes", b"{}", JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}/{r}/heartbeat", b'{"lease_ms": "30"}', JSON, 400, "INVALID_REQUEST"),
     ("POST", "{p}/{r}/heartbeat", b'{"lease_ms": true}', JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}/{r}/heartbeat", b'{"lease_ms": -5}', JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}/{r}/heartbeat", b'{"diagnostics": [1]}', JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}/{r}/heartbeat", b'{"wake_stream_offset": "x"}', JSON, 400, "INVALID_OFFSET"),
-    ("POST", "{p}/ghost/heartbeat", b"{}", JSON, 404, "NOT_FOUND"),
-    ("POST", "{p}", b'{"id": ""}', JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}", b'{"id": "a/b"}', JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}", b'{"label": "no id"}', JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}", b"", JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}", b'{"id": "x", "admin_status": "maybe"}', JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}", b'{"id": "x", "wake_stream": "/_electric/x"}', JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}", b'{"id": "x", "wake_stream": "/metrics"}', JSON, 400, "INVALID_REQUEST"),
-    (
-        "POST",
-        "{p}",
-        b'{"id": "y", "wake_stream": "/runners/{r}/wake"}',
-        JSON,
-        400,
-        "INVALID_REQUEST",
-    ),
-    ("POST", "{p}/{r}/claim", b'{"wake_id": 5}', JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}/{r}/claim", b'{"lease_ms": 0}', JSON, 400, "INVALID_REQUEST"),
-    ("POST", "{p}/{r}/claim", b'{"subscription_id": "runner:other"}', JSON, 400, "INVALID_REQUEST"),
     ("POST", "{p}/{r}/claim", b'{"subscription_id": 7}', JSON, 400, "INVALID_REQUEST"),
-    (
-        "POST",
-        "{p}/{r}/claims/" + "w" * 129 + "/complete",  # same bound as a claim's wake_id
-        b'{"claimToken": "x"}',
-        JSON,
-        400,
-        "INVALID_REQUEST",
-    ),
-    # header bytes that are not UTF-8 (http.client sends str headers as latin-1)
-    ("GET", "{p}", None, {"electric-principal": "user:\xe9t\xc3"}, 401, "UNAUTHORIZED"),
-    (
-        "POST",
-        "{p}",
-        b'{"id": "x"}',
-        {**JSON, "electric-principal": "user:\xff"},
-        401,
-        "UNAUTHORIZED",
-    ),
-    ("GET", "{p}/ghost", None, {}, 404, "NOT_FOUND"),
-    ("POST", "{p}/ghost/claim", b"{}", JSON, 404, "NOT_FOUND"),
-    ("POST", "{p}/ghost/claims/wk_x/complete", b'{"claimToken": "x"}', JSON, 404, "NOT_FOUND"),
-    ("POST", "{p}/ghost/disable", None, {}, 404, "NOT_FOUND"),
-    ("GET", "/runners/ghost/wake?offset=-1&live=sse", None, {}, 404, "NOT_FOUND"),
-    ("GET", "{p}/ghost/health", None, {}, 404, "NOT_FOUND"),
-    ("GET", "/nothing/here", None, {}, 404, "NOT_FOUND"),
-    ("DELETE", "{p}/{r}", None, {}, 405, "METHOD_NOT_ALLOWED"),
-    ("POST", "/runners/{r}/wake", b"{}", JSON, 405, "METHOD_NOT_ALLOWED"),
-    ("GET", "/runners/{r}/wake?offset=zzz", None, {}, 400, "INVALID_OFFSET"),
-    ("GET", "/runners/{r}/wake?offset=-1&live=sse&live=sse", None, {}, 400, "INVALID_REQUEST"),
+    ("POST", "/_electric/wake-callbacks/nope", b"{}", JSON, 404, "WAKE_CALLBACK_NOT_FOUND"),
+    ("POST", "/_electric/entity-types", b'{"name": 5}', JSON, 400, "INVALID_REQUEST"),
+    ("POST", "/_electric/entity-types", b'{"x": 5}', JSON, 400, "INVALID_REQUEST"),
+    ("PUT", "/_electric/entities/nope/e", b"{}", JSON, 404, "UNKNOWN_ENTITY_TYPE"),
 ]
 
 
@@ -159,27 +107,31 @@ def test_bad_input_matrix(
     status: int,
     code: str,
 ) -> None:
-    before = stream_state(server, known)
-    if body is not None:
-        body = body.replace(b"{r}", known.encode())
+    before = state(server, known)
     got, out = raw(server, method, path.format(p=P, r=known), body, headers)
     assert_error(got, out, status, code)
-    assert stream_state(server, known) == before  # nothing changed
+    assert state(server, known) == before  # nothing changed
+
+
+def test_non_utf8_principal_is_absent_not_a_500(server: ServerProcess, known: str) -> None:
+    # http.client sends str headers as latin-1: these bytes are not UTF-8
+    got, out = raw(server, "GET", f"{P}/{known}", headers={"electric-principal": "user:\xe9t\xc3"})
+    assert got == 200 and out["id"] == known  # invalid = absent = system:dev-local
 
 
 @pytest.mark.parametrize("chunked", [False, True])
 def test_body_over_1_mib_is_413(server: ServerProcess, known: str, chunked: bool) -> None:
-    before = stream_state(server, known)
+    before = state(server, known)
     big = b'{"x": "' + b"a" * MAX_BODY_BYTES + b'"}'
-    got, out = raw(server, "POST", f"{P}/{known}/wakes", big, JSON, chunked=chunked)
+    got, out = raw(server, "POST", f"{P}/{known}/heartbeat", big, JSON, chunked=chunked)
     assert_error(got, out, 413, "PAYLOAD_TOO_LARGE")
-    assert stream_state(server, known) == before
+    assert state(server, known) == before
 
 
 def test_body_just_under_the_limit_is_accepted(server: ServerProcess, known: str) -> None:
     body = b'{"x": "' + b"a" * (MAX_BODY_BYTES - 20) + b'"}'
-    got, out = raw(server, "POST", f"{P}/{known}/wakes", body, JSON)
-    assert got == 201, out
+    got, out = raw(server, "POST", f"{P}/{known}/heartbeat", body, JSON)
+    assert got == 200, out
 
 
 _paths = st.sampled_from(
@@ -187,11 +139,15 @@ _paths = st.sampled_from(
         "{p}",
         "{p}/{r}",
         "{p}/{r}/heartbeat",
-        "{p}/{r}/wakes",
         "{p}/{r}/claim",
-        "{p}/{r}/claims/wk_x/complete",
         "{p}/{r}/enable",
         "{p}/{r}/health",
+        "/_pullwake/runners/{r}/stream",
+        "/_electric/wake-callbacks/w_x",
+        "/_electric/entity-types",
+        "/_electric/entities/fuzz/e1",
+        "/_electric/entities/fuzz/e1/send",
+        "/_electric/entities/fuzz/e1/signal",
         "/runners/{r}/wake",
     ]
 )
@@ -208,16 +164,22 @@ _json_values = st.recursive(
             st.sampled_from(
                 [
                     "id",
+                    "label",
+                    "kind",
                     "lease_ms",
                     "diagnostics",
                     "wake_id",
-                    "claimToken",
+                    "epoch",
+                    "acks",
+                    "done",
+                    "subscription_id",
                     "stream_connected",
                     "reconnect_count",
-                    "state",
-                    "label",
-                    "wake_stream",
                     "wake_stream_offset",
+                    "name",
+                    "payload",
+                    "signal",
+                    "dispatch_policy",
                     "x",
                 ]
             ),
@@ -227,15 +189,12 @@ _json_values = st.recursive(
     ),
     max_leaves=12,
 )
-_bodies = st.one_of(
-    st.binary(max_size=64),
-    _json_values.map(lambda v: json.dumps(v).encode()),
-)
+_bodies = st.one_of(st.binary(max_size=64), _json_values.map(lambda v: json.dumps(v).encode()))
 _query = st.lists(
     st.tuples(
-        st.sampled_from(["offset", "live", "cursor", "x"]),
+        st.sampled_from(["offset", "live", "cursor", "owner_principal", "x"]),
         st.one_of(
-            st.sampled_from(["-1", "now", "sse", "long-poll", "0000000000000001_0000000000000001"]),
+            st.sampled_from(["-1", "now", "sse", "long-poll", "0000000000000000_0000000000000001"]),
             st.text(max_size=24),
         ),
     ),
@@ -290,5 +249,5 @@ def test_random_requests_never_500(
     assert got < 500, (url, body, out)
     if encoding and got == 400 and isinstance(out, bytes):
         return  # aiohttp's parser failed to decompress it and answered before the app
-    if got >= 400:
+    if got >= 400 and url.startswith("/_electric") and out:
         assert isinstance(out, dict) and out["error"]["code"], out

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from pullwake.server import validate
+from pullwake.server import bodies
 from pullwake.server.app import create_app
 from pullwake.server.config import ServerConfig
 
@@ -28,10 +28,8 @@ HEAD = (
 
 @pytest.fixture
 async def port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[int]:
-    monkeypatch.setattr(validate, "BODY_READ_SECONDS", DEADLINE)
-    server = TestServer(
-        create_app(ServerConfig(db=str(tmp_path / "t.db"), dev=True)), host="127.0.0.1"
-    )
+    monkeypatch.setattr(bodies, "BODY_READ_SECONDS", DEADLINE)
+    server = TestServer(create_app(ServerConfig(db=str(tmp_path / "t.db"))), host="127.0.0.1")
     await server.start_server()
     assert server.port is not None
     yield server.port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -27,27 +28,86 @@ from tests.support.sse import SSEReader
 P = "/_electric/runners"
 
 
-def test_acknowledged_wakes_survive_kill_9(tmp_path: Path) -> None:
+def _stream(srv: ServerProcess, path: str, offset: str = "-1") -> tuple[dict[str, str], Any]:
+    status, headers, body = srv.api("GET", f"{path}?offset={offset}")
+    assert status == 200, (status, body)
+    return headers, body
+
+
+def test_acknowledged_messages_and_acks_survive_kill_9(tmp_path: Path) -> None:
+    """Every acknowledged message is in its entity stream after kill -9; an acked
+    offset stays acked (no new wake for it), un-acked messages are announced."""
     db = tmp_path / "durable.db"
     srv = ServerProcess(tmp_path, db=db)
     with running(srv):
         srv.start()
         srv.register("r")
-        acked = [srv.publish("r", {"i": i}) for i in range(40)]
-        srv.signal(signal.SIGKILL)  # right after the last 201
+        ent = "/pullwake/k9"
+        acked = [srv.publish("r", {"i": i}, entity=ent) for i in range(40)]
+        _, events = _stream(srv, "/runners/r/wake")
+        assert len(events) == 1  # one wake for the subscription: appends coalesce
+        status, _, claim = srv.api("POST", "/_electric/runners/r/claim", events[0])
+        assert status == 200 and claim["streams"][0]["offset"] == acked[-1]["offset"]
+        bearer = {"Authorization": f"Bearer {claim['claimToken']}"}
+        ack = {
+            "epoch": claim["epoch"],
+            "acks": [{"path": claim["streamPath"], "offset": acked[19]["offset"]}],
+            "done": True,
+        }
+        status, _, out = http_json("POST", claim["callback"], ack, headers=bearer)
+        assert (status, out) == (200, {"ok": True, "next_wake": True})  # 20 left: generation 2
+        late = srv.publish("r", {"i": 40}, entity=ent)
+        srv.signal(signal.SIGKILL)  # right after the last 200
         srv.wait(5)
-    again = ServerProcess(tmp_path, db=db)
+    again = ServerProcess(tmp_path, db=db, port=srv.port)
     with running(again):
         again.start()
-        status, headers, events = again.api("GET", "/runners/r/wake?offset=-1")
+        _, items = _stream(again, f"{ent}/main")
+        messages = [m["value"]["payload"]["i"] for m in items if m.get("type") == "inbox"]
+        assert messages == list(range(41))
+        _, events = _stream(again, "/runners/r/wake")
+        assert [e["generation"] for e in events] == [1, 2]  # nothing lost, nothing new
+        status, _, claim = again.api("POST", "/_electric/runners/r/claim", events[-1])
+        assert status == 200 and claim["epoch"] == 2
+        assert claim["streams"][0]["offset"] == late["offset"]  # the tail: all 21 un-acked
+        sub = again.api("GET", "/__ds/subscriptions/" + events[-1]["subscription_id"])[2]
+        assert sub["streams"][0]["acked_offset"] == acked[19]["offset"]
+
+
+def test_a_claim_survives_kill_9_and_completes_after_restart(tmp_path: Path) -> None:
+    """Restart of the server in the middle of a claim: the claim is still held (409),
+    its token and callback still work, and done completes it (upstream would have
+    forgotten it: our subscriptions, token key and callbacks are on disk)."""
+    db = tmp_path / "claim.db"
+    srv = ServerProcess(tmp_path, db=db)
+    with running(srv):
+        srv.start()
+        srv.register("r")
+        msg = srv.publish("r", "work", entity="/pullwake/mid")
+        _, events = _stream(srv, "/runners/r/wake")
+        status, _, claim = srv.api("POST", "/_electric/runners/r/claim", events[0])
         assert status == 200
-        assert [e["wake_id"] for e in events] == [a["wake_id"] for a in acked]
-        assert [e["payload"]["i"] for e in events] == list(range(40))
-        assert headers["Stream-Next-Offset"] == acked[-1]["offset"]
-        # offsets unchanged: resuming from an old acknowledged offset gives the rest
-        status, _, rest = again.api("GET", f"/runners/r/wake?offset={acked[29]['offset']}")
-        assert [e["wake_id"] for e in rest] == [a["wake_id"] for a in acked[30:]]
-        assert again.publish("r")["offset"] > acked[-1]["offset"]
+        srv.signal(signal.SIGKILL)
+        srv.wait(5)
+    again = ServerProcess(tmp_path, db=db, port=srv.port)
+    with running(again):
+        again.start()
+        status, _, body = again.api("POST", "/_electric/runners/r/claim", events[0])
+        assert (status, body["error"]["code"]) == (409, "ALREADY_CLAIMED")
+        bearer = {"Authorization": f"Bearer {claim['claimToken']}"}
+        status, _, out = http_json(
+            "POST", claim["callback"], {"epoch": claim["epoch"]}, headers=bearer
+        )
+        assert (status, out) == (200, {"ok": True, "next_wake": False})
+        done = {
+            "epoch": claim["epoch"],
+            "acks": [{"path": claim["streamPath"], "offset": msg["offset"]}],
+            "done": True,
+        }
+        status, _, out = http_json("POST", claim["callback"], done, headers=bearer)
+        assert (status, out) == (200, {"ok": True, "next_wake": False})
+        health = again.api("GET", "/_electric/runners/r/health")[2]
+        assert health["claims"]["active_count"] == 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -86,7 +146,7 @@ def test_in_flight_long_poll_is_answered_on_shutdown(tmp_path: Path) -> None:
         )
         th.start()
         wait_until(
-            lambda: srv.api("GET", f"{P}/r/health")[2]["server_view"]["open_reads"]["long-poll"],
+            lambda: srv.api("GET", "/_pullwake/runners/r/stream")[2]["open_reads"]["long-poll"],
             5,
             what="long-poll in flight",
         )
@@ -101,40 +161,47 @@ def test_without_dev_principal_and_token_are_enforced(tmp_path: Path) -> None:
     srv = ServerProcess(tmp_path, dev=False, env={"PULLWAKE_AUTH_TOKEN": "s3cret"})
     tok = {"Authorization": "Bearer s3cret"}
     alice = {**tok, "electric-principal": "user:alice"}
-    bob = {**tok, "electric-principal": "user:bob"}
+    bob = {**tok, "electric-principal": "/principal/user%3Abob"}
+    missing = {"error": {"code": "UNAUTHORIZED", "message": "Missing Electric-Principal"}}
     with running(srv):
         srv.start()  # /healthz needs no token
         status, _, err = srv.api("GET", P, headers={"electric-principal": "user:alice"})
-        assert (status, err["error"]["code"]) == (401, "UNAUTHORIZED")
-        status, _, err = srv.api("GET", P, headers={"Authorization": "Bearer nope"})
-        assert status == 401
+        assert (status, err["error"]["code"]) == (401, "UNAUTHORIZED")  # no token
         status, _, err = srv.api("GET", P, headers={"Authorization": "Bearer s3cr\xe9t"})
         assert (status, err["error"]["code"]) == (401, "UNAUTHORIZED")  # not UTF-8: no 500
-        status, _, err = srv.api("GET", P, headers={**tok, "electric-principal": ""})
-        assert (status, err["error"]["code"]) == (401, "UNAUTHORIZED")  # no principal
-        status, _, err = srv.api("GET", P, headers={**tok, "electric-principal": "root"})
-        assert status == 401  # malformed principal
-        status, _, body = srv.api("POST", P, {"id": "ra"}, headers=alice)
-        assert (status, body["owner"]) == (201, "user:alice")
-        for method, path, body in [
-            ("GET", f"{P}/ra", None),
-            ("GET", f"{P}/ra/health", None),
-            ("POST", f"{P}/ra/heartbeat", {}),
-            ("POST", f"{P}/ra/wakes", {}),
-            ("POST", f"{P}/ra/claim", {}),
-            ("POST", f"{P}/ra/disable", None),
-            ("POST", P, {"id": "ra"}),  # re-register someone else's runner
-            ("GET", "/runners/ra/wake?offset=-1", None),
-            ("GET", "/runners/ra/wake?offset=-1&live=sse", None),
+        for bad in ("", "root", "robot:x", "user:a/b"):  # absent or invalid = absent
+            status, _, err = srv.api("GET", P, headers={**tok, "electric-principal": bad})
+            assert (status, err) == (401, missing), bad
+        for path in ("/_electric/health", "/runners/ra/wake?offset=-1", "/_electric/nothing"):
+            got = srv.api("GET", path, headers={**tok, "electric-principal": ""})
+            assert (got[0], got[2]) == (401, missing), path
+        assert srv.api("GET", "/_electric/health", headers=alice)[2] == {"status": "ok"}
+        status, _, body = srv.api("POST", P, {"id": "ra", "label": "a"}, headers=alice)
+        assert (status, body["owner_principal"]) == (201, "/principal/user%3Aalice")
+        for method, path, body, message in [
+            ("GET", f"{P}/ra", None, "Runner access requires the authenticated owner"),
+            ("GET", f"{P}/ra/health", None, "Runner access requires the authenticated owner"),
+            ("POST", f"{P}/ra/heartbeat", {}, "Runner access requires the authenticated owner"),
+            ("POST", f"{P}/ra/disable", None, "Runner access requires the authenticated owner"),
+            ("POST", f"{P}/ra/claim", {}, "Runner claim requires the authenticated owner"),
+            (
+                "GET",
+                "/_pullwake/runners/ra/stream",
+                None,
+                "Runner access requires the authenticated owner",
+            ),
         ]:
             status, _, err = srv.api(method, path, body, headers=bob)
-            assert (status, err["error"]["code"]) == (403, "FORBIDDEN"), (method, path)
-        status, _, listing = srv.api("GET", P, headers=bob)
-        assert listing == {"runners": []}
-        status, _, out = srv.api("POST", f"{P}/ra/wakes", {}, headers=alice)
-        assert status == 201
-        status, _, events = srv.api("GET", "/runners/ra/wake?offset=-1", headers=alice)
-        assert [e["wake_id"] for e in events] == [out["wake_id"]]
+            assert (status, err) == (
+                403,
+                {"error": {"code": "UNAUTHORIZED", "message": message}},
+            ), path
+        assert srv.api("GET", P, headers=bob)[2] == []
+        # as upstream: wake-stream reads have no owner check
+        assert srv.api("GET", "/runners/ra/wake?offset=-1", headers=bob)[0] == 200
+        # as upstream: re-registering takes the runner over (no owner check on upsert)
+        status, _, body = srv.api("POST", P, {"id": "ra", "label": "b"}, headers=bob)
+        assert (status, body["owner_principal"]) == (201, "/principal/user%3Abob")
 
 
 def _cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -144,37 +211,61 @@ def _cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
 
 
 def test_publish_cli(server: ServerProcess, rid: str) -> None:
+    """Fresh entity per invocation; --entity reuses one; the output is what was acked."""
     server.register(rid)
-    out = _cli(
+    out = _cli("publish", "--server", server.url, "--runner-id", rid, "--count", "3", '{"k": "v"}')
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(x) for x in out.stdout.strip().splitlines()]
+    assert len(lines) == 3 and len({x["entity"] for x in lines}) == 1
+    assert lines[0]["entity"].startswith("/pullwake/")
+    assert lines[0]["subscription_id"].startswith(f"runner:{rid}:")
+    assert [x["offset"] for x in lines] == sorted(x["offset"] for x in lines)
+    _, _, items = server.api("GET", lines[0]["stream"] + "?offset=-1")
+    assert [m["value"]["payload"] for m in items if m["type"] == "inbox"] == [{"k": "v"}] * 3
+    _, _, events = server.api("GET", f"/runners/{rid}/wake?offset=-1")
+    assert [e["subscription_id"] for e in events] == [lines[0]["subscription_id"]]  # coalesced
+    again = _cli(
         "publish",
         "--server",
         server.url,
         "--runner-id",
         rid,
-        "--count",
-        "3",
+        "--entity",
+        lines[0]["entity"],
         "--payload",
-        '{"k": "v"}',
+        "7",
     )
-    assert out.returncode == 0, out.stderr
-    assert len(out.stdout.strip().splitlines()) == 3
-    _, _, events = server.api("GET", f"/runners/{rid}/wake?offset=-1")
-    assert [e["payload"] for e in events] == [{"k": "v"}] * 3
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["entity"] == lines[0]["entity"]
+    other = _cli("publish", "--server", server.url, "--runner-id", rid)
+    assert json.loads(other.stdout)["entity"] != lines[0]["entity"]
 
 
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["publish", "--runner-id", "x", "--payload", "{nope"], "--payload is not JSON"),
+        (["publish", "--runner-id", "x", "--payload", "{nope"], "payload is not JSON"),
+        (
+            [
+                "publish",
+                "--runner-id",
+                "x",
+                "--entity",
+                "nope",
+                "--server",
+                "http://127.0.0.1:{free}",
+            ],
+            "--entity must",
+        ),
         # {free}: a port bound without listening, so a connect is refused (never a
         # port someone else may take meanwhile: port 1 was taken by a test elsewhere)
         (["publish", "--runner-id", "x", "--server", "http://127.0.0.1:{free}"], "cannot reach"),
         (["server", "--keepalive-interval", "0"], "must be positive"),
         (["server", "--db", "/nonexistent-dir/x.db"], "cannot open database"),
         # values that used to start a server whose claims/heartbeats then answered 500
-        (["server", "--db", ":memory:", "--claim-lease", "inf"], "--claim-lease must be"),
+        (["server", "--db", ":memory:", "--claim-lease-ms", "999"], "--claim-lease-ms must be"),
         (["server", "--db", ":memory:", "--lease-ms", "1" + "0" * 20], "--lease-ms must be"),
-        (["server", "--db", ":memory:", "--stream-grace", "nan"], "must not be negative"),
+        (["server", "--db", ":memory:", "--stream-grace", "nan"], "--stream-grace and"),
         (["server", "--db", ":memory:", "--keepalive-interval", "nan"], "must be positive"),
         # URLs urllib cannot even build a request for (used to be a traceback)
         (["publish", "--runner-id", "x", "--server", "localhost:4437"], "--server must be"),
@@ -194,7 +285,18 @@ def test_cli_errors_are_one_line(args: list[str], needle: str) -> None:
 def test_publish_cli_reports_http_errors(server: ServerProcess) -> None:
     out = _cli("publish", "--server", server.url, "--runner-id", "ghost")
     assert out.returncode == 2
-    assert "HTTP 404" in out.stderr and "Traceback" not in out.stderr
+    assert 'HTTP 404: NOT_FOUND: Runner "ghost" not found' in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_server_help_explains_compat_upstream() -> None:
+    out = _cli("server", "--help")
+    text = " ".join(out.stdout.split())
+    assert "--compat {pullwake,upstream}" in text
+    assert "pair of `event: control` every --long-poll-timeout seconds" in text
+    assert (
+        "a long-poll with no new data answers 204 after this (upstream: 30) (default: 30.0)" in text
+    )
 
 
 def test_port_in_use_is_a_one_line_error(server: ServerProcess) -> None:
@@ -210,7 +312,7 @@ def test_a_client_hanging_up_closes_its_live_read_at_once(tmp_path: Path) -> Non
         srv.register("r")
 
         def open_reads() -> dict[str, int]:
-            return dict(srv.api("GET", f"{P}/r/health")[2]["server_view"]["open_reads"])
+            return dict(srv.api("GET", "/_pullwake/runners/r/stream")[2]["open_reads"])
 
         for query in ("live=long-poll", "live=sse"):
             sock = socket.create_connection(("127.0.0.1", srv.port))
@@ -222,57 +324,6 @@ def test_a_client_hanging_up_closes_its_live_read_at_once(tmp_path: Path) -> Non
             wait_until(lambda m=mode: open_reads()[m] == 1, 5, what=f"{mode} open")
             sock.close()
             wait_until(lambda m=mode: open_reads()[m] == 0, 3, what=f"{mode} closed")
-
-
-def _claim(srv: ServerProcess, wake_id: str, lease_ms: int) -> tuple[int, Any]:
-    status, _, out = srv.api("POST", f"{P}/r/claim", {"wake_id": wake_id, "lease_ms": lease_ms})
-    return status, out
-
-
-def test_claims_survive_kill_9_and_expire_after_restart(tmp_path: Path) -> None:
-    """Claim state lives in the db, not in the sweeper: after kill -9 and a restart a
-    completed wake stays done, a live claim still conflicts and its token still
-    completes, and an uncompleted claim whose lease ran out is announced again."""
-    db = tmp_path / "claims.db"
-    srv = ServerProcess(tmp_path, db=db)
-    with running(srv):
-        srv.start()
-        srv.register("r")
-        done, held, lapsed = (srv.publish("r")["wake_id"] for _ in range(3))
-        status, c_done = _claim(srv, done, 60_000)
-        assert status == 200
-        status, _, _ = srv.api(
-            "POST", f"{P}/r/claims/{done}/complete", {"claimToken": c_done["claimToken"]}
-        )
-        assert status == 200
-        status, c_held = _claim(srv, held, 60_000)
-        assert status == 200
-        status, _ = _claim(srv, lapsed, 1_500)
-        assert status == 200
-        srv.signal(signal.SIGKILL)
-        srv.wait(5)
-    again = ServerProcess(tmp_path, db=db)
-    with running(again):
-        again.start()
-
-        def announced() -> list[str]:
-            _, _, events = again.api("GET", "/runners/r/wake?offset=-1")
-            return [e["wake_id"] for e in events]
-
-        # the lapsed claim comes back on the stream once its lease has run out
-        wait_until(lambda: len(announced()) == 4, 10, what="re-announcement")
-        ids = announced()
-        assert ids == [done, held, lapsed, lapsed]
-        status, out = _claim(again, held, 60_000)
-        assert (status, out["error"]["code"]) == (409, "ALREADY_CLAIMED")
-        assert _claim(again, done, 60_000) == (204, None)
-        status, _, out = again.api(
-            "POST", f"{P}/r/claims/{held}/complete", {"claimToken": c_held["claimToken"]}
-        )
-        assert (status, out["status"]) == (200, "completed")
-        status, _ = _claim(again, lapsed, 60_000)
-        assert status == 200  # claimable again, with a fresh token
-        assert announced() == ids  # nothing else was re-announced
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Pure logic, no sockets: health derivation, diagnostics, principals, live reads."""
+"""Pure logic, no sockets: principals, schemas (Ajv messages), diagnostics, health, dates."""
 
 from __future__ import annotations
 
@@ -7,80 +7,205 @@ from typing import Any
 
 import pytest
 
-from pullwake.core.protocol import DEV_PRINCIPAL, LiveMode, current_cursor
-from pullwake.server.auth import parse_principal
-from pullwake.server.errors import ApiError
-from pullwake.server.health import (
-    MISMATCH_ISSUE,
-    derive_health,
-    liveness_status,
-    stream_mismatch,
-)
-from pullwake.server.live import LiveReads
-from pullwake.server.streams import next_cursor
-from pullwake.server.validate import clean_diagnostics, parse_json
+from pullwake.core.protocol import LiveMode
+from pullwake.server import diagnostics, jsdate, schema
+from pullwake.server import principal as pr
+from pullwake.server.health import derive_health, js_round, liveness_status
+from pullwake.server.livereads import LiveReads, stream_mismatch
 
 NOW = 1_000_000
 
 
+@pytest.mark.parametrize(
+    ("header", "url"),
+    [
+        ("system:dev-local", "/principal/system%3Adev-local"),
+        ("/principal/system%3Adev-local", "/principal/system%3Adev-local"),
+        ("/principal/system:dev-local", "/principal/system%3Adev-local"),  # legacy, canonicalised
+        ("user:alice@laptop", "/principal/user%3Aalice%40laptop"),
+        ("service:a:b", "/principal/service%3Aa%3Ab"),
+        ("agent:x(1)!", "/principal/agent%3Ax(1)!"),  # encodeURIComponent keeps !'()*-._~
+    ],
+)
+def test_principal_forms(header: str, url: str) -> None:
+    p = pr.parse_input(header)
+    assert p is not None and p.url == url
+    assert pr.parse_url(p.url) == p
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "user",
+        "robot:x",
+        "user:",
+        ":x",
+        "user:a/b",
+        "agent:x/y",
+        "/principal/",
+        "/principal/a/b",
+        "/principal/user%3",
+        "/principal/%ZZ",
+        "/principal/user%3Aa%2Fb",
+        "/principal/%C3",
+    ],
+)
+def test_invalid_principal_is_absent(header: str | None) -> None:
+    assert pr.parse_input(header) is None
+
+
+def test_principal_from_created_by() -> None:
+    assert pr.from_created_by("/principal/user%3Aa") == {
+        "url": "/principal/user%3Aa",
+        "key": "user:a",
+        "kind": "user",
+        "id": "a",
+    }
+    assert pr.from_created_by("/somewhere") == {"url": "/somewhere", "key": None}
+    assert pr.from_created_by(None) is None
+
+
+def _details(sch: schema.Schema, value: Any) -> list[tuple[str, str]]:
+    return [(d["path"], d["message"]) for d in schema.validate(sch, value)]
+
+
+def test_ajv_messages_and_order() -> None:
+    assert _details(schema.REGISTER, {}) == [
+        ("/", "must have required property 'id'"),
+        ("/", "must have required property 'label'"),
+    ]
+    assert _details(schema.REGISTER, [1]) == [("/", "must be object")]
+    assert _details(schema.REGISTER, {"id": "a", "label": "b", "admin_status": "x"}) == [
+        ("/admin_status", "must be equal to constant"),
+        ("/admin_status", "must be equal to constant"),
+        ("/admin_status", "must match a schema in anyOf"),
+    ]
+    assert _details(schema.REGISTER, {"id": "a", "label": "b", "kind": 3}) == [
+        ("/kind", "must be string")
+    ] * 5 + [("/kind", "must match a schema in anyOf")]
+    assert _details(schema.HEARTBEAT, {"lease_ms": True, "diagnostics": []}) == [
+        ("/lease_ms", "must be number"),
+        ("/diagnostics", "must be object"),
+    ]
+    assert _details(schema.CLAIM, {"ts": None, "extra": 1}) == [
+        ("/ts", "must be string"),
+        ("/ts", "must be number"),
+        ("/ts", "must match a schema in anyOf"),
+    ]
+    assert _details(
+        schema.REGISTER, {"id": "a", "label": "b", "sandbox_profiles": [{"name": 1}]}
+    ) == [
+        ("/sandbox_profiles/0", "must have required property 'label'"),
+        ("/sandbox_profiles/0/name", "must be string"),
+    ]
+    assert _details(schema.CALLBACK, {"acks": [{"a/b": 1}], "done": True}) == []
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{", b"[NaN]", b"[Infinity]", b"\xc3", b"[" * 50_000, b'{"x": 1e400}', b'"\\ud800"']
+)
+def test_parse_json_rejects(raw: bytes) -> None:
+    with pytest.raises(schema.InvalidJson):
+        schema.parse_json(raw)
+
+
+def test_parse_json_accepts_bom_and_big_ints() -> None:
+    assert schema.parse_json(b"\xef\xbb\xbf{}") == {}
+    assert schema.parse_json(b'{"big": 123456789012345678901234567890}') == {
+        "big": 123456789012345678901234567890
+    }
+
+
+def test_diagnostics_whitelist_in_upstream_order() -> None:
+    got = diagnostics.sanitize(
+        {
+            "claims_failed": 1.5,
+            "last_error": "boom",
+            "reconnect_count": 7,
+            "last_claim_result": "no_work",
+            "last_heartbeat_ok": False,
+            "status": "reconnecting",
+            "running": True,
+            "claims_skipped": -1,
+            "events_received": float("inf"),
+            "stream_connected": "yes",
+            "started_at": None,
+        }
+    )
+    assert list((got or {}).items()) == [
+        ("status", "reconnecting"),
+        ("last_heartbeat_ok", False),
+        ("last_claim_result", "no_work"),
+        ("started_at", None),
+        ("last_error", "boom"),
+        ("reconnect_count", 7),
+        ("claims_failed", 1.5),
+    ]
+    assert diagnostics.sanitize({"status": "bogus", "last_claim_result": "skipped"}) is None
+    assert diagnostics.sanitize({}) is None
+    assert diagnostics.sanitize({"last_claim_result": None}) == {"last_claim_result": None}
+
+
 def test_liveness() -> None:
-    assert liveness_status("disabled", NOW + 5, NOW) == "offline"
     assert liveness_status("enabled", None, NOW) == "offline"
+    assert liveness_status("disabled", NOW + 5, NOW) == "offline"
     assert liveness_status("enabled", NOW + 1, NOW) == "online"
     assert liveness_status("enabled", NOW, NOW) == "expired"
 
 
-def health(**kw: Any) -> tuple[str, list[str]]:
-    args: dict[str, Any] = {
-        "admin_status": "enabled",
-        "liveness": "online",
-        "lease_expires_at_ms": NOW + 1000,
-        "last_seen_at_ms": NOW - 10,
-        "diagnostics": {"stream_connected": True},
-        "mismatch": False,
-        "now_ms": NOW,
-    }
-    args.update(kw)
-    h = derive_health(**args)
-    return h.status, list(h.issues)
-
-
-def test_health_only_escalates() -> None:
-    assert health() == ("healthy", [])
-    assert health(liveness="expired", lease_expires_at_ms=NOW - 4_600) == (
-        "unhealthy",
-        ["Heartbeat lease expired 5s ago"],
+def test_health_issues_in_upstream_order() -> None:
+    h = derive_health(
+        admin_status="disabled",
+        liveness="offline",
+        lease_expires_at_ms=None,
+        last_seen_at_ms=None,
+        client=None,
+        now_ms=NOW,
     )
-    # 2.5 s: the original's Math.round says 3 (Python's round() would say 2)
-    assert health(liveness="expired", lease_expires_at_ms=NOW - 2_500)[1] == [
-        "Heartbeat lease expired 3s ago"
-    ]
-    # unhealthy stays unhealthy when a degraded issue follows
-    status, issues = health(
-        admin_status="disabled", liveness="offline", diagnostics={"stream_connected": False}
+    assert (h.status, h.issues) == ("unhealthy", ("Runner is disabled",))
+    h = derive_health(
+        admin_status="enabled",
+        liveness="expired",
+        lease_expires_at_ms=NOW - 60_500,
+        last_seen_at_ms=NOW - 61_000,
+        client={"stream_connected": False, "last_heartbeat_ok": False, "reconnect_count": 6.0},
+        now_ms=NOW,
     )
-    assert status == "unhealthy"
-    assert issues == ["Runner is disabled", "Client reports stream disconnected"]
-    assert health(
-        liveness="offline", lease_expires_at_ms=None, last_seen_at_ms=None, diagnostics=None
-    ) == ("degraded", ["Runner has never sent a heartbeat"])
-    assert health(diagnostics=None) == ("degraded", ["No client diagnostics available"])
-    assert health(diagnostics={"reconnect_count": 5}) == ("healthy", [])
-    assert health(diagnostics={"reconnect_count": 6})[1] == ["Client has reconnected 6 times"]
-    assert health(mismatch=True) == ("degraded", [MISMATCH_ISSUE])
+    assert h.status == "unhealthy"
+    assert h.issues == (
+        "Heartbeat lease expired 61s ago",  # Math.round: 60.5 -> 61
+        "Client reports stream disconnected",
+        "Client reports last heartbeat failed",
+        "Client has reconnected 6 times",
+    )
+    h = derive_health(
+        admin_status="enabled",
+        liveness="online",
+        lease_expires_at_ms=NOW + 1,
+        last_seen_at_ms=NOW,
+        client=None,
+        now_ms=NOW,
+    )
+    assert (h.status, h.issues) == ("degraded", ("No client diagnostics available",))
+    assert js_round(-0.5) == 0 and js_round(2.5) == 3
 
 
-def test_mismatch_needs_a_connected_claim_an_online_lease_and_no_read() -> None:
-    live = LiveReads(grace=2.0, started_at=time.time() - 10)
-    view = live.view("r")
-    assert stream_mismatch({"stream_connected": True}, "online", view, 2.0)
-    assert not stream_mismatch({"stream_connected": False}, "online", view, 2.0)
-    assert not stream_mismatch({"stream_connected": True}, "expired", view, 2.0)
-    assert not stream_mismatch(None, "online", view, 2.0)
-    fresh = LiveReads(grace=2.0)  # just started: the runner gets the grace to reconnect
-    assert not stream_mismatch({"stream_connected": True}, "online", fresh.view("r"), 2.0)
-    live.opened("r", LiveMode.SSE)
-    assert not stream_mismatch({"stream_connected": True}, "online", live.view("r"), 2.0)
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("1970-01-01T00:00:01.5Z", 1500),
+        ("1970-01-01", 0),
+        ("1970-01-02T00:00:00+01:00", 82_800_000),
+        ("Thu, 01 Jan 1970 00:00:02 GMT", 2000),
+        ("garbage", None),
+        ("2026-13-01", None),
+        ("+275761-01-01T00:00:00Z", None),  # beyond the Date range
+    ],
+)
+def test_js_date(text: str, ms: int | None) -> None:
+    assert jsdate.parse_ms(text) == ms
 
 
 def test_live_reads_grace_between_long_polls() -> None:
@@ -97,83 +222,7 @@ def test_live_reads_grace_between_long_polls() -> None:
     later = live.view("r", now=time.time() + 3)
     assert not later.stream_open and later.stream_open_since is None
     assert later.closed_for is not None and later.closed_for > 2.0
-
-
-@pytest.mark.parametrize(
-    ("value", "expect"),
-    [
-        (None, DEV_PRINCIPAL),
-        ("", DEV_PRINCIPAL),
-        ("user:alice", "user:alice"),
-        ("service:a:b", "service:a:b"),
-    ],
-)
-def test_principal_in_dev_mode(value: str | None, expect: str) -> None:
-    assert parse_principal(value, dev=True) == expect
-
-
-@pytest.mark.parametrize(
-    "value", [None, "", "alice", "robot:x", "user:", ":x", "user:\udcff", "user:a\x00b"]
-)
-def test_bad_principal_is_401(value: str | None) -> None:
-    with pytest.raises(ApiError) as exc:
-        parse_principal(value, dev=False)
-    assert exc.value.status == 401
-
-
-def test_clean_diagnostics() -> None:
-    kept, dropped = clean_diagnostics(
-        {
-            "stream_connected": None,
-            "live_mode": "sse",
-            "stream_idle_seconds": float("nan"),
-            "claims_failed": 2,
-            "status": "x" * 5000,
-            "reconnect_count": -3,
-            "events_received": 0,
-        }
-    )
-    assert kept == {
-        "stream_connected": None,
-        "live_mode": "sse",
-        "claims_failed": 2,
-        "events_received": 0,
-    }
-    assert dropped == ["reconnect_count", "status", "stream_idle_seconds"]
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b"{",
-        b"NaN",
-        b"[Infinity]",
-        b"\xc3",
-        b"[" * 50_000,
-        b'{"x": 1e400}',  # overflows to inf, would be stored as `Infinity`
-        b'{"x": -1E+999}',
-        b'{"x": "\\ud800"}',  # unpaired surrogate: not encodable as UTF-8
-        b'{"\\udfff": 1}',
-    ],
-)
-def test_parse_json_rejects(raw: bytes) -> None:
-    with pytest.raises(ApiError) as exc:
-        parse_json(raw)
-    assert exc.value.status == 400
-
-
-def test_parse_json_keeps_big_ints_and_paired_surrogates() -> None:
-    assert parse_json(b'{"n": 1e300, "big": 123456789012345678901234567890}') == {
-        "n": 1e300,
-        "big": 123456789012345678901234567890,
-    }
-    assert parse_json(b'"\\ud83d\\ude00"') == "\U0001f600"
-
-
-def test_cursor_moves_past_the_clients() -> None:
-    cur = int(current_cursor())
-    assert int(next_cursor(None)) == cur
-    assert int(next_cursor(str(cur))) == cur + 1
-    assert int(next_cursor(str(cur + 3))) == cur + 4
-    assert int(next_cursor("junk")) == cur
-    assert int(next_cursor("9" * 30)) == cur  # absurd cursors are ignored
+    assert stream_mismatch(True, "online", later, 2.0)
+    assert not stream_mismatch(None, "online", later, 2.0)
+    assert not stream_mismatch(True, "expired", later, 2.0)
+    assert not stream_mismatch(True, "online", live.view("x", now=live.started_at + 1), 2.0)

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from pullwake.core.protocol import ClaimOutcome, LiveMode
+from pullwake.core.protocol import ClaimOutcome, CompletionOutcome, LiveMode
 from pullwake.core.telemetry import SERVICE_SERVER, Telemetry, build_telemetry
 from pullwake.server.observe import RunnerGauges, ServerSnapshot
 from pullwake.server.otel import OtelServerObserver, instrument_app
@@ -30,9 +30,9 @@ def snapshot() -> ServerSnapshot:
     return ServerSnapshot(
         time.time(),
         (
-            RunnerGauges("r1", {LiveMode.SSE: 1, LiveMode.LONG_POLL: 0}, 3, 12.5, False),
-            RunnerGauges("r2", {LiveMode.SSE: 0, LiveMode.LONG_POLL: 0}, 0, -4.0, True),
-            RunnerGauges("r3", {LiveMode.SSE: 0, LiveMode.LONG_POLL: 0}, 0, None, False),
+            RunnerGauges("r1", {LiveMode.SSE: 1, LiveMode.LONG_POLL: 0}, 3, 2, 12.5, False),
+            RunnerGauges("r2", {LiveMode.SSE: 0, LiveMode.LONG_POLL: 0}, 0, 0, -4.0, True),
+            RunnerGauges("r3", {LiveMode.SSE: 0, LiveMode.LONG_POLL: 0}, 0, 0, None, False),
         ),
     )
 
@@ -86,21 +86,28 @@ def sample(text: str, metric: str, **labels: str) -> float | None:
 
 async def test_metrics_route_serves_catalog_gauges_and_counters(rig: Rig) -> None:
     rig.obs.bind(snapshot)
-    rig.obs.wake_published("r1")
-    rig.obs.wake_published("r1")
-    rig.obs.claim_answered("r1", ClaimOutcome.CONFLICT)
+    rig.obs.message_sent("r1")
+    rig.obs.message_sent("r1")
+    rig.obs.wake_announced("r1")
+    rig.obs.claim_answered("r1", ClaimOutcome.ALREADY_CLAIMED)
+    rig.obs.completion("r1", CompletionOutcome.FENCED)
+    rig.obs.lease_expired("r1")
     rig.obs.request_finished("/x", "GET", 200, 0.01)
     ctype, text = await scrape(rig)
     assert ctype.startswith("text/plain; version=0.0.4")
     assert sample(text, "pullwake_server_streams_open", runner_id="r1", live_mode="sse") == 1
     assert sample(text, "pullwake_server_streams_open", runner_id="r1", live_mode="long-poll") == 0
-    assert sample(text, "pullwake_server_wakes_pending", runner_id="r1") == 3
+    assert sample(text, "pullwake_server_subscriptions_pending", runner_id="r1") == 3
+    assert sample(text, "pullwake_server_claims_active", runner_id="r1") == 2
     assert sample(text, "pullwake_server_lease_remaining_seconds", runner_id="r2") == -4
     assert sample(text, "pullwake_server_lease_remaining_seconds", runner_id="r3") is None
     assert sample(text, "pullwake_server_stream_mismatch", runner_id="r2") == 1
     assert sample(text, "pullwake_server_stream_mismatch", runner_id="r1") == 0
-    assert sample(text, "pullwake_server_wakes_published_total", runner_id="r1") == 2
-    assert sample(text, "pullwake_server_claims_total", outcome="conflict") == 1
+    assert sample(text, "pullwake_server_messages_total", runner_id="r1") == 2
+    assert sample(text, "pullwake_server_wakes_announced_total", runner_id="r1") == 1
+    assert sample(text, "pullwake_server_claims_total", outcome="already_claimed") == 1
+    assert sample(text, "pullwake_server_completions_total", outcome="fenced") == 1
+    assert sample(text, "pullwake_server_claim_lease_expiries_total", runner_id="r1") == 1
     assert sample(text, "pullwake_server_request_duration_seconds_count") == 1
 
 
@@ -130,7 +137,7 @@ async def test_server_errors_mark_the_span(rig: Rig) -> None:
 
 async def test_disabled_telemetry_serves_a_comment_and_no_spans() -> None:
     t = build_telemetry(SERVICE_SERVER, "srv", env={"OTEL_SDK_DISABLED": "true"})
-    OtelServerObserver(t).wake_published("r1")
+    OtelServerObserver(t).message_sent("r1")
     app = web.Application()
     instrument_app(app, t)
     server = TestServer(app, host="127.0.0.1", port=0)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -179,9 +180,10 @@ class ServerProcess(Proc):
             str(long_poll_timeout),
             *extra,
         ]
-        if dev:
-            argv.append("--dev")
+        if not dev:  # the server's default is upstream's dev fallback (system:dev-local)
+            argv.append("--no-dev-principal")
         super().__init__(argv, tmp / f"server-{self.port}.log", env)
+        self._publisher: Any = None
 
     @property
     def url(self) -> str:
@@ -214,12 +216,27 @@ class ServerProcess(Proc):
         assert status in (200, 201), (status, body)
         return body
 
-    def publish(self, runner_id: str, payload: Any = None) -> dict[str, Any]:
-        status, _, body = self.api(
-            "POST", f"/_electric/runners/{runner_id}/wakes", {} if payload is None else payload
-        )
-        assert status == 201, (status, body)
-        return dict(body)
+    def publish(
+        self, runner_id: str, payload: Any = None, entity: str | None = None
+    ) -> dict[str, Any]:
+        """Send one message that wakes `runner_id` (as `pullwake publish` does).
+
+        Without `entity` every call spawns a fresh entity `/pullwake/<random>`
+        targeting the runner, so every call makes its own wake (its own
+        subscription); with `entity` (`/<type>/<id>`) messages go to that entity
+        and coalesce into its subscription's wakes.  Returns `{entity, stream,
+        offset (where this message ends in the entity stream), txid,
+        subscription_id, wake_id}`; `wake_id` is the txid, kept for callers that
+        only need a unique id per publish: the claim's wakeId is the server's.
+        """
+        from pullwake.server.publish import Publisher
+
+        if self._publisher is None:
+            self._publisher = Publisher(self.url, principal=PRINCIPAL)
+        target = entity or f"/pullwake/{uuid.uuid4().hex[:12]}"
+        out = dict(self._publisher.send(runner_id, target, payload))
+        out["wake_id"] = out["txid"]
+        return out
 
 
 class RunnerProcess(Proc):

@@ -1,24 +1,21 @@
-"""In-memory view of live reads: who is streaming right now, and wake-ups.
+"""Open live reads per runner: the server's own view of a wake stream.
 
 `LiveReads` counts the open live reads of each runner's wake stream (SSE
 responses, in-flight long-polls) and remembers since when the stream has been
-continuously open.  A long-poll client is between two polls most of the
-time it is not waiting, so a read that ended less than `grace` seconds ago
-still counts as open.  All methods run on the event loop; `counts()` and
-`view()` may also be called from a metrics thread (guarded by a lock).
-
-`Notifier` wakes the readers of a stream when something is appended, and
-everyone at once on shutdown.
+continuously open.  A long-poll client is between two polls most of the time
+it is not waiting, so a read that ended less than `grace` seconds ago still
+counts as open.  Methods may be called from the event loop and from a
+metrics thread (one lock).  Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
 
 from pullwake.core.protocol import LiveMode
+from pullwake.server.health import ONLINE
 
 
 @dataclass
@@ -31,8 +28,6 @@ class _RunnerReads:
 
 @dataclass(frozen=True)
 class ServerView:
-    """The server's own knowledge of a runner's stream (the health `server_view`)."""
-
     stream_open: bool
     stream_open_since: float | None  # unix time
     last_stream_read_at: float | None  # unix time
@@ -57,11 +52,9 @@ class LiveReads:
             r.last_read_at = now
 
     def touched(self, runner_id: str) -> None:
-        """Something was delivered on a live read."""
+        """Something was delivered on a live read, or a catch-up read happened."""
         with self._lock:
-            r = self._runners.get(runner_id)
-            if r is not None:
-                r.last_read_at = time.time()
+            self._runners.setdefault(runner_id, _RunnerReads()).last_read_at = time.time()
 
     def closed(self, runner_id: str, mode: LiveMode) -> None:
         now = time.time()
@@ -70,11 +63,6 @@ class LiveReads:
             r.open[mode] = max(0, r.open[mode] - 1)
             r.last_closed_at = now
             r.last_read_at = now
-
-    def read_happened(self, runner_id: str) -> None:
-        """A catch-up read: not a live read, but a sign of life."""
-        with self._lock:
-            self._runners.setdefault(runner_id, _RunnerReads()).last_read_at = time.time()
 
     def _is_open(self, r: _RunnerReads, now: float) -> bool:
         if any(r.open.values()):
@@ -96,38 +84,12 @@ class LiveReads:
             is_open = self._is_open(r, now)
             if not is_open:
                 r.open_since = None
-            closed_for = None
-            if not is_open:
-                closed_for = now - (r.last_closed_at or self.started_at)
+            closed_for = None if is_open else now - (r.last_closed_at or self.started_at)
             return ServerView(is_open, r.open_since, r.last_read_at, dict(r.open), closed_for)
 
-    def counts(self) -> dict[str, dict[LiveMode, int]]:
-        with self._lock:
-            return {rid: dict(r.open) for rid, r in self._runners.items()}
 
-
-class Notifier:
-    """One asyncio.Event per stream path, replaced after each notification."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-        self.closing = False
-
-    def waiter(self, path: str) -> asyncio.Event:
-        """Take this before reading the store, then wait on it: no lost wake-up."""
-        ev = self._events.get(path)
-        if ev is None:
-            ev = self._events[path] = asyncio.Event()
-        return ev
-
-    def notify(self, path: str) -> None:
-        ev = self._events.pop(path, None)
-        if ev is not None:
-            ev.set()
-
-    def close_all(self) -> None:
-        """Shutdown: every waiting reader returns now."""
-        self.closing = True
-        events, self._events = self._events, {}
-        for ev in events.values():
-            ev.set()
+def stream_mismatch(connected: bool | None, liveness: str, view: ServerView, grace: float) -> bool:
+    """The client claims a connected stream; the server has seen no read beyond grace."""
+    if liveness != ONLINE or connected is not True:
+        return False
+    return not view.stream_open and (view.closed_for is None or view.closed_for >= grace)

@@ -1,0 +1,43 @@
+"""Our server answers a long scripted conversation exactly as the real agents-server did.
+
+`data/upstream_sequence.json` was recorded from the REAL agents-server 0.6.4
+(electric-sql/electric @ dc07a1e6, embedded @durable-streams/server 0.3.7,
+run with `interop/upstream.py server`) by `tests/server/upstream_sequence.py`:
+114 requests covering registration, principals, heartbeats, health, entity
+types/spawn/send/signal, wake stream reads, claims and every wake-callback
+variant.  Volatile values (times, ids, tokens, the port, entity stream
+offsets whose bytes differ with the entity events) are normalized away;
+everything else - statuses, content types, error codes and messages, Ajv
+details, field names and order, wake events and wake-stream offsets - must
+be identical.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.server.upstream_sequence import run
+from tests.support.procs import ServerProcess
+
+GOLDEN = Path(__file__).parent / "data" / "upstream_sequence.json"
+
+
+def test_same_answers_as_the_real_agents_server(server: ServerProcess) -> None:
+    expected = json.loads(GOLDEN.read_text())
+    ours = run(server.url)
+    assert [r["name"] for r in ours] == [r["name"] for r in expected]
+    diffs = [
+        (want["name"], key, want.get(key), got.get(key))
+        for want, got in zip(expected, ours, strict=True)
+        for key in sorted(set(want) | set(got))
+        if want.get(key) != got.get(key)
+    ]
+    if diffs:
+        pytest.fail(
+            "\n".join(
+                f"{n}: {k}: upstream {w!r}\n{' ' * len(n)}  ours     {g!r}" for n, k, w, g in diffs
+            )
+        )
