@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from grafana_foundation_sdk.builders import dashboard as db
 
-from pullwake.dashboards import fleet, provisioning, rules, ruletests, runner, server
+from pullwake.dashboards import fleet, provisioning, rules, ruletests, runner, server, slotests
 from pullwake.dashboards.alertmanager import alertmanager_config
 from pullwake.dashboards.config import Config
 from pullwake.dashboards.panels import render
@@ -52,6 +52,7 @@ def generate(config: Config) -> dict[str, str]:
     for name, content in rules.rule_files(config).items():
         files[f"prometheus/rules/{name}"] = to_yaml(content)
     files["prometheus/tests/pullwake-alerts.test.yml"] = to_yaml(ruletests.test_file(config))
+    files["prometheus/tests/pullwake-slo.test.yml"] = to_yaml(slotests.test_file(config))
     files["alertmanager/alertmanager.yml"] = to_yaml(alertmanager_config(config))
     return files
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
+
+Severity = Literal["critical", "warning"]
 
 _DURATION_RE: Final = re.compile(r"^(\d+(ms|s|m|h|d))+$")
 _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -112,6 +114,82 @@ class DashboardUids:
 
 
 @dataclass(frozen=True)
+class BurnWindow:
+    """One multi-window burn-rate alert (Google SRE workbook, "Alerting on SLOs").
+
+    It fires while the error ratio over *both* windows exceeds `factor` times
+    the error budget: the long window proves the burn is significant, the
+    short one that it is still going on (so the alert resets soon after a
+    recovery).  `critical` pages, `warning` is a ticket.
+    """
+
+    long: str
+    short: str
+    factor: float
+    severity: Severity
+    # Rides out one odd evaluation; the short window already does the real filtering.
+    for_: str
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Stream availability: the share of a running runner's time spent streaming.
+
+    See docs/slo.md for the exact definition (which states count, what
+    happens to `stopping`, scrape gaps and absent runners).
+    """
+
+    objective: float = 0.995
+    period: str = "28d"
+    burn_windows: tuple[BurnWindow, ...] = (
+        BurnWindow("1h", "5m", 14.4, "critical", "1m"),
+        BurnWindow("6h", "30m", 6.0, "critical", "1m"),
+        BurnWindow("1d", "2h", 3.0, "warning", "15m"),
+        BurnWindow("3d", "6h", 1.0, "warning", "15m"),
+    )
+    # A pair fires only once its long window holds at least this many short windows'
+    # worth of running samples.  Without it, one unlucky scrape in the first minutes of
+    # a runner (or of Prometheus, or after a laptop slept) is a large share of a nearly
+    # empty window and pages.  The workbook's answer for low traffic, in samples.
+    min_history: float = 2.0
+
+    @property
+    def budget(self) -> float:
+        """The error budget as a ratio (0.005 for 99.5 %)."""
+        return 1 - self.objective
+
+    @property
+    def windows(self) -> tuple[str, ...]:
+        """Every window the burn-rate alerts read, shortest first (one recording rule each)."""
+        seen = {w for b in self.burn_windows for w in (b.long, b.short)}
+        return tuple(sorted(seen, key=parse_duration))
+
+    def check(self) -> None:
+        if not 0 < self.objective < 1:
+            raise ValueError(f"Config.slo.objective must be in (0, 1), got {self.objective!r}")
+        parse_duration(self.period)
+        if not self.min_history >= 1:
+            raise ValueError(f"Config.slo.min_history must be at least 1, got {self.min_history}")
+        if not self.burn_windows:
+            raise ValueError("Config.slo.burn_windows must not be empty")
+        where = "Config.slo.burn_windows"
+        for b in self.burn_windows:
+            for text in (b.long, b.short, b.for_):
+                parse_duration(text)
+            if not parse_duration(b.short) < parse_duration(b.long):
+                raise ValueError(f"{where}: short {b.short} not below long {b.long}")
+            if parse_duration(b.long) > parse_duration(self.period):
+                raise ValueError(f"{where}: {b.long} is longer than the period")
+            if not b.factor > 0:
+                raise ValueError(f"{where}: factor must be positive, got {b.factor}")
+            if b.severity not in ("critical", "warning"):
+                raise ValueError(f"{where}: unknown severity {b.severity!r}")
+        pairs = [(b.long, b.short) for b in self.burn_windows]
+        if len(set(pairs)) != len(pairs):
+            raise ValueError(f"{where}: a window pair appears twice: {pairs}")
+
+
+@dataclass(frozen=True)
 class Config:
     datasources: Datasources = field(default_factory=Datasources)
     # Extra matchers put on every runner / server metric (e.g. 'job="runner"').
@@ -121,6 +199,7 @@ class Config:
     for_: ForDurations = field(default_factory=ForDurations)
     alertmanager: AlertmanagerTiming = field(default_factory=AlertmanagerTiming)
     dashboard_uids: DashboardUids = field(default_factory=DashboardUids)
+    slo: Slo = field(default_factory=Slo)
     # Window of the rate() recording rules the dashboards read.
     rate_window: str = "5m"
     rule_evaluation_interval: str = "15s"
@@ -147,6 +226,11 @@ class Config:
                 parse_duration(value)
             except ValueError as exc:
                 raise ValueError(f"Config.{name}: {exc}") from None
+        try:
+            self.slo.check()
+        except ValueError as exc:
+            msg = str(exc)
+            raise ValueError(msg if msg.startswith("Config.") else f"Config.slo: {msg}") from None
         t = self.thresholds
         for name, number in (
             ("heartbeat_failures", t.heartbeat_failures),

@@ -3,8 +3,9 @@
 The top answers "which runner is lying?": a table of every runner's state
 and stream/heartbeat signals side by side, then a table holding exactly the
 runners whose stream is connected while their heartbeats fail (empty when
-healthy).  Below: fleet rates from the recording rules, and the firing
-pullwake alerts straight from Alertmanager.
+healthy).  Then the stream availability SLO (`slopanels`), fleet rates from
+the recording rules, and the firing pullwake alerts straight from
+Alertmanager.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 
 from pullwake.core import catalog as c
 from pullwake.dashboards import queries as q
+from pullwake.dashboards import slopanels
 from pullwake.dashboards.config import Config
 from pullwake.dashboards.panels import (
     REF_IDS,
@@ -143,6 +145,12 @@ def build(config: Config) -> db.Dashboard:
         .with_row(db.Row("Runners"))
         .with_panel(_runner_table(config))
         .with_panel(_lying_runners(config))
+        .with_row(db.Row("Stream availability SLO"))
+        .with_panel(slopanels.availability(config))
+        .with_panel(slopanels.budget(config))
+        .with_panel(slopanels.burning_runners(config))
+        .with_panel(slopanels.sli(config))
+        .with_panel(slopanels.burn_rates(config))
         .with_row(db.Row("Streams and heartbeats"))
         .with_panel(
             timeseries_panel(

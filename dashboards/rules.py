@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pullwake.core import catalog as c
 from pullwake.dashboards import queries as q
+from pullwake.dashboards import slo
 from pullwake.dashboards.config import Config
 
 Severity = Literal["critical", "warning"]
@@ -224,4 +225,5 @@ def rule_files(config: Config) -> dict[str, dict[str, Any]]:
                 }
             ]
         },
+        "pullwake-slo.yml": slo.rule_file(config),
     }

@@ -1,0 +1,236 @@
+"""Stream availability SLO: the SLI, its recording rules and the burn-rate alerts.
+
+SLI, per runner: of the scrapes that find the runner *running*
+(`running.connecting`, `running.streaming`, `running.reconnecting`), the
+share that find it `running.streaming`.  The error ratio is the rest:
+
+    sum_over_time(state{connecting|reconnecting}[W]) / sum_over_time(state{running.*}[W])
+
+The state gauge is one-hot and sampled at every scrape, so with a regular
+scrape interval a count of samples is a measure of time.  `stopped` and
+`stopping` are neither good nor bad (a runner asked to stop is not
+unavailable); a failed scrape and an absent runner give no sample at all and
+count neither way (PullWakeRunnerTelemetryAbsent covers the vanished
+runner).  The fleet SLI pools every runner's samples: a runner-minute is a
+runner-minute whichever runner it belongs to.
+
+Recording rules follow `level:metric:operation`, one per window the alerts
+read; the fleet level is spelt `fleet` (no label survives the aggregation).
+The alerts follow the SRE workbook's multi-window, multi-burn-rate table,
+taken from `Config.slo.burn_windows`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from pullwake.core import catalog as c
+from pullwake.core.protocol import RunnerState
+from pullwake.dashboards import queries as q
+from pullwake.dashboards.config import BurnWindow, Config, parse_duration
+
+Level = Literal["runner", "fleet"]
+LEVELS: Final[tuple[Level, ...]] = ("runner", "fleet")
+
+# Every runner state, classified on purpose: adding a state to RunnerState
+# fails a test until it is placed here.
+GOOD: Final = (RunnerState.STREAMING,)
+BAD: Final = (RunnerState.CONNECTING, RunnerState.RECONNECTING)
+EXCLUDED: Final = (RunnerState.STOPPED, RunnerState.STOPPING)
+ELIGIBLE: Final = (*BAD, *GOOD)
+
+ALERT_NAMES: Final[dict[Level, str]] = {
+    "runner": "PullWakeRunnerStreamBudgetBurn",
+    "fleet": "PullWakeFleetStreamBudgetBurn",
+}
+
+
+def _states(states: tuple[RunnerState, ...]) -> str:
+    # In a PromQL string literal a regex backslash is itself escaped: "running\\.streaming".
+    return "|".join(s.value.replace(".", "\\\\.") for s in states)
+
+
+def _by(level: Level) -> str:
+    return f"sum by ({q.RUNNER}) " if level == "runner" else "sum "
+
+
+def samples(config: Config, states: tuple[RunnerState, ...], window: str, level: Level) -> str:
+    """How many scrapes within `window` found the runner(s) in one of `states`."""
+    sel = q.series(config, c.RUNNER_STATE, f'{q.STATE}=~"{_states(states)}"')
+    return f"{_by(level)}(sum_over_time({sel}[{window}]))"
+
+
+def error_ratio(config: Config, window: str, level: Level) -> str:
+    """Share of running samples not streaming; no series where nothing was running.
+
+    The denominator is the recorded running-sample count of the same window
+    (recorded first in the same group, so it is this evaluation's).
+    """
+    bad = samples(config, BAD, window, level)
+    return f"{bad} / ({running_name(level, window)} > 0)"
+
+
+def _level(level: Level) -> str:
+    return q.RUNNER if level == "runner" else "fleet"
+
+
+def record_name(level: Level, window: str) -> str:
+    """The recorded error ratio (the SLI's complement) of `level` over `window`."""
+    return f"{_level(level)}:{c.RUNNER_STATE.prom_name}:error_ratio{window}"
+
+
+def running_name(level: Level, window: str) -> str:
+    """The recorded count of samples that found the runner(s) running."""
+    return f"{_level(level)}:{c.RUNNER_STATE.prom_name}:running_samples{window}"
+
+
+def recording_names(config: Config) -> dict[str, str]:
+    """`<kind>_<level>_<window>` -> recorded series, e.g. "ratio_fleet_1h"."""
+    out = {}
+    for level in LEVELS:
+        for w in config.slo.windows:
+            out[f"running_{level}_{w}"] = running_name(level, w)
+            out[f"ratio_{level}_{w}"] = record_name(level, w)
+    return out
+
+
+def recording_rules(config: Config) -> list[dict[str, Any]]:
+    """Counts first, then the ratios that divide by them."""
+    counts = [
+        {"record": running_name(level, w), "expr": samples(config, ELIGIBLE, w, level)}
+        for level in LEVELS
+        for w in config.slo.windows
+    ]
+    ratios = [
+        {"record": record_name(level, w), "expr": error_ratio(config, w, level)}
+        for level in LEVELS
+        for w in config.slo.windows
+    ]
+    return counts + ratios
+
+
+def threshold(config: Config, factor: float) -> str:
+    """The error ratio a burn rate of `factor` means, as PromQL: `14.4 * (1 - 0.995)`."""
+    return f"{factor:g} * (1 - {config.slo.objective:g})"
+
+
+def threshold_value(config: Config, factor: float) -> float:
+    """The same number as Prometheus computes it (same float operations)."""
+    return factor * (1 - config.slo.objective)
+
+
+def budget_lasts(config: Config, factor: float) -> str:
+    """How long the whole period's budget lasts at this burn rate, in words."""
+    hours = parse_duration(config.slo.period) / factor / 3600
+    return f"{hours:.0f} hours" if hours < 48 else f"{hours / 24:.1f} days"
+
+
+@dataclass(frozen=True)
+class BurnAlert:
+    level: Level
+    window: BurnWindow
+
+    @property
+    def name(self) -> str:
+        return ALERT_NAMES[self.level]
+
+    def expr(self, config: Config) -> str:
+        b = self.window
+        t = threshold(config, b.factor)
+        long_, short = record_name(self.level, b.long), record_name(self.level, b.short)
+        history = running_name(self.level, b.long)
+        recent = running_name(self.level, b.short)
+        on = f" on ({q.RUNNER})" if self.level == "runner" else ""
+        return (
+            f"{long_} > {t} and{on} {short} > {t}"
+            f" and{on} {history} >= {config.slo.min_history:g} * {recent}"
+        )
+
+    @property
+    def labels(self) -> dict[str, str]:
+        b = self.window
+        return {"severity": b.severity, "long_window": b.long, "short_window": b.short}
+
+    def summary(self) -> str:
+        who = "A runner" if self.level == "runner" else "The runner fleet"
+        what = "paging" if self.window.severity == "critical" else "ticket"
+        return f"{who} is burning its stream availability error budget ({what} burn rate)."
+
+    def description(self, config: Config, value: str, runner: str = "") -> str:
+        b, slo = self.window, config.slo
+        who = (
+            f"Runner {runner} was not streaming {value} of its"
+            if self.level == "runner"
+            else f"The fleet's runners were not streaming {value} of their"
+        )
+        return (
+            f"{who} running time over the last {b.long} "
+            f"(and still over the last {b.short}): above {b.factor:g}x the error budget of a "
+            f"{slo.objective * 100:g}% objective, which would spend the whole {slo.period} budget "
+            f"in {budget_lasts(config, b.factor)}."
+        )
+
+    def annotations(self, config: Config) -> dict[str, str]:
+        value = "{{ $value | humanizePercentage }}"
+        return {
+            "summary": self.summary(),
+            "description": self.description(config, value, "{{ $labels." + q.RUNNER + " }}"),
+            "runbook_url": config.runbook_url(self.name),
+        }
+
+    def rendered(self, config: Config, value: float, runner: str = "") -> dict[str, str]:
+        """The annotations Prometheus renders for this value (Go's `%.4g%%` of value*100)."""
+        out = self.annotations(config)
+        out["description"] = self.description(config, f"{value * 100:.4g}%", runner)
+        return out
+
+    def rule(self, config: Config) -> dict[str, Any]:
+        return {
+            "alert": self.name,
+            "expr": self.expr(config),
+            "for": self.window.for_,
+            "labels": self.labels,
+            "annotations": self.annotations(config),
+        }
+
+
+def burn_alerts(config: Config) -> tuple[BurnAlert, ...]:
+    return tuple(BurnAlert(level, b) for level in LEVELS for b in config.slo.burn_windows)
+
+
+def alert_rules(config: Config) -> list[dict[str, Any]]:
+    return [a.rule(config) for a in burn_alerts(config)]
+
+
+def rule_file(config: Config) -> dict[str, Any]:
+    """One group: the ratios are recorded first, so the alerts read this evaluation's values."""
+    return {
+        "groups": [
+            {
+                "name": "pullwake-slo",
+                "interval": config.rule_evaluation_interval,
+                "rules": recording_rules(config) + alert_rules(config),
+            }
+        ]
+    }
+
+
+# --- dashboard expressions -----------------------------------------------------------
+def burn_rate(config: Config, level: Level, window: str) -> str:
+    return f"{record_name(level, window)} / (1 - {config.slo.objective:g})"
+
+
+def period_error_ratio(config: Config, level: Level = "fleet") -> str:
+    """Error ratio over the SLO period, averaged from the shortest recorded window.
+
+    Reading the raw state gauge over 28 days on every dashboard refresh would
+    be costly; the mean of the recorded short-window ratio is the usual
+    approximation (each evaluation weighs the same).
+    """
+    return f"avg_over_time({record_name(level, config.slo.windows[0])}[{config.slo.period}])"
+
+
+def budget_remaining(config: Config) -> str:
+    """1 = untouched, 0 = spent, negative = overspent."""
+    return f"1 - {period_error_ratio(config)} / (1 - {config.slo.objective:g})"
