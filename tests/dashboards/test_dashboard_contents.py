@@ -14,6 +14,7 @@ import pytest
 from pullwake.core import catalog as c
 from pullwake.core.protocol import RunnerState
 from pullwake.dashboards import queries as q
+from pullwake.dashboards import slo
 from pullwake.dashboards.config import DEFAULT
 from pullwake.dashboards.rules import alerts, recording_names, recording_rules
 from tests.dashboards.dashjson import load, panels, prom_targets
@@ -26,6 +27,11 @@ EXPECTED = {
     "fleet": [
         ("table", "Runners"),
         ("table", "Stream connected while heartbeats fail"),
+        ("stat", "Stream availability (SLO period)"),
+        ("stat", "Error budget remaining (SLO period)"),
+        ("table", "Runners burning their error budget fast"),
+        ("timeseries", "Stream availability SLI"),
+        ("timeseries", "Error budget burn rate"),
         ("timeseries", "Reconnect rate by reason"),
         ("timeseries", "Heartbeat failure rate by error type"),
         ("timeseries", "Wake latency p50 / p99"),
@@ -211,3 +217,26 @@ def test_runner_lists_show_only_linked_runner_ids(key: str, title: str) -> None:
     [value] = link["properties"][0]["value"]
     assert value["url"].startswith(f"/d/{DEFAULT.dashboard_uids.runner}?var-{q.RUNNER}=")
     assert p["fieldConfig"]["defaults"]["noValue"].startswith("none")
+
+
+def test_slo_panels_read_the_slo_recording_rules() -> None:
+    """SLI, budget and burn rates come from the rules the burn-rate alerts read."""
+    s = DEFAULT.slo
+    assert _exprs(_panel("fleet", "Stream availability SLI")) == [
+        f"1 - {slo.record_name('fleet', b.long)}" for b in s.burn_windows[:2]
+    ]
+    burn = _panel("fleet", "Error budget burn rate")
+    assert _exprs(burn) == [slo.burn_rate(DEFAULT, "fleet", b.long) for b in s.burn_windows]
+    assert [t["legendFormat"] for t in burn["targets"]] == [b.long for b in s.burn_windows]
+    steps = burn["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [st["value"] for st in steps[1:]] == sorted({b.factor for b in s.burn_windows})
+    [budget] = _exprs(_panel("fleet", "Error budget remaining (SLO period)"))
+    assert budget == slo.budget_remaining(DEFAULT)
+    assert f"[{s.period}]" in budget and slo.record_name("fleet", s.windows[0]) in budget
+    availability = _panel("fleet", "Stream availability (SLO period)")
+    assert availability["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    green = availability["fieldConfig"]["defaults"]["thresholds"]["steps"][-1]
+    assert green == {"color": "green", "value": s.objective}
+    burning = _panel("fleet", "Runners burning their error budget fast")
+    [expr] = _exprs(burning)
+    assert slo.record_name("runner", s.burn_windows[0].long) in expr and expr.endswith("> 1)")

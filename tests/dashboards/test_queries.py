@@ -38,6 +38,7 @@ EMPTY_WHEN_HEALTHY = {
     "Runners the server sees no stream for",  # the server-side mismatch only
     "Heartbeat failure rate by error type",  # no heartbeat fails
     "Backoff waits p50 / p99",  # only after a failure reconnect
+    "Runners burning their error budget fast",  # only runners over their error budget
     "Claim lease expiries",  # only when a claim is never completed
 }
 # ...of which these list exactly the faulty runners: asserted empty on a healthy one.
