@@ -28,7 +28,6 @@ from pullwake.server.ds.subscriptions import SubscriptionError
 from pullwake.server.errors import (
     UNKNOWN_ENTITY_TYPE,
     ApiError,
-    EmptyNotFound,
     bad_request,
     forbidden,
     json_response,
@@ -130,9 +129,10 @@ def _event(kind: str, key: str, value: dict[str, Any], txid: str | None = None) 
 async def create_entity_type(request: web.Request) -> web.Response:
     body = await bodies.with_schema(request, schema.ENTITY_TYPE)
     st = state_of(request)
-    name = body.get("name")
-    if not name:
-        raise bad_request("Entity type name is required")
+    for required in ("name", "description"):
+        if not body.get(required):
+            raise bad_request(f"Missing required field: {required}")
+    name = body["name"]
     if name.startswith("_"):
         raise bad_request('Entity type names starting with "_" are reserved')
     policy = body.get("default_dispatch_policy")
@@ -143,16 +143,18 @@ async def create_entity_type(request: web.Request) -> web.Response:
     return json_response(t.as_json(), status=201)
 
 
-def _url_or_404(request: web.Request) -> str:
+def _url_or_500(request: web.Request) -> str:
     url = entity_url(request.match_info["type"], request.match_info["instance_id"])
     if url is None:
-        raise EmptyNotFound()
+        # upstream: its entity middleware skips such URLs and the handler then
+        # throws ("existing entity middleware did not run"): a bare 500
+        raise RuntimeError(f"not an entity URL: {request.path}")
     return url
 
 
 async def spawn(request: web.Request) -> web.Response:
     st = state_of(request)
-    url = _url_or_404(request)
+    url = _url_or_500(request)
     type_name = request.match_info["type"]
     t = await st.registry.call(Registry.get_entity_type, type_name)
     if t is None:
@@ -175,7 +177,7 @@ async def spawn(request: web.Request) -> web.Response:
         updated_at=now,
     )
     if not await st.registry.call(Registry.create_entity, e):
-        raise ApiError(409, "DUPLICATE_URL", f"Entity already exists at URL {url}")
+        raise ApiError(409, "DUPLICATE_URL", f'Entity already exists at URL "{url}"')
     await st.ensure_stream(e.main_stream)
     created = _event(
         "entity_created",
@@ -196,7 +198,7 @@ async def spawn(request: web.Request) -> web.Response:
 
 async def _entity(request: web.Request) -> tuple[ServerState, Entity]:
     st = state_of(request)
-    url = _url_or_404(request)
+    url = _url_or_500(request)
     e = await st.registry.call(Registry.get_entity, url)
     if e is None:
         type_name = request.match_info["type"]

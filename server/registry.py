@@ -466,7 +466,7 @@ class Registry:
     def put_entity_type(
         self, name: str, description: str | None, policy: dict[str, Any] | None, now: int
     ) -> EntityType:
-        """Create, or a new revision of an existing type."""
+        """Create, or replace an existing type's fields as its next revision (as upstream)."""
         with self.tx() as db:
             db.execute(
                 "INSERT INTO entity_types (name, description, default_dispatch_policy, revision,"

@@ -230,8 +230,14 @@ async def electric_health(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+async def preflight(request: web.Request) -> web.Response:
+    """CORS preflight on any `/_electric` path: 204 (the CORS headers are added app-wide)."""
+    return web.Response(status=204)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/_electric/health", electric_health)
+    app.router.add_route("OPTIONS", "/_electric/{tail:.*}", preflight)
     p = PREFIX
     for root in (p, p + "/"):
         app.router.add_post(root, register)

@@ -194,6 +194,49 @@ def script(c: Conversation) -> None:
         "/_electric/runners",
         {"id": "k", "label": "x", "sandbox_profiles": [{"name": 1}]},
     )
+    c.call("register empty id", "POST", "/_electric/runners", {"id": "", "label": "x"})
+    c.call("register id with slash", "POST", "/_electric/runners", {"id": f"a/b{t}", "label": "x"})
+    c.call("register id with @", "POST", "/_electric/runners", {"id": f"al@{t}", "label": "x"})
+    c.call("get encoded id", "GET", f"/_electric/runners/al%40{t}")
+    c.call("wake stream encoded id", "GET", f"/runners/al%40{t}/wake?offset=-1")
+    c.call("wake stream raw id", "GET", f"/runners/al@{t}/wake?offset=-1")
+    c.call("get id with slash", "GET", f"/_electric/runners/a/b{t}")
+    c.call(
+        "custom wake_stream",
+        "POST",
+        "/_electric/runners",
+        {"id": f"c{t}", "label": "x", "wake_stream": f"/custom/{t}"},
+    )
+    c.call(
+        "duplicate wake_stream",
+        "POST",
+        "/_electric/runners",
+        {"id": f"d{t}", "label": "x", "wake_stream": f"/custom/{t}"},
+    )
+    c.call(
+        "register owner empty",
+        "POST",
+        "/_electric/runners",
+        {"id": f"e{t}", "label": "x", "owner_principal": ""},
+    )
+    c.call("health route", "GET", "/_electric/health")
+    c.call(
+        "preflight", "OPTIONS", "/_electric/runners", keep_headers=("access-control-allow-methods",)
+    )
+    c.call("entity type no description", "POST", "/_electric/entity-types", {"name": f"ty{t}"})
+    c.call("entity type no name", "POST", "/_electric/entity-types", {"description": "x"})
+    c.call("entity type", "POST", "/_electric/entity-types", {"name": f"ty{t}", "description": "a"})
+    c.call(
+        "entity type again",
+        "POST",
+        "/_electric/entity-types",
+        {"name": f"ty{t}", "description": "b"},
+    )
+    c.call("spawn without policy", "PUT", f"/_electric/entities/ty{t}/x1", {})
+    c.call("spawn duplicate", "PUT", f"/_electric/entities/ty{t}/x1", {})
+    c.call("send without policy", "POST", f"/_electric/entities/ty{t}/x1/send", {"payload": 1})
+    c.call("spawn reserved type", "PUT", "/_electric/entities/_ty/x1", {})
+    c.call("list with trailing slash", "GET", "/_electric/runners/", principal=bob)
     c.call("list as bob", "GET", "/_electric/runners", principal=bob)
     c.call("list other owner", "GET", "/_electric/runners?owner_principal=" + bob)
     c.call("list bad owner", "GET", "/_electric/runners?owner_principal=bob")
