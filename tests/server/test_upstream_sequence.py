@@ -3,10 +3,11 @@
 `data/upstream_sequence.json` was recorded from the REAL agents-server 0.6.4
 (electric-sql/electric @ dc07a1e6, embedded @durable-streams/server 0.3.7,
 run with `interop/upstream.py server`) by `tests/server/upstream_sequence.py`:
-135 requests covering registration (odd ids, custom and duplicate wake streams), principals, heartbeats, health, entity
-types/spawn/send/signal, wake stream reads, claims and every wake-callback
-variant.  Volatile values (times, ids, tokens, the port, entity stream
-offsets whose bytes differ with the entity events) are normalized away;
+135 requests covering registration (odd ids, custom and duplicate wake
+streams), principals, heartbeats, health, entity types/spawn/send/signal,
+wake stream reads, claims and every wake-callback variant.  Volatile values
+(times, ids, tokens, the port, entity stream offsets whose bytes differ with
+the entity events) are normalized away;
 everything else - statuses, content types, error codes and messages, Ajv
 details, field names and order, wake events and wake-stream offsets - must
 be identical.
