@@ -61,7 +61,10 @@ class TcpKeepalive:
     idle_s: int = 5
     interval_s: int = 1
     count: int = 3
-    user_timeout_ms: int = 10_000
+    # = idle + interval x count: with TCP_USER_TIMEOUT set, Linux gives up on keepalive
+    # only once this long passed without an ACK (it overrides `count`), so a larger
+    # value would stretch the bound above
+    user_timeout_ms: int = 8_000
 
 
 @dataclass(frozen=True)

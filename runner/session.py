@@ -277,7 +277,20 @@ class Session:
                     + (", no tail probe answered" if self.probe is not None else ""),
                 )
 
+    def _went_back(self, next_offset: str) -> None:
+        """A server whose stream answers an offset *before* ours recreated the stream
+        (a fresh database): ours belongs to an earlier incarnation.  Ended as a 410
+        (the runner then reads from the start; old wakes come back as cheap 409/204
+        claims), never resumed there: an unclaimed wake is never announced again."""
+        if ahead(self.offset, next_offset):
+            self._end(
+                EndReason.HTTP_ERROR,
+                f"stream went back from {self.offset} to {next_offset} (recreated)",
+                410,
+            )
+
     def _control(self, ctl: Control) -> None:
+        self._went_back(ctl.next_offset)
         self.offset, self.cursor = ctl.next_offset, ctl.cursor
         self._hooks.offset(ctl.next_offset)
         if ctl.closed:
@@ -346,6 +359,7 @@ class Session:
         next_offset = headers.get(H_NEXT_OFFSET)
         if not next_offset:
             self._end(EndReason.PROTOCOL_ERROR, f"no {H_NEXT_OFFSET} header")
+        self._went_back(next_offset)
         self.offset = next_offset
         self.cursor = headers.get(H_CURSOR, self.cursor)
         self._hooks.offset(next_offset)

@@ -32,15 +32,30 @@ def unix(iso_text: str) -> float:
 
 
 class Handled:
-    """The handler's log: one wake id per line, appended by each handler run."""
+    """The handler's log: one line per handler run, `<entity url> <claim offset>`.
+
+    `publish` sends each message to a fresh entity (its own subscription), so an
+    entity URL names one published message: handled once = one run for it."""
 
     def __init__(self, tmp: Path, name: str = "handled") -> None:
         self.path = tmp / f"{name}.txt"
         self.path.touch()
-        self.command = f'cat >/dev/null; echo "$PULLWAKE_WAKE_ID" >> {shlex.quote(str(self.path))}'
+        self.command = (
+            'cat >/dev/null; echo "$PULLWAKE_ENTITY_URL $PULLWAKE_STREAM_OFFSET"'
+            f" >> {shlex.quote(str(self.path))}"
+        )
+
+    def runs(self) -> list[tuple[str, str]]:
+        out = []
+        for line in self.path.read_text().splitlines():
+            entity, _, offset = line.partition(" ")
+            if entity:
+                out.append((entity, offset))
+        return out
 
     def ids(self) -> list[str]:
-        return [line for line in self.path.read_text().splitlines() if line]
+        """The entity of each handler run, in order."""
+        return [entity for entity, _ in self.runs()]
 
     def wait_for(self, wake_ids: list[str], timeout: float) -> None:
         wait_until(
@@ -84,7 +99,15 @@ def wait_streaming(r: RunnerProcess, timeout: float = 15.0) -> dict[str, Any]:
 
 
 def publish(server: ServerProcess, runner_id: str, n: int = 1) -> list[str]:
-    return [server.publish(runner_id)["wake_id"] for _ in range(n)]
+    """`n` messages, each to a fresh entity targeting the runner: their entity URLs."""
+    return [server.publish(runner_id)["entity"] for _ in range(n)]
+
+
+def wake_tail(server: ServerProcess, runner_id: str) -> str:
+    """The wake stream's tail offset (what a runner that read everything is at)."""
+    status, headers, _ = server.api("GET", f"/runners/{runner_id}/wake?offset=now")
+    assert status == 200, status
+    return {k.lower(): v for k, v in headers.items()}["stream-next-offset"]
 
 
 class Outage:

@@ -17,8 +17,8 @@ async def test_in_process_runner_with_an_async_handler(tmp_path: Path) -> None:
     try:
         got: list[str] = []
 
-        async def handle(wake: dict[str, Any]) -> None:
-            got.append(wake["wake_id"])
+        async def handle(claim: dict[str, Any]) -> None:
+            got.append(claim["entity"]["url"])  # the claim notification, as upstream
 
         obs = RecordingObserver()
         r = Runner(
@@ -27,7 +27,8 @@ async def test_in_process_runner_with_an_async_handler(tmp_path: Path) -> None:
         )  # fmt: skip
         task = asyncio.create_task(r.run())
         await until(lambda: r.phase is RunnerState.STREAMING, 15)
-        wakes = [(await asyncio.to_thread(server.publish, "embedded"))["wake_id"] for _ in range(3)]
+        # each publish: a message to a fresh entity targeting the runner (its own wake)
+        wakes = [(await asyncio.to_thread(server.publish, "embedded"))["entity"] for _ in range(3)]
         await until(lambda: sorted(got) == sorted(wakes) and r.committed_offset != "-1", 10)
         snap = r.snapshot()
         assert snap.state is RunnerState.STREAMING and snap.stream_connected

@@ -21,6 +21,7 @@ from tests.runner.harness import (
     unix,
     wait_state,
     wait_streaming,
+    wake_tail,
 )
 from tests.support.procs import (
     RunnerProcess,
@@ -50,19 +51,18 @@ def test_wakes_are_handled_once_and_the_offset_survives_a_restart(
     r = start_runner(tmp_path, server.url, "r1", handled, "--offset-file", str(offset_file))
     with running(r):
         wait_streaming(r)
-        live = publish(server, "r1", 4)
-        last = server.publish("r1")  # its offset is the stream's tail
-        live.append(last["wake_id"])
+        live = publish(server, "r1", 5)
+        tail = wake_tail(server, "r1")  # one wake event per message (fresh entities)
         handled.wait_for(before + live, 10)
         # handled is not yet committed (complete, then the commit): wait for the
         # commit to reach the tail, not merely to catch up with what was read so far
         s = wait_state(
             r,
-            lambda s: s["committed_offset"] == s["read_offset"] == last["offset"],
+            lambda s: s["committed_offset"] == s["read_offset"] == tail,
             5,
             "offset committed up to the last wake",
         )
-        assert offset_file.read_text().strip() == last["offset"]
+        assert offset_file.read_text().strip() == tail
         d = s["diagnostics"]
         assert d["events_received"] == 8 and d["claims_succeeded"] == 8
         assert d["last_claim_result"] == "claimed" and d["reconnect_count"] == 0
@@ -75,7 +75,7 @@ def test_wakes_are_handled_once_and_the_offset_survives_a_restart(
         wait_until(server_saw_all, 5, what="a heartbeat carrying events_received 8")
         assert r.stop(signal.SIGTERM) == 0
     committed = offset_file.read_text().strip()
-    assert committed == last["offset"]
+    assert committed == tail
 
     after = publish(server, "r1", 2)  # while the runner is down
     r2 = start_runner(tmp_path, server.url, "r1", handled, "--offset-file", str(offset_file))
@@ -91,29 +91,35 @@ def test_an_offset_the_server_no_longer_has_means_reading_what_it_retains(
     tmp_path: Path,
 ) -> None:
     """The server comes back on a fresh database: the runner's saved offset belongs to
-    an earlier incarnation of its stream (410).  Resuming there can never work; the
-    runner reads the new stream from its start instead of backing off forever."""
+    an earlier incarnation of its wake stream, which now answers a tail *before* it.
+    Resuming there would skip wakes (and an unclaimed wake is never announced again);
+    the runner ends that session as a 410 and reads the new stream from its start.
+    (A recreated stream already longer than the saved offset cannot be told apart by
+    offsets alone: delete the offset file with the database.)"""
     handled = Handled(tmp_path)
     offset_file = tmp_path / "offset"
     first = ServerProcess(tmp_path, keepalive=0.5, db=tmp_path / "one.db").start()
     with running(first):
         first.register("r1")
-        early = publish(first, "r1")
+        early = publish(first, "r1", 2)
         r = start_runner(tmp_path, first.url, "r1", handled, "--offset-file", str(offset_file))
         with running(r):
             handled.wait_for(early, 10)
-            wait_until(lambda: offset_file.read_text().strip() != "-1", 5, what="a commit")
+            tail = wake_tail(first, "r1")
+            wait_until(lambda: offset_file.read_text().strip() == tail, 5, what="a commit")
     second = ServerProcess(tmp_path, port=first.port, db=tmp_path / "two.db", keepalive=0.5)
     with running(second.start()):
         second.register("r1")
-        late = publish(second, "r1", 2)
         r2 = start_runner(tmp_path, second.url, "r1", handled, "--offset-file", str(offset_file))
         with running(r2):
+            wait_state(r2, lambda s: s["reconnects"], 10, "the stale offset noticed")
+            wait_streaming(r2)
+            late = publish(second, "r1", 3)
             handled.wait_for(late, 15)
             handled.assert_exactly_once(early + late)
             s = r2.status()
-            assert [e["reason"] for e in s["reconnects"]] == ["http_error"]  # the 410, once
-            assert "410" in s["diagnostics"]["last_error"]
+            assert [e["reason"] for e in s["reconnects"]] == ["http_error"]  # once
+            assert "went back" in s["diagnostics"]["last_error"]
 
 
 def test_wakes_for_a_disabled_runner_wait_for_it_to_be_enabled(
@@ -126,12 +132,11 @@ def test_wakes_for_a_disabled_runner_wait_for_it_to_be_enabled(
     with running(r):
         wait_streaming(r)
         assert server.api("POST", "/_electric/runners/r1/disable")[0] == 200
-        published = [server.publish("r1") for _ in range(2)]
-        tail = published[-1]["offset"]
+        wakes = publish(server, "r1", 2)
+        tail = wake_tail(server, "r1")
         s = wait_state(r, lambda s: s["read_offset"] == tail, 10, "the wakes read")
         assert s["committed_offset"] < tail and handled.ids() == []
         assert server.api("POST", "/_electric/runners/r1/enable")[0] == 200
-        wakes = [p["wake_id"] for p in published]
         handled.wait_for(wakes, 15)  # claim retries back off to at most 5 s
         handled.assert_exactly_once(wakes)
         wait_state(r, lambda s: s["committed_offset"] == tail, 5, "committed past them now")
@@ -140,12 +145,12 @@ def test_wakes_for_a_disabled_runner_wait_for_it_to_be_enabled(
 def test_failed_handler_leaves_the_claim_to_expire_and_the_wake_comes_again(
     tmp_path: Path,
 ) -> None:
-    server = ServerProcess(tmp_path, keepalive=0.5, extra=["--claim-lease", "1"]).start()
+    server = ServerProcess(tmp_path, keepalive=0.5, extra=["--claim-lease-ms", "1000"]).start()
     marker = tmp_path / "failed-once"
     log = tmp_path / "handled.txt"
     cmd = (
         f"cat >/dev/null; if [ ! -e {marker} ]; then touch {marker}; exit 3; fi; "
-        f'echo "$PULLWAKE_WAKE_ID" >> {log}'
+        f'echo "$PULLWAKE_ENTITY_URL" >> {log}'
     )
     r = RunnerProcess(
         tmp_path, server.url, "r1", extra=["--heartbeat-interval", "1", "--handler", cmd]
@@ -168,12 +173,12 @@ def test_a_hung_handler_is_killed_at_its_timeout_and_the_wake_comes_again(
 ) -> None:
     """`--handler-timeout 1`: the first run hangs in a real `sleep`; it is killed with
     its process group, the claim expires and the redelivered wake is handled."""
-    server = ServerProcess(tmp_path, keepalive=0.5, extra=["--claim-lease", "1"]).start()
+    server = ServerProcess(tmp_path, keepalive=0.5, extra=["--claim-lease-ms", "1000"]).start()
     pidfile = tmp_path / "sleep.pid"
     log = tmp_path / "handled.txt"
     cmd = (
         f"cat >/dev/null; if [ ! -e {pidfile} ]; then sleep 60 & echo $! > {pidfile}; wait; fi; "
-        f'echo "$PULLWAKE_WAKE_ID" >> {log}'
+        f'echo "$PULLWAKE_ENTITY_URL" >> {log}'
     )
     r = RunnerProcess(
         tmp_path,
@@ -207,12 +212,12 @@ def test_a_runner_killed_mid_handler_gets_the_wake_again_after_restart(tmp_path:
     committed.  The restarted runner reads it again and gets 409 (the dead runner's
     claim is still live); when that lease runs out the server announces it again and
     this time it must be handled, not dropped as a duplicate of the 409."""
-    server = ServerProcess(tmp_path, keepalive=0.5, extra=["--claim-lease", "2"]).start()
+    server = ServerProcess(tmp_path, keepalive=0.5, extra=["--claim-lease-ms", "2000"]).start()
     started = tmp_path / "started"
     log = tmp_path / "handled.txt"
     cmd = (
         f"cat >/dev/null; if [ ! -e {started} ]; then echo $$ > {started}; exec sleep 60; fi; "
-        f'echo "$PULLWAKE_WAKE_ID" >> {log}'
+        f'echo "$PULLWAKE_ENTITY_URL" >> {log}'
     )
     offset_file = tmp_path / "offset"
     extra = ["--heartbeat-interval", "1", "--handler", cmd, "--offset-file", str(offset_file)]
@@ -223,12 +228,12 @@ def test_a_runner_killed_mid_handler_gets_the_wake_again_after_restart(tmp_path:
             server.register("r1")
             r.start()
             wait_streaming(r)
-            published = server.publish("r1")
-            wake = published["wake_id"]
+            wake = server.publish("r1")["entity"]
+            tail = wake_tail(server, "r1")
             wait_until(lambda: started.exists() and started.read_text().strip(), 10, what="handler")
             r.signal(signal.SIGKILL)
             r.wait(10)
-            assert offset_file.read_text().strip() < published["offset"]  # not committed
+            assert offset_file.read_text().strip() < tail  # not committed
             r2.start()
             wait_until(lambda: log.exists() and log.read_text().split() == [wake], 20, what="wake")
             s = r2.status()

@@ -54,9 +54,11 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     s.stop()
 
 
-# A short claim lease: a claim the dying server recorded but never answered is
-# re-announced within the test (the runner must then handle it, not drop it).
-LEASE = ["--claim-lease", "3"]
+# A claim lease longer than the outage, so a handled claim's completion (retried
+# while its lease may hold) gets through to the restarted server; short enough that a
+# claim the dying server recorded but never answered is re-announced within the test
+# (the runner must then handle it, not drop it).
+LEASE = ["--claim-lease-ms", "8000"]
 
 
 @pytest.mark.parametrize(
@@ -89,7 +91,7 @@ def test_server_death_and_restart_on_the_same_db(tmp_path: Path, sig: signal.Sig
             early = publish(restarted, "r1", 2)  # most likely before the runner is back
             outage.wait_recovered(healed_at)
             later = publish(restarted, "r1", 3)
-            handled.wait_for(in_flight + early + later, 15)
+            handled.wait_for(in_flight + early + later, 25)
             handled.assert_exactly_once(first + in_flight + early + later)
 
 
@@ -115,7 +117,7 @@ def test_server_frozen_sigstop_then_sigcont(tmp_path: Path, server: ServerProces
         outage.wait_recovered(healed_at)
         thawed = [w for f in during for w in f.result(10)]
         later = publish(server, "r1", 2)
-        handled.wait_for(in_flight + thawed + later, 15)
+        handled.wait_for(in_flight + thawed + later, 25)
         handled.assert_exactly_once(in_flight + thawed + later)
         assert s["diagnostics"]["last_reconnect_reason"] == "idle_timeout"
 
