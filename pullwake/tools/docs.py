@@ -159,7 +159,10 @@ def _run_metrics(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CLIError(f"cannot read {path}: {exc.strerror or exc}") from None
         if current != text:
-            raise CLIError(f"{path} is stale: run `pullwake docs metrics` and commit it")
+            again = "pullwake docs metrics" + (
+                "" if path == DEFAULT_OUTPUT else f" --output {path}"
+            )
+            raise CLIError(f"{path} is stale: run `{again}` and commit it")
         print(f"{path} is up to date")
         return 0
     try:
