@@ -415,3 +415,46 @@ def test_long_poll_mode_delivers_and_notices_a_kill(tmp_path: Path, server: Serv
         s = wait_state(r, lambda s: s["state"] != "running.streaming", 5, "left streaming")
         assert s["live_mode"] == "long-poll"
         assert s["diagnostics"]["stream_connected"] is False
+
+
+def test_a_burst_to_one_entity_while_its_handler_runs_is_handled_exactly_once(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """Messages sent to an entity whose claim is held make no wake event (the server
+    coalesces them); the done ack leaves them pending, the next generation is
+    announced at once and one more claim covers them all.  Handler runs of that
+    entity: offsets strictly increasing (no range handled twice), the last one at the
+    last message, every message inside exactly one run's range; no claim left over."""
+    gate = tmp_path / "gate"
+    log = tmp_path / "runs.txt"
+    cmd = (
+        f'cat >/dev/null; echo "$PULLWAKE_ENTITY_URL $PULLWAKE_STREAM_OFFSET" >> {log}; '
+        f"while [ ! -e {gate} ]; do sleep 0.05; done"
+    )
+    r = RunnerProcess(tmp_path, server.url, "r1", extra=["--heartbeat-interval", "1",
+                                                         "--handler", cmd])  # fmt: skip
+    entity = "/burst/e1"
+    with running(r):
+        r.start()
+        wait_streaming(r)
+        offsets = [server.publish("r1", entity=entity)["offset"]]
+        wait_until(lambda: log.exists() and log.read_text().strip(), 10, what="the first run")
+        offsets += [server.publish("r1", {"n": i}, entity=entity)["offset"] for i in range(20)]
+        gate.touch()
+        wait_until(
+            lambda: log.read_text().split()[-1:] == [offsets[-1]], 20, what="a run up to the last"
+        )
+        runs = [line.split() for line in log.read_text().splitlines()]
+        ends = [off for ent, off in runs if ent == entity]
+        assert ends == sorted(set(ends)), ends  # strictly increasing: nothing twice
+        starts = ["-1", *ends[:-1]]
+        for m in offsets:  # each message in exactly one run's (start, end] range
+            inside = [e for s, e in zip(starts, ends, strict=True) if s < m <= e]
+            assert len(inside) == 1, (m, runs)
+        assert 2 <= len(ends) <= 3  # the first run, then one (rarely two) for the burst
+
+        def settled() -> dict[str, Any] | None:
+            code, _, h = server.api("GET", "/_electric/runners/r1/health")
+            return h if code == 200 and h["claims"]["active_count"] == 0 else None
+
+        wait_until(settled, 10, what="no claim left active")
