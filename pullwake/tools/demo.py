@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,24 +184,33 @@ def _http(method: str, url: str, body: Any = None, timeout: float = 2.0) -> tupl
 
 
 class Publisher(threading.Thread):
-    """Posts one wake every `interval` seconds; counts what the server acknowledged."""
+    """Sends one message every `interval` seconds, as `pullwake publish` does (a fresh
+    entity targeting the runner, so each message makes its own wake); counts what
+    the server acknowledged."""
 
     def __init__(self, server: str, runner_id: str, interval: float) -> None:
+        from pullwake.server.publish import Publisher as EntityPublisher
+
         super().__init__(name="demo-publisher", daemon=True)
-        self.url = f"{server}{RUNNERS_PREFIX}/{runner_id}/wakes"
+        self.client = EntityPublisher(server, principal=DEV_PRINCIPAL, timeout=2.0)
+        self.runner_id = runner_id
         self.interval = interval
         self.published = 0
         self.failed = 0
         self._halt = threading.Event()
 
     def run(self) -> None:
+        from pullwake.server.publish import PublishError
+
         while not self._halt.wait(self.interval):
+            entity = f"/pullwake/demo-{uuid.uuid4().hex[:12]}"
             try:
-                status, _ = _http("POST", self.url, {"seq": self.published + 1, "from": "demo"})
-                if status == 201:
-                    self.published += 1
-                    continue
-            except (OSError, ValueError):
+                self.client.send(
+                    self.runner_id, entity, {"seq": self.published + 1, "from": "demo"}
+                )
+                self.published += 1
+                continue
+            except (PublishError, OSError, ValueError):
                 pass
             self.failed += 1  # the server is down (chaos): the next tick tries again
 
