@@ -106,7 +106,7 @@ def test_trickle_publishes_rounds_and_survives_failures(tmp_path: Path) -> None:
             "3",
         )
         assert proc.returncode == 0, proc.stderr
-        published = [ln for ln in proc.stdout.splitlines() if '"wake_id"' in ln]
+        published = [ln for ln in proc.stdout.splitlines() if '"txid"' in ln]
         assert len(published) == 3
         failures = proc.stderr.strip().splitlines()
         assert len(failures) == 3 and all(f.startswith("trickle: r-missing:") for f in failures)
