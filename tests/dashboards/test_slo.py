@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pullwake.core import catalog
 from pullwake.core.protocol import RunnerState
 from pullwake.dashboards import slo, slotests
 from pullwake.dashboards.config import DEFAULT, BurnWindow, Config, Slo, parse_duration
@@ -27,6 +28,7 @@ from tests.dashboards.promstack import write_deploy
 from tests.support.prometheus import PROMTOOL, needs_prometheus
 from tests.support.repo import DEPLOY
 
+RS = catalog.RUNNER_STATE.prom_name
 RULES = DEPLOY / "prometheus/rules"
 TESTS = DEPLOY / "prometheus/tests/pullwake-slo.test.yml"
 CASES = {c.name: c for c in slotests.cases(DEFAULT)}
@@ -75,8 +77,8 @@ def test_one_recording_rule_per_window_and_level() -> None:
     records = [r["record"] for r in slo.recording_rules(DEFAULT)]
     for level in ("runner_id", "fleet"):
         for w in DEFAULT.slo.windows:
-            assert f"{level}:pullwake_runner_state:error_ratio{w}" in records
-            assert f"{level}:pullwake_runner_state:running_samples{w}" in records
+            assert f"{level}:{RS}:error_ratio{w}" in records
+            assert f"{level}:{RS}:running_samples{w}" in records
     assert len(records) == len(set(records)) == 4 * len(DEFAULT.slo.windows)
     # Counts come before the ratios that divide by them (same group, same evaluation).
     first_ratio = next(i for i, r in enumerate(records) if ":error_ratio" in r)
@@ -90,10 +92,10 @@ def test_burn_alert_labels_and_expression() -> None:
     assert page["alert"] == "PullWakeRunnerStreamBudgetBurn"
     assert page["labels"] == {"severity": "critical", "long_window": "1h", "short_window": "5m"}
     assert page["expr"] == (
-        "runner_id:pullwake_runner_state:error_ratio1h > 14.4 * (1 - 0.995)"
-        " and on (runner_id) runner_id:pullwake_runner_state:error_ratio5m > 14.4 * (1 - 0.995)"
-        " and on (runner_id) runner_id:pullwake_runner_state:running_samples1h"
-        " >= 2 * runner_id:pullwake_runner_state:running_samples5m"
+        f"runner_id:{RS}:error_ratio1h > 14.4 * (1 - 0.995)"
+        f" and on (runner_id) runner_id:{RS}:error_ratio5m > 14.4 * (1 - 0.995)"
+        f" and on (runner_id) runner_id:{RS}:running_samples1h"
+        f" >= 2 * runner_id:{RS}:running_samples5m"
     )
     assert "47 hours" in page["annotations"]["description"]
 
@@ -239,12 +241,9 @@ def test_promtool_runs_the_slo_cases() -> None:
 
 BAD_SELECTOR = 'running\\\\.connecting|running\\\\.reconnecting"'
 MIN_HISTORY = (
-    " and on (runner_id) runner_id:pullwake_runner_state:running_samples1h"
-    " >= 2 * runner_id:pullwake_runner_state:running_samples5m"
+    f" and on (runner_id) runner_id:{RS}:running_samples1h >= 2 * runner_id:{RS}:running_samples5m"
 )
-SHORT_WINDOW = (
-    " and on (runner_id) runner_id:pullwake_runner_state:error_ratio5m > 14.4 * (1 - 0.995)"
-)
+SHORT_WINDOW = f" and on (runner_id) runner_id:{RS}:error_ratio5m > 14.4 * (1 - 0.995)"
 
 
 @pytest.mark.parametrize(
