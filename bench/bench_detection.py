@@ -11,12 +11,14 @@ handled).  "-" means not detected within the cap: the runner lied.
     .venv/bin/python bench/bench_detection.py [--cap 15] [--heartbeat-interval 2]
         [--chart bench/results/detection.png]
 
-Besides the table it draws the figures (medians) as a chart, PNG and SVG.
+Besides the table it draws the figures (medians) as a chart, PNG and SVG, and
+keeps them as JSON beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -208,7 +210,9 @@ def main() -> int:
             f"{args.heartbeat_interval:g}s, keepalive {args.keepalive:g}s, median of {args.repeat})"
         )
         draw_detection_chart(results, args.cap, title, args.chart, args.chart.with_suffix(".svg"))
-        print(f"chart: {args.chart} (+ .svg)")
+        data = {"title": title, "cap": args.cap, "results": results}
+        args.chart.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+        print(f"chart: {args.chart} (+ .svg, and the figures in .json)")
     return 0
 
 

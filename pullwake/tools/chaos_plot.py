@@ -368,7 +368,13 @@ def draw_detection_chart(
         figsize=(w_px / DPI, h_px / DPI),
         dpi=DPI,
         sharey=True,
-        gridspec_kw={"left": 0.12, "right": 0.98, "top": 0.86, "bottom": 0.2, "wspace": 0.05},
+        gridspec_kw={
+            "left": 0.12,
+            "right": 0.98,
+            "top": 1 - 0.65 / (h_px / DPI),
+            "bottom": 0.95 / (h_px / DPI),
+            "wspace": 0.05,
+        },
     )
     bar_h = 0.8 / max(1, len(profiles))
     for ax, key, name in zip(
