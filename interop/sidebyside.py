@@ -6,8 +6,8 @@ runner (the unmodified upstream runner | `pullwake run`) it runs one scenario:
 
 1. burst: one message to each of --entities entities at once; while the first entity's handler
    runs, --extra more messages to it and one more to every other entity;
-2. kill -9 of the server while a handler runs (a claim in flight), restart on the same port and
-   data, then a message;
+2. kill -9 of the server while a handler runs (a claim in flight) and one more message for that
+   entity waits behind it, restart on the same port and data, then a message to that entity;
 3. SIGSTOP of the server for --stop-seconds (a message sent meanwhile waits in the kernel's
    socket queue), SIGCONT, then a message;
 4. settle: wait until every message was handled, at most --settle-seconds (lease expiries are
@@ -493,6 +493,8 @@ class Scenario:
         self.send(target, "before-kill")
         if not wait_until(lambda: self.handler_started_for(target, t0), 15):
             self.result.notes.append("kill: the pre-kill message was not being handled")
+        # Work that arrives while the claim is in flight waits for the claim's end: pending.
+        self.send(target, "pending-at-kill")
         fault = Fault(kind="kill -9", at_ms=now_ms())
         log(f"  kill -9 server pid {self.server.pid} (a handler of {target} running)")
         os.kill(self.server.pid, signal.SIGKILL)
@@ -504,7 +506,8 @@ class Scenario:
         self.server.restart()
         fault.back_ms = now_ms()
         self.result.faults.append(fault)
-        self.after_fault(fault, self.entities[2 % len(self.entities)], "after-kill")
+        # To the same entity: whether the work that was pending at the kill comes back with it.
+        self.after_fault(fault, target, "after-kill")
 
     def sigstop(self) -> None:
         fault = Fault(kind="SIGSTOP", at_ms=now_ms())
