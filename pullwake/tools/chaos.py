@@ -48,6 +48,7 @@ FAULTS: dict[str, str] = {
     "burst": "burst during handler",
 }
 QUICK_FAULTS = ("kill9", "half_open")
+ALERT_SETTLE_S = 10.0  # scrape + evaluation + poll lag for an alert to resolve
 QUICK_PROFILES = ("default", "legacy")
 PRINCIPAL = ("electric-principal", "system:dev-local")
 
@@ -688,9 +689,16 @@ class Chaos:
         return bool(totals["lost"] == 0)
 
     def _drain(self) -> None:
+        """Late messages get handled; with Prometheus, alerts get the time to resolve."""
         self.loop.stop()
-        say(f"{self.elapsed()} draining: waiting up to {self.s.drain_cap:g}s for late messages")
-        self.wait_for(self._all_handled, self.s.drain_cap, step=0.25)
+        cap = self.s.drain_cap + (ALERT_SETTLE_S if self.alerts is not None else 0.0)
+        say(f"{self.elapsed()} draining: up to {cap:g}s for late messages and alerts to settle")
+
+        def settled() -> bool:
+            quiet = self.alerts is None or self.alerts.active == 0
+            return quiet and self._all_handled()
+
+        self.wait_for(settled, cap, step=0.25)
 
     def _verdict(self, fault: str) -> str:
         from pullwake.tools.chaos_summary import summarize

@@ -85,6 +85,7 @@ class AlertWatch(threading.Thread):
         self.targets, self.prometheus, self.alertmanager = targets, prometheus, alertmanager
         self.prom_port, self.am_port = ports
         self._halt = threading.Event()
+        self.active = 0  # alerts pending or firing at the last poll
 
     def __repr__(self) -> str:
         return f"<AlertWatch prometheus=127.0.0.1:{self.prom_port}>"
@@ -182,6 +183,7 @@ class AlertWatch(threading.Thread):
             if alerts is None:
                 continue
             view, changes = alert_changes(view, alerts)
+            self.active = len(view)
             for name, runner, state, t in changes:
                 self.log.emit("alert", t, alert=name, runner=runner or None, state=state)
 

@@ -325,3 +325,52 @@ def _children_of(pid: int) -> set[int]:
         except (OSError, IndexError, ValueError):
             continue
     return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="prometheus not installed (Debian `prometheus`)"
+)
+def test_the_legacy_lie_fires_its_alert_in_a_real_prometheus(tmp_path: Path) -> None:
+    """The project's own rules (for: scaled 1/20) against the runner's /metrics: while the
+    legacy runner says streaming and its heartbeats fail, the seed's alert goes pending,
+    then firing, then resolves after the heal - and the report says when."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pullwake",
+            "chaos",
+            "--out",
+            str(out),
+            "--quick",
+            "--alerts",
+            "on",
+            "--faults",
+            "sigstop",
+            "--profiles",
+            "legacy",
+            "--outage",
+            "7",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(summarize(read_events(out / "events.jsonl"))))
+    seed = [
+        a
+        for a in summary["alerts"]
+        if a["alert"] == "PullWakeStreamConnectedWhileHeartbeatsFailing"
+        and a["runner"] == "chaos-legacy"
+    ]
+    assert seed, summary["alerts"]
+    fault = summary["faults"][0]
+    assert fault["start"] <= seed[0]["pending_at"] <= seed[0]["firing_at"] <= fault["end"]
+    assert seed[0]["resolved_at"] is not None and seed[0]["resolved_at"] > fault["heal"]
+    fired = fault["rows"]["chaos-legacy"]["alerts_fired"]
+    assert "PullWakeStreamConnectedWhileHeartbeatsFailing" in [a["alert"] for a in fired]
+    assert "StreamConnectedWhileHeartbeatsFailing" in (out / "report.html").read_text()
