@@ -7,7 +7,8 @@ which ours always is; `pullwake server --no-dev-principal` turns it off),
 else 401 `Missing Electric-Principal` on every path.  Optionally (ours, off
 unless PULLWAKE_AUTH_TOKEN is set) every request must also carry a bearer
 token; `/healthz`, `/metrics` and the wake callbacks (which carry the claim
-token in `Authorization`) are exempt.
+token in `Authorization`) are exempt.  `/v1/stream/...` (the DS origin, a
+separate server upstream) needs no principal.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ PRINCIPAL_KEY: web.RequestKey[pr.Principal] = web.RequestKey("pullwake_principal
 H_PRINCIPAL = "electric-principal"
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 CALLBACK_PREFIX = "/_electric/wake-callbacks/"
+DS_ORIGIN = "/v1/stream/"
 
 
 def _token_ok(request: web.Request, token: str) -> bool:
@@ -49,6 +51,10 @@ async def principal_middleware(request: web.Request, handler: Handler) -> web.St
             "missing or wrong bearer token",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    if request.path.startswith(DS_ORIGIN):
+        # the embedded DS server's own origin: upstream serves it on a separate port
+        # with no principal resolution at all
+        return await handler(request)
     p = pr.parse_input(request.headers.get(H_PRINCIPAL))
     if p is None and config.dev_principal_fallback:
         p = pr.DEV_PRINCIPAL

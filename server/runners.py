@@ -91,6 +91,7 @@ async def register(request: web.Request) -> web.Response:
         raise forbidden(OWNER_MISMATCH)
     rid: str = body["id"]
     wake_stream = body.get("wake_stream", default_wake_stream(rid))
+    before = await st.registry.call(Registry.get_runner, rid)
     try:
         r = await st.registry.call(
             Registry.register,
@@ -106,6 +107,8 @@ async def register(request: web.Request) -> web.Response:
     except WakeStreamTaken:
         # upstream: a unique-constraint violation surfacing as a bare 500
         raise RuntimeError(f"wake_stream {wake_stream} belongs to another runner") from None
+    if before is not None and before.wake_stream != r.wake_stream:
+        st.wake_streams.pop(ds_path(before.wake_stream), None)
     st.wake_streams[ds_path(r.wake_stream)] = r.id
     await st.ensure_stream(wake_stream)
     return json_response(r.as_json(), status=201)

@@ -176,6 +176,13 @@ def test_without_dev_principal_and_token_are_enforced(tmp_path: Path) -> None:
             got = srv.api("GET", path, headers={**tok, "electric-principal": ""})
             assert (got[0], got[2]) == (401, missing), path
         assert srv.api("GET", "/_electric/health", headers=alice)[2] == {"status": "ok"}
+        # the DS origin needs the token but no principal (upstream: another port, no check)
+        nobody = {**tok, "electric-principal": ""}
+        assert srv.api("GET", "/v1/stream/nothing?offset=-1", headers=nobody)[0] == 404
+        assert (
+            srv.api("GET", "/v1/stream/nothing?offset=-1", headers={"electric-principal": ""})[0]
+            == 401
+        )
         status, _, body = srv.api("POST", P, {"id": "ra", "label": "a"}, headers=alice)
         assert (status, body["owner_principal"]) == (201, "/principal/user%3Aalice")
         for method, path, body, message in [
