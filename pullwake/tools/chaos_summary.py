@@ -366,17 +366,19 @@ def summarize(events: Iterable[Event]) -> dict[str, Any]:
         )
 
     # --- which alerts fired for each runner during each fault -----------------------
+    # (up to the next phase: Prometheus lags the fault by a scrape and an evaluation)
     alert_rows = _alert_intervals(evs, t0, t_end)
-    for f in faults:
+    for i, f in enumerate(faults):
         if f["start"] is None:
             continue
+        until = faults[i + 1]["phase_start"] if i + 1 < len(faults) else _r(t_end - t0)
         for rid, row in f["rows"].items():
             row["alerts_fired"] = [
                 {"alert": a["alert"], "after_s": _r(a["firing_at"] - f["start"])}
                 for a in alert_rows
                 if a["runner"] == rid
                 and a["firing_at"] is not None
-                and f["start"] <= a["firing_at"] < f["end"]
+                and f["start"] <= a["firing_at"] < until
             ]
 
     # --- totals ----------------------------------------------------------------------
