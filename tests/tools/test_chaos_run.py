@@ -376,3 +376,27 @@ def test_the_legacy_lie_fires_its_alert_in_a_real_prometheus(tmp_path: Path) -> 
     fired = fault["rows"]["chaos-legacy"]["alerts_fired"]
     assert "PullWakeStreamConnectedWhileHeartbeatsFailing" in [a["alert"] for a in fired]
     assert "StreamConnectedWhileHeartbeatsFailing" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--faults", "kill9,nope"], "unknown fault(s) nope"),
+        (["--profiles", "default,default"], "lists a profile twice"),
+        (["--outage", "0"], "--outage must be in (0, 600]"),
+        (["--heartbeat-interval", "-1"], "--heartbeat-interval must be in (0, 60]"),
+    ],
+)
+def test_bad_options_are_one_line_and_start_nothing(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pullwake", "chaos", "--out", str(tmp_path / "o"), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pullwake: error:") and says in lines[0]
+    assert not (tmp_path / "o").exists()
