@@ -3,9 +3,10 @@
 Starts a real `pullwake server` subprocess on loopback (file-backed SQLite,
 WAL, synchronous=FULL), then:
 
-1. latency: one SSE reader, wakes published one at a time; the time from
-   starting the POST to the wake's `event: data` arriving (so it includes the
-   fsync before the 201), p50/p99;
+1. latency: one SSE reader, messages sent one at a time, each to its own
+   entity targeting the runner (spawned beforehand, untimed), so each makes
+   one wake; the time from starting the `send` POST to the wake's `event:
+   data` arriving (so it includes the fsync before the 200), p50/p99;
 2. capacity: opens SSE readers in steps (one runner each) up to
    `--readers`; at each step it checks that keepalives keep flowing on every
    reader (no reader silent for more than 3 keepalive intervals) and measures
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -56,7 +58,7 @@ class Reader:
     rotations: int = 0  # clean ends of the body (planned rotations) since `reset_gaps`
     connected: bool = False
     failed: str | None = None
-    arrivals: dict[int, float] = field(default_factory=dict)  # payload seq -> arrival time
+    arrivals: dict[str, float] = field(default_factory=dict)  # subscription_id -> arrival
 
     def reset_gaps(self) -> None:
         self.max_gap = 0.0
@@ -89,7 +91,7 @@ async def read_sse(http: aiohttp.ClientSession, base: str, r: Reader, stop: asyn
                         event = line[6:].strip()
                     elif line.startswith("data:") and event == "data":
                         for wake in json.loads(line[5:]):
-                            r.arrivals[wake["payload"]["seq"]] = now
+                            r.arrivals.setdefault(wake["subscription_id"], now)
                     elif line.startswith("data:") and event == "control":
                         offset = json.loads(line[5:])["streamNextOffset"]
             r.rotations += 1  # the body ended cleanly: reconnect from `offset`
@@ -101,7 +103,7 @@ async def read_sse(http: aiohttp.ClientSession, base: str, r: Reader, stop: asyn
 
 @dataclass
 class Latencies:
-    """Per wake, in ms from the start of its POST: delivery, and the 201 (its fsync)."""
+    """Per wake, in ms from the start of its send: delivery, and the 200 (its fsync)."""
 
     delivery: list[float]
     ack: list[float]
@@ -110,35 +112,44 @@ class Latencies:
         d, a = self.delivery, self.ack
         return (
             f"delivery p50 {pct(d, 50):.1f} ms  p99 {pct(d, 99):.1f} ms  max {max(d):.1f} ms "
-            f"(of which the 201: p50 {pct(a, 50):.1f} ms  p99 {pct(a, 99):.1f} ms)"
+            f"(of which the 200: p50 {pct(a, 50):.1f} ms  p99 {pct(a, 99):.1f} ms)"
         )
 
 
 async def publish_and_measure(
     http: aiohttp.ClientSession, base: str, readers: list[Reader], count: int, seq0: int
 ) -> Latencies:
-    """Publish `count` wakes round-robin over `readers`, one at a time."""
-    sent: list[tuple[Reader, int, float]] = []
+    """Send `count` messages round-robin over `readers`, one at a time, each to a fresh
+    entity targeting the reader's runner (so each makes its own wake)."""
+    sent: list[tuple[Reader, str, float]] = []
     acks: list[float] = []
     for i in range(count):
         r = readers[i % len(readers)]
         seq = seq0 + i
-        t0 = time.perf_counter()
-        async with http.post(
-            f"{base}{P}/{r.runner_id}/wakes", json={"seq": seq}, headers=H
+        entity = f"/bench/{r.runner_id}-{seq}"
+        policy = {"targets": [{"type": "runner", "runnerId": r.runner_id}]}
+        async with http.put(
+            f"{base}/_electric/entities{entity}", json={"dispatch_policy": policy}, headers=H
         ) as resp:
             if resp.status != 201:
-                raise RuntimeError(f"publish answered {resp.status}")
+                raise RuntimeError(f"spawn answered {resp.status}")
+        sub = f"runner:{r.runner_id}:{hashlib.sha256(entity.encode()).hexdigest()[:16]}"
+        t0 = time.perf_counter()
+        async with http.post(
+            f"{base}/_electric/entities{entity}/send", json={"payload": {"seq": seq}}, headers=H
+        ) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"send answered {resp.status}")
         acks.append((time.perf_counter() - t0) * 1000)
-        sent.append((r, seq, t0))
+        sent.append((r, sub, t0))
         await asyncio.sleep(0.01)
     deadline = time.perf_counter() + 5
-    while time.perf_counter() < deadline and any(seq not in r.arrivals for r, seq, _ in sent):
+    while time.perf_counter() < deadline and any(sub not in r.arrivals for r, sub, _ in sent):
         await asyncio.sleep(0.01)
-    lost = sum(1 for r, seq, _ in sent if seq not in r.arrivals)
+    lost = sum(1 for r, sub, _ in sent if sub not in r.arrivals)
     if lost:
         raise RuntimeError(f"{lost} of {count} wakes not delivered within 5 s")
-    return Latencies([(r.arrivals[seq] - t0) * 1000 for r, seq, t0 in sent], acks)
+    return Latencies([(r.arrivals[sub] - t0) * 1000 for r, sub, t0 in sent], acks)
 
 
 def rss_mib(pid: int) -> float:
@@ -187,7 +198,8 @@ async def bench(args: argparse.Namespace) -> int:
                 start = len(readers)
                 for i in range(start, start + n):
                     rid = f"bench-{i}"
-                    async with http.post(f"{srv.url}{P}", json={"id": rid}, headers=H) as resp:
+                    reg = {"id": rid, "label": rid}
+                    async with http.post(f"{srv.url}{P}", json=reg, headers=H) as resp:
                         assert resp.status in (200, 201), resp.status
                     r = Reader(rid)
                     readers.append(r)
@@ -197,6 +209,11 @@ async def bench(args: argparse.Namespace) -> int:
                     await asyncio.sleep(0.05)
 
             # 1. latency with a single reader
+            etype = {"name": "bench", "description": "bench_server"}
+            async with http.post(
+                f"{srv.url}/_electric/entity-types", json=etype, headers=H
+            ) as resp:
+                assert resp.status == 201, resp.status
             await add_readers(1)
             await publish_and_measure(http, srv.url, readers, 20, seq)  # warm-up
             seq += 20
