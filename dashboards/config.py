@@ -264,7 +264,9 @@ class Config:
         """The same config with every `for:` and Alertmanager wait times `factor`.
 
         End-to-end tests run the real rules in seconds instead of minutes.
-        Thresholds stay as they are: tests pass their own when they need to.
+        Thresholds stay as they are: tests pass their own when they need to.  So does
+        `slo`: its windows and `for:` are the objective's definition, and its
+        `min_history` keeps it quiet in a test that runs for minutes.
         """
 
         def scale(text: str) -> str:

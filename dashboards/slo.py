@@ -17,7 +17,10 @@ runner-minute whichever runner it belongs to.
 Recording rules follow `level:metric:operation`, one per window the alerts
 read; the fleet level is spelt `fleet` (no label survives the aggregation).
 The alerts follow the SRE workbook's multi-window, multi-burn-rate table,
-taken from `Config.slo.burn_windows`.
+taken from `Config.slo.burn_windows`, plus one condition: the long window
+must hold `Config.slo.min_history` short windows' worth of running samples,
+so one unlucky scrape in a nearly empty window (a runner, a Prometheus or a
+laptop just started) cannot page.  docs/slo.md has the whole definition.
 """
 
 from __future__ import annotations
