@@ -191,7 +191,7 @@ async def spawn(request: web.Request) -> web.Response:
         await _append_message(st, e, principal.url, initial, body.get("initialMessageType"))
     else:
         await link(st, e)
-    out = e.as_json(spawn=True)
+    out = e.as_json(spawn="args" not in body)  # upstream: spawn_args only when given
     out["txid"] = now % 1_000_000_000
     return json_response(out, status=201, headers={"x-write-token": str(uuid.uuid4())})
 

@@ -76,8 +76,8 @@ class Literal(Schema):
 
     def check(self, value: Any, path: str, out: list[Detail]) -> None:
         if not isinstance(value, str):
-            _err(out, path, "must be string")
-        elif value != self.value:
+            _err(out, path, "must be string")  # and Ajv (allErrors) checks the const too
+        if value != self.value:
             _err(out, path, "must be equal to constant")
 
 
@@ -297,6 +297,15 @@ SEND = Obj(
         "from_agent": Str(),
     }
 )
-SIGNAL = Obj({"signal": Str(), "reason": Str()}, required=("signal",))
+SIGNAL = Obj(
+    {
+        "signal": one_of_strings(
+            "SIGINT", "SIGHUP", "SIGTERM", "SIGKILL", "SIGSTOP", "SIGCONT", "SIGUSR"
+        ),
+        "reason": Str(),
+        "payload": Unknown(),
+    },
+    required=("signal",),
+)
 
 Validator = Callable[[Any], list[Detail]]

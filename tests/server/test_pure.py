@@ -83,7 +83,8 @@ def test_ajv_messages_and_order() -> None:
         ("/admin_status", "must match a schema in anyOf"),
     ]
     assert _details(schema.REGISTER, {"id": "a", "label": "b", "kind": 3}) == [
-        ("/kind", "must be string")
+        ("/kind", "must be string"),
+        ("/kind", "must be equal to constant"),
     ] * 5 + [("/kind", "must match a schema in anyOf")]
     assert _details(schema.HEARTBEAT, {"lease_ms": True, "diagnostics": []}) == [
         ("/lease_ms", "must be number"),

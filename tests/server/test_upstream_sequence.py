@@ -3,7 +3,7 @@
 `data/upstream_sequence.json` was recorded from the REAL agents-server 0.6.4
 (electric-sql/electric @ dc07a1e6, embedded @durable-streams/server 0.3.7,
 run with `interop/upstream.py server`) by `tests/server/upstream_sequence.py`:
-135 requests covering registration (odd ids, custom and duplicate wake
+142 requests covering registration (odd ids, custom and duplicate wake
 streams), principals, heartbeats, health, entity types/spawn/send/signal,
 wake stream reads, claims and every wake-callback variant.  Volatile values
 (times, ids, tokens, the port, entity stream offsets whose bytes differ with

@@ -49,7 +49,7 @@ class Normalizer:
         return self.seen[key]
 
     def text(self, s: str) -> str:
-        for entity in ("e1", "e0"):  # the subscription hash of our entities' URLs
+        for entity in ("e0", "e1", "e2", "e3"):  # the subscription hash of our entities' URLs
             digest = hashlib.sha256(f"/probe{self.tag}/{entity}".encode()).hexdigest()[:16]
             s = s.replace(digest, f"<sha256 /probe<tag>/{entity}>")
         for name in ("r1",):  # the ETag carries the base64 of the DS path
@@ -506,6 +506,22 @@ def script(c: Conversation) -> None:
     c.call("wake stream long-poll no offset", "GET", wake + "?live=long-poll")
     c.call("missing stream", "GET", f"/runners/missing-{t}/wake?offset=-1")
     c.call("ds subscription", "GET", "/__ds/subscriptions/" + first.get("subscription_id", "x"))
+    spawn2 = {
+        "dispatch_policy": policy,
+        "args": {"a": 1},
+        "tags": {"t": "v"},
+        "initialMessage": "go",
+    }
+    c.call(
+        "spawn e2 with args, tags, initialMessage", "PUT", f"/_electric/entities/{etype}/e2", spawn2
+    )
+    c.call("entity e2", "GET", f"/_electric/entities/{etype}/e2")
+    events = c.call("wake stream after initialMessage", "GET", wake + "?offset=-1")
+    e2 = events[-1] if isinstance(events, list) and events else {}
+    c.call("claim e2", "POST", cl, e2)
+    c.call("health with e2 claim", "GET", f"/_electric/runners/{r1}/health")
+    c.call("spawn bad tags", "PUT", f"/_electric/entities/{etype}/e3", {"tags": {"t": 1}})
+    c.call("signal bad", "POST", f"/_electric/entities/{etype}/e2/signal", {"signal": 5})
 
 
 def run(base: str, step: Callable[[Conversation], None] = script) -> list[Record]:
