@@ -431,6 +431,8 @@ class Runner:
         if end.reason is EndReason.IDLE_TIMEOUT and current:
             # the firing is what ends the session: observers hear it first
             self._report("idle_timeout", {"idle_timeout_s": self.diag.idle_timeout_s})
+        elif end.reason is EndReason.TAIL_AHEAD and current:
+            self._report("tail_ahead", {"detail": end.detail})
         self._end_detail = (number, end.detail)
         log.info("session %d ended: %s", number, end)
         self.feed(StreamEnded(number, end.reason, end.healthy))

@@ -348,6 +348,10 @@ class Session:
             self._connected_at = time.monotonic()
             self._hooks.connected(bound)
         self._byte()
+        next_offset = headers.get(H_NEXT_OFFSET)
+        if not next_offset:
+            self._end(EndReason.PROTOCOL_ERROR, f"no {H_NEXT_OFFSET} header")
+        self._went_back(next_offset)
         if status == 200 and raw.strip():
             try:
                 events = json.loads(raw)
@@ -356,10 +360,6 @@ class Session:
             if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
                 self._end(EndReason.PROTOCOL_ERROR, "body is not a JSON array of objects")
             await self._hooks.wakes(events)
-        next_offset = headers.get(H_NEXT_OFFSET)
-        if not next_offset:
-            self._end(EndReason.PROTOCOL_ERROR, f"no {H_NEXT_OFFSET} header")
-        self._went_back(next_offset)
         self.offset = next_offset
         self.cursor = headers.get(H_CURSOR, self.cursor)
         self._hooks.offset(next_offset)

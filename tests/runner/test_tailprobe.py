@@ -18,13 +18,15 @@ import pytest
 from aiohttp import web
 
 from pullwake.core.protocol import H_NEXT_OFFSET, EndReason, LiveMode
+from pullwake.runner import RecordingObserver, Runner
 from pullwake.runner import session as session_module
 from pullwake.runner.config import RunnerConfig
 from pullwake.runner.errors import SessionEnded
 from pullwake.runner.session import DEFAULT_IDLE_S, Session, idle_bound
 from pullwake.runner.tailprobe import ahead, offset_key
 from pullwake.runner.transport import open_stream_session
-from tests.support.fakeserver import forever, serve
+from tests.support.fakeserver import FakeServer, forever, serve
+from tests.support.waits import until
 
 O1 = "0000000000000000_0000000000000127"
 O2 = "0000000000000000_0000000000000254"
@@ -224,3 +226,53 @@ async def test_probe_off_means_the_plain_watchdog(interval: float) -> None:
     assert session.probe is None
     assert end is not None and end.reason is EndReason.IDLE_TIMEOUT
     assert 0.5 <= took < 1.5
+
+
+async def test_the_runner_reports_tail_ahead_before_the_session_it_ends() -> None:
+    """In-process Runner: the probe's firing reaches observers (a span event on the
+    session in OTel) before the session ends `tail_ahead`, and the runner reconnects."""
+    stub = Stub(tail=O2)
+    fake = FakeServer(stub.handle)
+    app_runner, url = await fake.start()
+    obs = RecordingObserver()
+    r = Runner(
+        server=url, runner_id="r1", observer=obs, heartbeat_interval=5.0, backoff_max=0.2,
+        handler=_ignore, **FAST,
+    )  # fmt: skip
+    task = asyncio.create_task(r.run())
+    try:
+        await until(lambda: len(obs.of("session_ended")) >= 1, 10, "a session end")
+        (first,) = obs.of("session_ended")[:1]
+        assert first[0].reason is EndReason.TAIL_AHEAD
+        fired = [i for i, (m, a) in enumerate(obs.calls) if m == "detector_fired"]
+        ended = [i for i, (m, a) in enumerate(obs.calls) if m == "session_ended"]
+        assert fired and fired[0] < ended[0]
+        assert obs.calls[fired[0]][1][1] == "tail_ahead"
+        await until(lambda: len(obs.of("session_started")) >= 2, 10, "a reconnect")
+    finally:
+        r.stop()
+        async with asyncio.timeout(10):
+            await task
+        await app_runner.cleanup()
+
+
+async def test_a_stream_that_went_back_is_ended_as_gone() -> None:
+    """The resumed offset is past the stream's tail: a recreated stream (fresh
+    database).  Ended as 410, so the runner reads it from the start."""
+    stub = Stub(tail=O1)
+    app_runner, url = await serve(stub.handle)
+    config = RunnerConfig(server=url, runner_id="r1", live=LiveMode.LONG_POLL)
+    http = open_stream_session(config)
+    s = Session(1, http, config, url + "/runners/r1/wake", O2, Hooks())
+    try:
+        with pytest.raises(SessionEnded) as ended:
+            async with asyncio.timeout(10):
+                await s.run()
+    finally:
+        await http.close()
+        await app_runner.cleanup()
+    assert ended.value.status == 410 and "went back" in ended.value.detail
+
+
+async def _ignore(n: dict[str, Any]) -> None:
+    pass
