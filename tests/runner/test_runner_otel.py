@@ -20,6 +20,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from pullwake.core.protocol import (
+    CallbackOutcome,
+    ClaimResult,
     EndReason,
     HeartbeatErrorType,
     HeartbeatOutcome,
@@ -197,6 +199,34 @@ def test_wake_claim_handle_complete_share_one_trace(rig: Rig) -> None:
     rig.obs.wake(WakeOutcome.RECEIVED, "w2")
     rig.obs.wake(WakeOutcome.SKIPPED, "w2")
     assert len(rig.finished(WAKE_SPAN)) == 2
+
+
+def test_claims_completions_and_callback_heartbeats_are_counted(rig: Rig) -> None:
+    """The subscription-era counters, by outcome, and a fenced claim ends its wake span
+    as an error."""
+    for result in (ClaimResult.FAILED, ClaimResult.NOT_RUNNING, ClaimResult.CLAIMED):
+        rig.obs.claim_result(result)
+    rig.obs.claim_result(ClaimResult.DONE)
+    rig.obs.claim_result(ClaimResult.SKIPPED)
+    for _ in range(3):
+        rig.obs.callback_heartbeat(CallbackOutcome.OK, 0.002)
+    rig.obs.callback_heartbeat(CallbackOutcome.FENCED, 0.002)
+    rig.obs.completion(CallbackOutcome.OK, 0.004)
+    rig.obs.completion(CallbackOutcome.FENCED, 0.004)
+    for result in ClaimResult:
+        assert rig.sample("pullwake_claims_total", outcome=result.value) == 1, result
+    assert rig.sample("pullwake_callback_heartbeats_total", outcome="ok") == 3
+    assert rig.sample("pullwake_callback_heartbeats_total", outcome="fenced") == 1
+    assert rig.sample("pullwake_completions_total", outcome="ok") == 1
+    assert rig.sample("pullwake_completions_total", outcome="fenced") == 1
+    with rig.obs.span("claim", {"wake_id": "s1#1"}):
+        pass
+    rig.obs.wake(WakeOutcome.FENCED, "s1#1")
+    (root,) = rig.finished(WAKE_SPAN)
+    assert dict(root.attributes or {})["pullwake.wake.outcome"] == "fenced"
+    assert root.status.status_code is StatusCode.ERROR
+    rig.obs.wake(WakeOutcome.DEFERRED, None)
+    assert rig.sample("pullwake_wakes_total", outcome="deferred") == 1
 
 
 def test_gauges_read_the_snapshot(rig: Rig) -> None:
