@@ -20,15 +20,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.upstream_sequence import run
+from tests.server.upstream_sequence import SCRIPTS, run
 from tests.support.procs import ServerProcess
 
-GOLDEN = Path(__file__).parent / "data" / "upstream_sequence.json"
+DATA = Path(__file__).parent / "data"
 
 
 def test_same_answers_as_the_real_agents_server(server: ServerProcess) -> None:
-    expected = json.loads(GOLDEN.read_text())
-    ours = run(server.url)
+    compare(json.loads((DATA / "upstream_sequence.json").read_text()), run(server.url))
+
+
+@pytest.mark.slow
+def test_same_lease_expiry_as_the_real_agents_server(server: ServerProcess) -> None:
+    """Upstream's 30 s claim lease, not shortened: generation 2, stale row, FENCED."""
+    expected = json.loads((DATA / "upstream_expiry.json").read_text())
+    compare(expected, run(server.url, SCRIPTS["expiry"]))
+
+
+def compare(expected: list[dict[str, object]], ours: list[dict[str, object]]) -> None:
     assert [r["name"] for r in ours] == [r["name"] for r in expected]
     diffs = [
         (want["name"], key, want.get(key), got.get(key))

@@ -6,9 +6,10 @@ claims, wake callbacks, pause) and returns one record per request: status,
 content type and body with volatile values (times, ids, tokens, ports)
 replaced by stable placeholders.  `tests/server/data/upstream_sequence.json` is
 what the REAL agents-server 0.6.4 answered (recorded with
-`python -m tests.server.upstream_sequence http://127.0.0.1:PORT > ...json` against
-`interop/upstream.py server`); `test_upstream_sequence.py` replays it against
-ours and requires the same answers.
+`python -m tests.server.upstream_sequence http://127.0.0.1:PORT [main|expiry] > ...json`
+against `interop/upstream.py server`); `test_upstream_sequence.py` replays them
+against ours and requires the same answers.  `data/upstream_expiry.json`: a claim
+left to its 30 s lease (slow).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import json
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -524,6 +526,37 @@ def script(c: Conversation) -> None:
     c.call("signal bad", "POST", f"/_electric/entities/{etype}/e2/signal", {"signal": 5})
 
 
+def expiry_script(c: Conversation) -> None:
+    """A claim nobody acks: after the 30 s lease, generation 2, a stale health row, FENCED."""
+    t = c.tag
+    r = f"x{t}"
+    c.call("register", "POST", "/_electric/runners", {"id": r, "label": "x"})
+    c.call(
+        "entity type", "POST", "/_electric/entity-types", {"name": f"probe{t}", "description": "p"}
+    )
+    policy = {"targets": [{"type": "runner", "runnerId": r}]}
+    c.call("spawn", "PUT", f"/_electric/entities/probe{t}/e1", {"dispatch_policy": policy})
+    c.call("send", "POST", f"/_electric/entities/probe{t}/e1/send", {"payload": 1})
+    events = c.call("events", "GET", f"/runners/{r}/wake?offset=-1")
+    claim = c.call("claim", "POST", f"/_electric/runners/{r}/claim", events[0])
+    time.sleep(31.5)  # upstream's DS lease is 30 s from the claim
+    c.call("events after expiry", "GET", f"/runners/{r}/wake?offset=-1")
+    c.call("health after expiry", "GET", f"/_electric/runners/{r}/health")
+    c.call("entity after expiry", "GET", f"/_electric/entities/probe{t}/e1")
+    done = {
+        "epoch": 1,
+        "acks": [{"path": claim["streamPath"], "offset": claim["streams"][0]["offset"]}],
+        "done": True,
+    }
+    bearer = {"Authorization": "Bearer " + claim["claimToken"]}
+    c.call("late done", "POST", "", done, url=claim["callback"], headers=bearer)
+    c.call("claim generation 2", "POST", f"/_electric/runners/{r}/claim", events[0])
+    c.call("health after generation 2", "GET", f"/_electric/runners/{r}/health")
+
+
+SCRIPTS = {"main": script, "expiry": expiry_script}
+
+
 def run(base: str, step: Callable[[Conversation], None] = script) -> list[Record]:
     c = Conversation(base)
     step(c)
@@ -531,5 +564,9 @@ def run(base: str, step: Callable[[Conversation], None] = script) -> list[Record
 
 
 if __name__ == "__main__":
-    json.dump(run(sys.argv[1]), sys.stdout, indent=1)
+    json.dump(
+        run(sys.argv[1], SCRIPTS[sys.argv[2] if len(sys.argv) > 2 else "main"]),
+        sys.stdout,
+        indent=1,
+    )
     print()
