@@ -1,0 +1,130 @@
+"""The REAL upstream pull-wake runner against our server: every message handled once.
+
+Runs the unmodified runner of `@electric-ax/agents-runtime` 0.6.3 (hosted by
+`interop/runner-host.mjs`, as upstream's BuiltinAgentsServer hosts it) against
+`pullwake server --compat upstream`.  It registers, reads the wake stream with
+the upstream stream client, claims per subscription and completes through the
+claim's callback.  Bursts to several entities, some while their claim is in
+flight: each message must be covered by exactly one completed run.
+
+Needs what `interop/README.md` prepares once (an electric checkout built into
+`~/.cache/pullwake-interop/current` and `interop/node_modules`); skipped
+otherwise, so CI without them is unaffected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.procs import Proc, ServerProcess, running, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("PULLWAKE_INTEROP_HOME", Path.home() / ".cache" / "pullwake-interop"))
+
+pytestmark = pytest.mark.skipif(
+    not (
+        shutil.which("node")
+        and (ROOT / "interop" / "node_modules").is_dir()
+        and (CACHE / "current").exists()
+    ),
+    reason="the upstream runner is not prepared here (see interop/README.md)",
+)
+
+
+def runner_lines(proc: Proc) -> list[dict[str, Any]]:
+    out = []
+    for line in proc.output().splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+    return out
+
+
+def covered(lines: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(stream, after, upto) of every run whose done succeeded, in order per stream."""
+    wakes = {ln["notification"]["wakeId"]: ln for ln in lines if ln.get("event") == "wake"}
+    last: dict[str, str] = {}
+    out = []
+    for ln in lines:
+        if ln.get("event") == "done" and ln.get("ok"):
+            w = wakes[ln["wake_id"]]
+            stream, upto = w["stream"], w["offset"]
+            out.append((stream, last.get(stream, ""), upto))
+            last[stream] = upto
+    return out
+
+
+def test_upstream_runner_handles_every_message_once(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, long_poll_timeout=30, extra=["--compat", "upstream"])
+    runner = Proc(
+        [
+            sys.executable,
+            str(ROOT / "interop" / "upstream.py"),
+            "runner",
+            "--server",
+            server.url,
+            "--runner-id",
+            "up1",
+            "--heartbeat-interval-ms",
+            "2000",
+            "--work-ms",
+            "400",
+        ],
+        tmp_path / "upstream-runner.log",
+    )
+    with running(server, runner):
+        server.start()
+        runner.start()
+        wait_until(
+            lambda: any(ln.get("event") == "started" for ln in runner_lines(runner)),
+            60,
+            what="the upstream runner to start",
+        )
+        entities = [f"/pullwake/real-{i}" for i in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            first = list(pool.map(lambda e: server.publish("up1", "a", entity=e), entities))
+        # while e0's first run works (400 ms), more for it and one more for each other
+        wait_until(
+            lambda: any(ln.get("event") == "wake" for ln in runner_lines(runner)), 30, what="a run"
+        )
+        more = [server.publish("up1", f"b{i}", entity=entities[0]) for i in range(3)]
+        more += [server.publish("up1", "c", entity=e) for e in entities[1:]]
+        messages = first + more
+
+        def counts() -> dict[str, int]:
+            runs = covered(runner_lines(runner))
+            return {
+                m["txid"]: sum(1 for s, a, u in runs if s == m["stream"] and a < m["offset"] <= u)
+                for m in messages
+            }
+
+        try:
+            wait_until(lambda: all(n >= 1 for n in counts().values()), 60, what="every message")
+        except AssertionError:
+            raise AssertionError(runner.output()[-4000:]) from None
+        time.sleep(1.0)  # a duplicate run would show up now
+        assert set(counts().values()) == {1}, counts()
+        lines = runner_lines(runner)
+        assert not [ln for ln in lines if ln.get("event") == "error"], lines
+        health = server.api("GET", "/_electric/runners/up1/health")[2]
+        assert health["client"]["claims_failed"] == 0
+        assert health["claims"]["active_count"] == 0
+        # its first heartbeat always says last_heartbeat_ok=false (upstream's initial value)
+        wait_until(
+            lambda: (
+                server.api("GET", "/_electric/runners/up1/health")[2]["health"]
+                == {"status": "healthy", "issues": []}
+            ),
+            15,
+            what="healthy",
+        )
