@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -128,3 +129,62 @@ def test_upstream_runner_handles_every_message_once(tmp_path: Path) -> None:
             15,
             what="healthy",
         )
+
+
+def test_upstream_runner_through_a_kill_9_of_the_server_mid_claim(tmp_path: Path) -> None:
+    """The server dies while a run works: after the restart (same port, same db) the
+    run's done still succeeds (our claims survive) and later messages are handled."""
+    db = tmp_path / "s.db"
+    server = ServerProcess(tmp_path, db=db, long_poll_timeout=30, extra=["--compat", "upstream"])
+    runner = Proc(
+        [
+            sys.executable,
+            str(ROOT / "interop" / "upstream.py"),
+            "runner",
+            "--server",
+            server.url,
+            "--runner-id",
+            "up1",
+            "--heartbeat-interval-ms",
+            "1000",
+            "--work-ms",
+            "3000",
+        ],
+        tmp_path / "upstream-runner.log",
+    )
+    again = ServerProcess(
+        tmp_path, db=db, port=server.port, long_poll_timeout=30, extra=["--compat", "upstream"]
+    )
+    with running(again, server, runner):
+        server.start()
+        runner.start()
+        wait_until(
+            lambda: any(ln.get("event") == "started" for ln in runner_lines(runner)),
+            60,
+            what="the upstream runner to start",
+        )
+        ent = "/pullwake/k9"
+        messages = [server.publish("up1", "a", entity=ent)]
+        wait_until(
+            lambda: any(ln.get("event") == "wake" for ln in runner_lines(runner)), 30, what="a run"
+        )
+        messages.append(server.publish("up1", "b", entity=ent))  # waits behind the claim
+        server.signal(signal.SIGKILL)
+        server.wait(5)
+        again.start()
+        messages.append(again.publish("up1", "c", entity="/pullwake/k9-after"))
+
+        def counts() -> dict[str, int]:
+            runs = covered(runner_lines(runner))
+            return {
+                m["txid"]: sum(1 for s, a, u in runs if s == m["stream"] and a < m["offset"] <= u)
+                for m in messages
+            }
+
+        try:
+            wait_until(lambda: all(n >= 1 for n in counts().values()), 90, what="every message")
+        except AssertionError:
+            raise AssertionError(runner.output()[-4000:]) from None
+        assert set(counts().values()) == {1}, counts()
+        dones = [ln for ln in runner_lines(runner) if ln.get("event") == "done"]
+        assert all(d["ok"] for d in dones), dones
