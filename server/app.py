@@ -136,7 +136,9 @@ def create_app(
                 safe.wake_announced(rid)
 
     dss.store.on_append(on_append)
-    _count_lease_expiries(dss.subs, safe)
+    dss.subs.on_expired(
+        lambda sub_id, _gen, _wake: safe.lease_expired(runner_of_subscription(sub_id))
+    )
 
     async def close_registry(app: web.Application) -> AsyncIterator[None]:
         yield
@@ -166,24 +168,6 @@ async def _cors(request: web.Request, response: web.StreamResponse) -> None:
 def runner_of_subscription(sub_id: str) -> str:
     """`runner:<id>:<hash>` -> `<id>` (ids may contain `:`)."""
     return sub_id[len("runner:") :].rsplit(":", 1)[0] if sub_id.startswith("runner:") else ""
-
-
-def _count_lease_expiries(subs: SubscriptionManager, observer: SafeObserver) -> None:
-    """Report DS lease expiries to the observer.
-
-    DS has no expiry hook yet (asked for in /work/team/AGENTS_NEEDS.md): wrap
-    the manager's per-subscription expiry, which its lease timers and start()
-    look up on the instance.  Returns 1 when a claim's lease ran out.
-    """
-    inner = subs._expire
-
-    async def expire(sub_id: str) -> int:
-        n = await inner(sub_id)
-        if n:
-            observer.lease_expired(runner_of_subscription(sub_id))
-        return n
-
-    subs._expire = expire  # type: ignore[method-assign]
 
 
 RESERVED_ROOTS = ("_electric", "_pullwake", "metrics", "healthz", "readyz")
