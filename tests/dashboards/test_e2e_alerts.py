@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 import pytest
 
 from pullwake.core import catalog
-from pullwake.dashboards.config import DEFAULT, Config
+from pullwake.dashboards.config import DEFAULT, BurnWindow, Config, Slo
 from tests.dashboards.dashjson import concrete, load, prom_targets
 from tests.dashboards.promstack import SinkProcess, write_deploy
 from tests.support.procs import RunnerProcess, ServerProcess, http_json, running, wait_until
@@ -54,11 +55,12 @@ OTEL_ON = {"OTEL_SDK_DISABLED": "false"}
 faultproxy = pytest.importorskip("pullwake.tools.faultproxy", reason="no fault proxy")
 
 
-def fast_config(webhook: str) -> Config:
+def fast_config(webhook: str, slo: Slo | None = None) -> Config:
     base = dataclasses.replace(
         DEFAULT,
         alertmanager_webhook_url=webhook,
         thresholds=dataclasses.replace(DEFAULT.thresholds, heartbeat_stale_seconds=10.0),
+        slo=slo or DEFAULT.slo,
     )
     return base.scaled(0.1, evaluation_interval="1s")
 
@@ -66,11 +68,11 @@ def fast_config(webhook: str) -> Config:
 class Stack:
     """Server, proxy, runner, Prometheus, Alertmanager and sink for one profile."""
 
-    def __init__(self, tmp: Path, profile: str, stack: ExitStack) -> None:
+    def __init__(self, tmp: Path, profile: str, stack: ExitStack, slo: Slo | None = None) -> None:
         self.tmp = tmp
         self.sink = SinkProcess(tmp).start()
         stack.enter_context(running(self.sink))
-        deploy = write_deploy(tmp, fast_config(self.sink.url))
+        deploy = write_deploy(tmp, fast_config(self.sink.url, slo))
         self.server = ServerProcess(tmp, keepalive=0.5, env=OTEL_ON).start()
         stack.callback(lambda: self.server.stop())  # whichever server runs by then
         self.proxy = faultproxy.ThreadedFaultProxy(upstream=("127.0.0.1", self.server.port))
@@ -163,8 +165,8 @@ class Stack:
 def stack_for(tmp_path: Path) -> Iterator[Any]:
     with ExitStack() as es:
 
-        def make(profile: str) -> Stack:
-            s = Stack(tmp_path / profile, profile, es)
+        def make(profile: str, slo: Slo | None = None) -> Stack:
+            s = Stack(tmp_path / profile, profile, es, slo)
             if not s.runner_exports_metrics():
                 pytest.skip("the runner's /metrics does not export the catalog metrics yet")
             s.wait_healthy()
@@ -269,3 +271,50 @@ def test_server_sees_no_stream_the_legacy_runner_claims(stack_for: Any) -> None:
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{s.diagnose()}") from None
     assert s.panel(SERVER_PANEL, "server") == []
+
+
+# The SLO on a seconds scale: the same rules and min_history, windows ~90x shorter than
+# the default's 1h/5m page, so a real outage pages within a test.
+SECONDS_SLO = Slo(
+    period="1h",
+    burn_windows=(
+        BurnWindow("40s", "10s", 14.4, "critical", "1s"),
+        BurnWindow("2m", "20s", 1.0, "warning", "1s"),
+    ),
+)
+BURN = "PullWakeRunnerStreamBudgetBurn"
+
+
+def test_a_real_outage_burns_the_budget_and_pages(stack_for: Any) -> None:
+    """Real runner states through real Prometheus and Alertmanager: the SLO page arrives
+    at the webhook with its window labels after the server dies, and resolves after."""
+    s: Stack = stack_for("default", SECONDS_SLO)
+    record = "runner_id:" + catalog.RUNNER_STATE.prom_name + ":running_samples40s"
+    # min_history: the 40s window must hold two 10s windows of samples first.
+    wait_until(lambda: (s.prom.value(f'{record}{{runner_id="r1"}}') or 0) >= 25, 60, what="history")
+    assert s.fired(BURN, "firing") == []  # streaming (and rotating) burns nothing
+    killed = time.monotonic()
+    s.kill_server_behind_half_open_proxy()
+    try:
+        [alert] = wait_until(lambda: s.fired(BURN, "firing"), 90, interval=0.5, what=BURN)[:1]
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{s.diagnose()}") from None
+    paged_after = time.monotonic() - killed
+    assert alert["labels"] == {
+        "alertname": BURN,
+        "runner_id": "r1",
+        "severity": "critical",
+        "long_window": "40s",
+        "short_window": "10s",
+    }
+    assert alert["annotations"]["runbook_url"].endswith("#" + BURN.lower())
+    s.restore_server()
+    back = time.monotonic()
+    try:
+        wait_until(lambda: s.fired(BURN, "resolved"), 90, interval=0.5, what="resolved")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{s.diagnose()}") from None
+    print(
+        f"\nSLO page at the webhook {paged_after:.1f} s after the server died "
+        f"(40s/10s windows), resolved {time.monotonic() - back:.1f} s after it came back"
+    )
