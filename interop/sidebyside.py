@@ -7,7 +7,8 @@ runner (the unmodified upstream runner | `pullwake run`) it runs one scenario:
 1. burst: one message to each of --entities entities at once; while the first entity's handler
    runs, --extra more messages to it and one more to every other entity;
 2. kill -9 of the server while a handler runs (a claim in flight) and one more message for that
-   entity waits behind it, restart on the same port and data, then a message to that entity;
+   entity waits behind it, restart on the same port and data, then one message to an idle
+   entity and one to the killed claim's entity;
 3. SIGSTOP of the server for --stop-seconds (a message sent meanwhile waits in the kernel's
    socket queue), SIGCONT, then a message;
 4. settle: wait until every message was handled, at most --settle-seconds (lease expiries are
@@ -376,6 +377,8 @@ class Fault:
     detected_ms: int | None = None
     ready_again_ms: int | None = None
     first_wake_after_ms: int | None = None
+    pending_id: str | None = None        # a message waiting behind the claim the fault hit
+    pending_back_ms: int | None = None   # the first handler run that covered it
 
     def detection_s(self) -> float | None:
         if self.detected_ms is None:
@@ -494,7 +497,7 @@ class Scenario:
         if not wait_until(lambda: self.handler_started_for(target, t0), 15):
             self.result.notes.append("kill: the pre-kill message was not being handled")
         # Work that arrives while the claim is in flight waits for the claim's end: pending.
-        self.send(target, "pending-at-kill")
+        fault_pending = self.send(target, "pending-at-kill")
         fault = Fault(kind="kill -9", at_ms=now_ms())
         log(f"  kill -9 server pid {self.server.pid} (a handler of {target} running)")
         os.kill(self.server.pid, signal.SIGKILL)
@@ -506,8 +509,10 @@ class Scenario:
         self.server.restart()
         fault.back_ms = now_ms()
         self.result.faults.append(fault)
-        # To the same entity: whether the work that was pending at the kill comes back with it.
-        self.after_fault(fault, target, "after-kill")
+        # One to an idle entity (how soon wakes flow again) and one to the killed claim's
+        # entity (does the work that was pending at the kill come back with it?).
+        fault.pending_id = fault_pending.id
+        self.after_fault(fault, [self.entities[2 % len(self.entities)], target], "after-kill")
 
     def sigstop(self) -> None:
         fault = Fault(kind="SIGSTOP", at_ms=now_ms())
@@ -526,11 +531,12 @@ class Scenario:
             fault.detected_ms = None
         log(f"  SIGCONT; detected while stopped: {fmt_s(fault.detection_s())}")
         self.result.faults.append(fault)
-        self.after_fault(fault, self.entities[0], "after-stop")
+        self.after_fault(fault, [self.entities[0]], "after-stop")
         during.result()
 
-    def after_fault(self, fault: Fault, entity: str, phase: str) -> None:
-        self.send(entity, phase)
+    def after_fault(self, fault: Fault, entities: list[str], phase: str) -> None:
+        for entity in entities:
+            self.send(entity, phase)
         wait_until(lambda: self.first_wake_after(fault.back_ms or 0) is not None, 45)
         fault.first_wake_after_ms = self.first_wake_after(fault.back_ms or 0)
         if fault.detected_ms is not None:  # it noticed: wait for it to say it is back
@@ -586,6 +592,20 @@ class Scenario:
                     counts[m.id] = counts.get(m.id, 0) + 1
         return counts
 
+    def first_run_covering(self, message_id: str) -> int | None:
+        msg = next((m for m in self.messages if m.id == message_id), None)
+        if msg is None:
+            return None
+        where = msg.offset or msg.head_offset
+        if where is None:
+            return None
+        stream = f"/{ENTITY_TYPE}/{msg.entity}/main"
+        times = [int(run.get("ts", 0)) for run in self.runner.wakes()
+                 if run.get("stream") == stream and isinstance(run.get("offset"), str)
+                 and (run.get("acked_before") or run.get("local_acked_before") or "")
+                 < where <= run["offset"]]
+        return min(times) if times else None
+
     def account(self) -> None:
         self.locate_offsets()
         counts = self.coverage()
@@ -600,6 +620,15 @@ class Scenario:
         r.twice_ids = [f"{m.id}({m.entity},{m.phase})x{counts[m.id]}" for m in published
                        if counts.get(m.id, 0) >= 2]
         r.handler_runs = len(self.runner.wakes())
+        for fault in r.faults:
+            if fault.pending_id is not None:
+                fault.pending_back_ms = self.first_run_covering(fault.pending_id)
+                back = fault.back_ms or 0
+                r.notes.append(
+                    f"{fault.kind}: the message pending behind the claim in flight "
+                    + ("was never handled" if fault.pending_back_ms is None else
+                       f"was handled {(fault.pending_back_ms - back) / 1000:.1f} s after "
+                       "the server was back"))
         unpublished = [f"{m.id}({m.phase}: {m.status})" for m in self.messages
                        if not m.published]
         if unpublished:
@@ -635,7 +664,8 @@ class Scenario:
             self.setup_entities()
             self.burst()
             self.kill9()
-            self.wait_handled(20)
+            # Settle the kill first (a held claim's 30 s lease may have to run out).
+            self.wait_handled(40)
             self.sigstop()
             settle_until = time.monotonic() + self.args.settle_seconds
             # A completion lost to a fault leaves its claim to the 30 s lease expiry, which
