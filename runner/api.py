@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -173,4 +173,15 @@ class ServerAPI:
     async def callback(self, url: str, token: str, body: dict[str, Any]) -> Answer:
         """One request to a claim's `callback` URL: a lease heartbeat or the completion."""
         headers = {"Authorization": f"Bearer {token}"}
+        if self._config.callback_origin == "server":
+            url = rebase(url, self._config.base_url)
         return await self._answer(url, body, CALLBACK_TIMEOUT_S, headers)
+
+
+def rebase(url: str, base: str) -> str:
+    """`url`'s path and query on `base`: the server builds callback URLs from its own
+    address (`ELECTRIC_AGENTS_BASE_URL`, else where it listens), which a runner that
+    reaches it through a proxy, a tunnel or another name may not be able to use."""
+    parts = urlsplit(url)
+    target = base.rstrip("/") + parts.path
+    return f"{target}?{parts.query}" if parts.query else target

@@ -79,6 +79,14 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
         "seconds the live read has to deliver a tail the probe saw ahead",
     ),
     (
+        "--callback-origin",
+        "PULLWAKE_CALLBACK_ORIGIN",
+        "claim",
+        "where claim callbacks go: claim (the absolute URL in the claim answer, as upstream)"
+        " or server (its path on --server, for a runner that reaches the server by another"
+        " address than the one the server builds callback URLs from)",
+    ),
+    (
         "--callback-heartbeat-interval",
         "PULLWAKE_CALLBACK_HEARTBEAT_INTERVAL",
         "10",
@@ -243,6 +251,7 @@ def config_from_args(args: argparse.Namespace) -> RunnerConfig:
             callback_heartbeat_interval=_number(
                 "callback_heartbeat_interval", v["callback_heartbeat_interval"]
             ),
+            callback_origin=str(v["callback_origin"]),
             connect_timeout=_number("connect_timeout", v["connect_timeout"]),
             long_poll_timeout=_number("long_poll_timeout", v["long_poll_timeout"]),
             backoff_max=_number("backoff_max", v["backoff_max"]),

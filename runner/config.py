@@ -26,6 +26,7 @@ from pullwake.core.protocol import DEV_PRINCIPAL, PRINCIPAL_KINDS, RUNNER_ID_RE,
 # `kind` values the real agents-server accepts at registration (section 2.2)
 RUNNER_KINDS = ("local", "cloud-worker", "sandbox", "ci", "server")
 PRINCIPAL_URL_PREFIX = "/principal/"
+CALLBACK_ORIGINS = ("claim", "server")
 
 
 class ConfigError(ValueError):
@@ -82,6 +83,9 @@ class RunnerConfig:
     tail_probe_grace: float = 2.0  # a tail seen ahead must be reached within this
     callback_heartbeat_interval: float = 10.0  # {epoch} to the claim's callback
     claim_lease: float = 30.0  # the claim lease the server does not tell (DS default)
+    # where callbacks go: "claim" = the claim answer's absolute URL (as upstream);
+    # "server" = its path on `server` (a runner reaching the server by another address)
+    callback_origin: str = "claim"
     connect_timeout: float = 5.0
     long_poll_timeout: float = 35.0  # bound of one long-poll request when timeouts are on
     backoff_max: float = 30.0
@@ -171,6 +175,10 @@ def validate(c: RunnerConfig) -> None:
         "callback heartbeat interval": c.callback_heartbeat_interval,
         "claim lease": c.claim_lease,
     }
+    if c.callback_origin not in CALLBACK_ORIGINS:
+        raise ConfigError(
+            f"bad callback origin {c.callback_origin!r} (choose from {', '.join(CALLBACK_ORIGINS)})"
+        )
     if c.callback_heartbeat_interval >= c.claim_lease:
         raise ConfigError(
             f"callback heartbeat interval ({c.callback_heartbeat_interval:g}s) must be shorter"

@@ -22,7 +22,7 @@ from aiohttp import web
 from pullwake.core.protocol import CallbackOutcome, ClaimResult
 from pullwake.runner import RecordingObserver, Runner
 from pullwake.runner import dispatch as dispatch_module
-from pullwake.runner.api import parse_runner_list, stream_path_of
+from pullwake.runner.api import parse_runner_list, rebase, stream_path_of
 from pullwake.runner.config import ConfigError, RunnerConfig, principal_key
 from tests.support.fakeserver import FakeServer, forever
 from tests.support.waits import never, until
@@ -189,3 +189,24 @@ def test_principal_in_either_form_and_kind_from_the_enum() -> None:
         RunnerConfig(server="http://127.0.0.1:1", runner_id="r1", kind="pull-wake")
     with pytest.raises(ConfigError, match="shorter than the claim lease"):
         RunnerConfig(server="http://127.0.0.1:1", runner_id="r1", callback_heartbeat_interval=30)
+
+
+async def test_callbacks_rebased_onto_the_server_url(run_against: Any) -> None:
+    """--callback-origin server: the claim's callback names an address this runner
+    cannot reach (the server's own idea of its URL); its path on --server is used."""
+    fake = FakeServer(one_wake())
+    unreachable = "http://127.0.0.1:9/_electric/wake-callbacks/w_x?a=1"
+    fake.claim_answers = [
+        (200, {**FakeServer.notification_fields(1), "callback": unreachable}),
+    ]
+    await run_against(fake, handler=_quick, callback_origin="server")
+    await until(lambda: fake.completed, 10, "the completion on the server URL")
+    assert fake.callbacks[0][0] == "/_electric/wake-callbacks/w_x"
+
+
+def test_rebase_keeps_path_and_query() -> None:
+    assert rebase("http://10.0.0.5:4437/_electric/wake-callbacks/w_1?x=2", "http://h:1/") == (
+        "http://h:1/_electric/wake-callbacks/w_1?x=2"
+    )
+    with pytest.raises(ConfigError, match="callback origin"):
+        RunnerConfig(server="http://127.0.0.1:1", runner_id="r1", callback_origin="proxy")

@@ -386,9 +386,42 @@ async def test_a_fenced_heartbeat_stops_the_handler_and_the_work_comes_back(
     assert rig.d.stats.fenced == 1 and e1.acked == 1
     assert len(model.callbacks("done")) == 1  # only the second claim completes
     assert CallbackOutcome.FENCED in [o for o, _ in rig.obs.of("callback_heartbeat")]
-    assert tuple(
-        w[0] for w in rig.obs.of("wake") if w[0] is WakeOutcome.FENCED
-    ) == (WakeOutcome.FENCED,)
+    assert tuple(w[0] for w in rig.obs.of("wake") if w[0] is WakeOutcome.FENCED) == (
+        WakeOutcome.FENCED,
+    )
+
+
+async def test_lease_heartbeats_without_answer_for_a_lease_lose_the_claim(model: Model) -> None:
+    """The server is unreachable while the handler runs: heartbeats get no answer;
+    once a whole lease (0.3 s here) passed without an acknowledged one, the claim
+    counts as lost: the handler is stopped, nothing completes."""
+    real = model.callback
+    down = True
+
+    async def unreachable(url: str, token: str, body: dict[str, Any]) -> Answer:
+        if down:
+            model.requests.append(("callback", body))
+            return Answer(0, "connection refused")
+        return await real(url, token, body)
+
+    model.callback = unreachable  # type: ignore[method-assign]
+    cancelled = asyncio.Event()
+
+    async def handler(n: dict[str, Any]) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    e1 = model.entity("e1")
+    async with Rig(model, handler, callback_heartbeat_interval=0.05, claim_lease=0.3) as rig:
+        model.append(e1)
+        await until(cancelled.is_set, 5, "the handler stopped")
+        await rig.settled()
+    assert rig.d.stats.fenced == 1 and rig.d.stats.completions == 0
+    assert model.callbacks("done") == [] and len(model.callbacks("heartbeat")) >= 4
+    assert "no lease heartbeat acknowledged" in rig.errors[-1]
 
 
 async def test_a_fenced_completion_is_not_retried_and_the_work_comes_back(model: Model) -> None:

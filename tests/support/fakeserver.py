@@ -137,15 +137,22 @@ class FakeServer:
     @staticmethod
     def notification(request: web.Request, n: int) -> dict[str, Any]:
         """A claim answer shaped like the real agents-server's (upstream-protocol.md 6)."""
-        wake_id = f"w_{n:024x}"
         origin = f"{request.scheme}://{request.host}"
+        out = FakeServer.notification_fields(n)
+        out["callback"] = origin + out["callback"]
+        return out
+
+    @staticmethod
+    def notification_fields(n: int) -> dict[str, Any]:
+        """The notification of claim `n`; `callback` is a path (no origin)."""
+        wake_id = f"w_{n:024x}"
         return {
             "consumerId": wake_id,
             "epoch": n,
             "wakeId": wake_id,
             "streamPath": "/fake/e1/main",
             "streams": [{"path": "/fake/e1/main", "offset": f"{0:016d}_{n:016d}"}],
-            "callback": f"{origin}{CALLBACKS}{wake_id}",
+            "callback": f"{CALLBACKS}{wake_id}",
             "claimToken": f"token-{n}",
             "triggerEvent": "message_received",
             "entity": {"type": "fake", "status": "idle", "url": "/fake/e1"},
