@@ -204,6 +204,11 @@ class RunnerView:
                 else None
             ),
             "connect_timeout_s": c.connect_timeout if p.timeouts else None,
+            "tail_probe": (
+                {"interval_s": c.tail_probe_interval, "grace_s": c.tail_probe_grace}
+                if p.tail_probe and c.tail_probe_interval > 0
+                else None
+            ),
             "hidden_retry": p.hidden_retry,
             "backoff_max_s": c.backoff_max,
         }

@@ -259,6 +259,7 @@ def test_status_endpoints_and_python_observer_free_metrics_hook(
         assert s["detectors"]["idle_timeout_s"] == pytest.approx(1.5)
         assert s["detectors"]["heartbeat_failure_threshold"] == 2
         assert s["detectors"]["tcp_keepalive"]["count"] == 3
+        assert s["detectors"]["tail_probe"] == {"interval_s": 10.0, "grace_s": 2.0}
         assert {"at", "reason", "wait_s"} <= set().union(*(e.keys() for e in s["reconnects"])) or (
             s["reconnects"] == []
         )
