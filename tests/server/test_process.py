@@ -367,3 +367,18 @@ def test_exit_within_2_s_even_with_a_blackholed_collector(tmp_path: Path, protoc
             took = time.monotonic() - t0
             assert took < 2.0, f"exit took {took:.2f} s"
             assert "did not flush" in srv.output()  # the collector really was dead
+
+
+def test_public_url_is_the_base_of_callback_urls(tmp_path: Path) -> None:
+    """Upstream builds `callback` from ELECTRIC_AGENTS_BASE_URL; ours from --public-url."""
+    srv = ServerProcess(tmp_path, extra=["--public-url", "https://wakes.example/base/"])
+    with running(srv):
+        srv.start()
+        srv.register("r")
+        srv.publish("r", "x", entity="/pullwake/pu")
+        _, _, events = srv.api("GET", "/runners/r/wake?offset=-1")
+        status, _, claim = srv.api("POST", f"{P}/r/claim", events[0])
+        assert status == 200
+        assert claim["callback"] == (
+            f"https://wakes.example/base/_electric/wake-callbacks/{claim['consumerId']}"
+        )
