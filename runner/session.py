@@ -56,6 +56,7 @@ from pullwake.runner.config import RunnerConfig
 from pullwake.runner.errors import SessionEnded, classify, describe
 from pullwake.runner.sse import Comment, Control, DataBatch, SSEParser, SSEProtocolError, decode
 from pullwake.runner.tailprobe import TailProbe, ahead
+from pullwake.runner.transport import raw_url
 
 log = logging.getLogger("pullwake.runner.session")
 
@@ -114,7 +115,7 @@ class Session:
         self.number = number
         self._http = http
         self._config = config
-        self._url = url
+        self._url = raw_url(url)
         self.offset = start_offset
         self._hooks = hooks
         self._connected_at: float | None = None
@@ -127,7 +128,7 @@ class Session:
         self.idle_traffic = False  # the server was seen sending while idle (SSE)
         self.probe: TailProbe | None = None
         if config.profile.tail_probe and config.tail_probe_interval > 0:
-            self.probe = TailProbe(http, url, config.connect_timeout)
+            self.probe = TailProbe(http, self._url, config.connect_timeout)
 
     def __repr__(self) -> str:
         return f"<Session {self.number} offset={self.offset} connected={self.connected}>"

@@ -18,6 +18,7 @@ import asyncio
 import re
 
 import aiohttp
+import yarl
 
 from pullwake.core.protocol import H_NEXT_OFFSET, OFFSET_NOW
 
@@ -39,7 +40,7 @@ def ahead(tail: str, offset: str) -> bool:
 class TailProbe:
     """Fetch the stream's tail offset; None when the server did not say (any failure)."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, timeout: float) -> None:
+    def __init__(self, http: aiohttp.ClientSession, url: str | yarl.URL, timeout: float) -> None:
         self._http = http
         self._url = url
         self._timeout = timeout

@@ -9,10 +9,12 @@ its own overall timeout so none can hang.
 
 from __future__ import annotations
 
+import re
 import socket
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohappyeyeballs import AddrInfoType
 
 from pullwake.core.protocol import H_PRINCIPAL, H_RUNNER_ID
@@ -112,3 +114,16 @@ def open_api_session(
         headers=base_headers(config),
         request_class=request_class,  # telemetry: W3C traceparent (runner.otel)
     )
+
+
+_ENCODED = re.compile(r"^(?:[\x21-\x24\x26-\x7e]|%[0-9A-Fa-f]{2})*$")
+
+
+def raw_url(text: str) -> yarl.URL:
+    """`text` sent exactly as written (the wake stream path a server names is used raw:
+    yarl would otherwise turn `%40` into `@`, another stream to a Durable Streams server,
+    which keys streams by the raw path).  Text that is not a valid encoded URL (spaces,
+    non-ASCII, a stray `%`) is encoded as usual."""
+    if _ENCODED.match(text):
+        return yarl.URL(text, encoded=True)
+    return yarl.URL(text)

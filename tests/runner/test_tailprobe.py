@@ -276,3 +276,27 @@ async def test_a_stream_that_went_back_is_ended_as_gone() -> None:
 
 async def _ignore(n: dict[str, Any]) -> None:
     pass
+
+
+async def test_the_wake_stream_path_is_requested_raw() -> None:
+    """A Durable Streams server keys streams by the raw path: `/runners/a%40b/wake` is
+    not `/runners/a@b/wake`.  Reads and probes send the path as the server named it."""
+    stub = Stub(tail=O2)
+    seen: list[str] = []
+
+    async def recording(request: web.Request) -> web.StreamResponse:
+        seen.append(f"{request.method} {request.raw_path.split('?')[0]}")
+        return await stub.handle(request)
+
+    app_runner, url = await serve(recording)
+    config = RunnerConfig(server=url, runner_id="r1", **FAST)
+    http = open_stream_session(config)
+    s = Session(1, http, config, url + "/runners/a%40b/wake", "-1", Hooks())
+    try:
+        with pytest.raises(SessionEnded):
+            async with asyncio.timeout(10):
+                await s.run()
+    finally:
+        await http.close()
+        await app_runner.cleanup()
+    assert set(seen) == {"GET /runners/a%40b/wake", "HEAD /runners/a%40b/wake"}
