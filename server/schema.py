@@ -190,13 +190,23 @@ def _finite(text: str) -> float:
     return value
 
 
+def _js_number(text: str) -> float | int:
+    """A JSON number with a fraction or exponent, as a JS number: `7.0` is `7`."""
+    value = _finite(text)
+    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
 def parse_json(raw: bytes) -> Any:
-    """`JSON.parse(text)`; raises InvalidJson."""
+    """`JSON.parse(text)`; raises InvalidJson.
+
+    Numbers come back as JavaScript has them: an integral float (`7.0`, `1e3`)
+    is an int, so it is written back as upstream writes it (`7`, `1000`).
+    """
     try:
         text = raw.decode("utf-8")
         if text.startswith("\ufeff"):
             text = text[1:]  # TextDecoder drops the BOM before JSON.parse sees it
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_js_number)
         json.dumps(value, ensure_ascii=False).encode("utf-8")  # unpaired surrogates
         return value
     except (UnicodeError, ValueError, RecursionError) as exc:

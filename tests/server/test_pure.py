@@ -112,6 +112,11 @@ def test_parse_json_rejects(raw: bytes) -> None:
         schema.parse_json(raw)
 
 
+def test_parse_json_numbers_as_javascript_has_them() -> None:
+    assert schema.parse_json(b"[7.0, 1e3, -0.0, 1.5, 1e300]") == [7, 1000, 0, 1.5, 1e300]
+    assert [type(x) for x in schema.parse_json(b"[7.0, 1.5]")] == [int, float]
+
+
 def test_parse_json_accepts_bom_and_big_ints() -> None:
     assert schema.parse_json(b"\xef\xbb\xbf{}") == {}
     assert schema.parse_json(b'{"big": 123456789012345678901234567890}') == {
