@@ -313,6 +313,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(TYPES, create_entity_type)
     base = ENTITIES + "/{type}/{instance_id}"
     app.router.add_put(base, spawn)
-    app.router.add_get(base, get_entity)
+    app.router.add_get(base, get_entity)  # upstream has HEAD on entities too
     app.router.add_post(base + "/send", send)
     app.router.add_post(base + "/signal", signal)

@@ -239,14 +239,14 @@ async def preflight(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/_electric/health", electric_health)
+    app.router.add_get("/_electric/health", electric_health, allow_head=False)
     app.router.add_route("OPTIONS", "/_electric/{tail:.*}", preflight)
     p = PREFIX
     for root in (p, p + "/"):
         app.router.add_post(root, register)
-        app.router.add_get(root, list_runners)
-    app.router.add_get(p + "/{runner_id}/health", health)
-    app.router.add_get(p + "/{runner_id}", get_runner)
+        app.router.add_get(root, list_runners, allow_head=False)
+    app.router.add_get(p + "/{runner_id}/health", health, allow_head=False)
+    app.router.add_get(p + "/{runner_id}", get_runner, allow_head=False)
     app.router.add_post(p + "/{runner_id}/heartbeat", heartbeat)
     app.router.add_post(p + "/{runner_id}/enable", enable)
     app.router.add_post(p + "/{runner_id}/disable", disable)

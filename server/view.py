@@ -58,4 +58,4 @@ async def stream_view(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get(PREFIX + "/{runner_id}/stream", stream_view)
+    app.router.add_get(PREFIX + "/{runner_id}/stream", stream_view, allow_head=False)
