@@ -130,9 +130,9 @@ def draw(summary: dict[str, Any], png: Path, svg: Path) -> tuple[int, int]:
     axa = fig.add_subplot(gs[1], sharex=ax)
     duration = float(summary.get("run", {}).get("duration_s") or 1.0)
 
-    # fault windows: shaded across both panels, labelled on top (a label too close to
-    # the previous one goes one line higher, so none overlap)
-    last_centre, raised = float("-inf"), False
+    # fault windows: shaded across both panels, labelled on top (placed once the
+    # layout is final, so that none overlap: see _unoverlap)
+    fault_labels: list[Any] = []
     for f in summary.get("faults", []):
         if f.get("start") is None:
             continue
@@ -141,14 +141,9 @@ def draw(summary: dict[str, Any], png: Path, svg: Path) -> tuple[int, int]:
         shade = FAULT_SHADE if f.get("outage", True) else BURST_SHADE
         for a in (ax, axa):
             a.axvspan(lo, max(hi, lo + 0.05), color=shade, alpha=0.55, zorder=0, lw=0)
-        centre = (lo + hi) / 2
-        # ~7 px per character at 9 pt bold; the axes span about 80% of the figure width
-        need = (len(str(f["label"])) + 2) * 7 / (0.8 * w_px) * duration
-        raised = (centre - last_centre < need) and not raised
-        last_centre = centre
-        ax.text(
-            centre,
-            1.07 if raised else 1.01,
+        text = ax.text(
+            (lo + hi) / 2,
+            1.01,
             f["label"],
             transform=ax.get_xaxis_transform(),
             ha="center",
@@ -157,6 +152,7 @@ def draw(summary: dict[str, Any], png: Path, svg: Path) -> tuple[int, int]:
             fontweight="bold",
             color="#b71c1c",
         )
+        fault_labels.append(text)
 
     # runner lanes, first runner on top
     for i, rid in enumerate(rids):
@@ -337,10 +333,26 @@ def draw(summary: dict[str, Any], png: Path, svg: Path) -> tuple[int, int]:
         frameon=False,
         bbox_to_anchor=(0.55, 0.0),
     )
+    _unoverlap(fig, fault_labels)
     fig.savefig(png, dpi=DPI)
     fig.savefig(svg)
     plt.close(fig)
     return w_px, h_px
+
+
+def _unoverlap(fig: Any, labels: list[Any], gap_px: float = 8.0) -> None:
+    """Fault labels on two rows: each goes on the lower row if it clears the last label
+    there, else on the upper row (measured in pixels after a draw, not guessed)."""
+    if not labels:
+        return
+    fig.canvas.draw()
+    right = [float("-inf"), float("-inf")]  # right edge of the last label on each row
+    for text in labels:
+        box = text.get_window_extent()
+        row = 0 if box.x0 > right[0] + gap_px else (1 if box.x0 > right[1] + gap_px else 0)
+        if row == 1:
+            text.set_y(1.075)
+        right[row] = box.x1
 
 
 PROFILE_COLOURS = {"default": "#2e7d32", "upstream": "#1565c0", "legacy": "#c62828"}
