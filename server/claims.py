@@ -38,7 +38,7 @@ from pullwake.server.errors import (
     not_found,
 )
 from pullwake.server.registry import Claim, Registry, now_ms
-from pullwake.server.runners import PREFIX, owned_runner
+from pullwake.server.runners import PREFIX, SLASH, owned_runner
 from pullwake.server.state import ServerState, state_of
 
 CLAIM_OWNER = "Runner claim requires the authenticated owner"
@@ -240,5 +240,5 @@ async def _runner_of(st: ServerState, consumer_id: str) -> str:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post(PREFIX + "/{runner_id}/claim", claim)
-    app.router.add_post(CALLBACKS + "/{consumer_id}", wake_callback)
+    app.router.add_post(PREFIX + "/{runner_id}/claim" + SLASH, claim)
+    app.router.add_post(CALLBACKS + "/{consumer_id}" + SLASH, wake_callback)

@@ -34,7 +34,7 @@ from pullwake.server.errors import (
     not_found,
 )
 from pullwake.server.registry import Entity, Registry, iso, now_ms
-from pullwake.server.runners import ds_path
+from pullwake.server.runners import SLASH, ds_path
 from pullwake.server.state import ServerState, state_of
 
 TYPES = "/_electric/entity-types"
@@ -310,9 +310,9 @@ async def signal(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post(TYPES, create_entity_type)
+    app.router.add_post(TYPES + SLASH, create_entity_type)
     base = ENTITIES + "/{type}/{instance_id}"
-    app.router.add_put(base, spawn)
-    app.router.add_get(base, get_entity)  # upstream has HEAD on entities too
-    app.router.add_post(base + "/send", send)
-    app.router.add_post(base + "/signal", signal)
+    app.router.add_put(base + SLASH, spawn)
+    app.router.add_get(base + SLASH, get_entity)  # upstream has HEAD on entities too
+    app.router.add_post(base + "/send" + SLASH, send)
+    app.router.add_post(base + "/signal" + SLASH, signal)

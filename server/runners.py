@@ -22,6 +22,7 @@ from pullwake.server.registry import Registry, Runner, WakeStreamTaken, iso, now
 from pullwake.server.state import ServerState, state_of
 
 PREFIX = "/_electric/runners"
+SLASH = "{_slash:/?}"  # upstream's router also matches a trailing slash
 ACCESS = "Runner access requires the authenticated owner"
 OWNER_MISMATCH = "owner_principal must match the authenticated principal"
 
@@ -239,14 +240,14 @@ async def preflight(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/_electric/health", electric_health, allow_head=False)
+    app.router.add_get("/_electric/health" + SLASH, electric_health, allow_head=False)
     app.router.add_route("OPTIONS", "/_electric/{tail:.*}", preflight)
     p = PREFIX
     for root in (p, p + "/"):
         app.router.add_post(root, register)
         app.router.add_get(root, list_runners, allow_head=False)
-    app.router.add_get(p + "/{runner_id}/health", health, allow_head=False)
-    app.router.add_get(p + "/{runner_id}", get_runner, allow_head=False)
-    app.router.add_post(p + "/{runner_id}/heartbeat", heartbeat)
-    app.router.add_post(p + "/{runner_id}/enable", enable)
-    app.router.add_post(p + "/{runner_id}/disable", disable)
+    app.router.add_get(p + "/{runner_id}/health" + SLASH, health, allow_head=False)
+    app.router.add_get(p + "/{runner_id}" + SLASH, get_runner, allow_head=False)
+    app.router.add_post(p + "/{runner_id}/heartbeat" + SLASH, heartbeat)
+    app.router.add_post(p + "/{runner_id}/enable" + SLASH, enable)
+    app.router.add_post(p + "/{runner_id}/disable" + SLASH, disable)
