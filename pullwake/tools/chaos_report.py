@@ -31,6 +31,8 @@ FAULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("alerts_fired", "alerts that fired (s after the fault)"),
 )
 RUNNER_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("outages_noticed", "outages noticed"),
+    ("outages", "outages"),
     ("published", "published"),
     ("handled", "handled"),
     ("lost", "lost"),

@@ -397,6 +397,14 @@ def summarize(events: Iterable[Event]) -> dict[str, Any]:
             "heartbeats_failed": sum(1 for _t, ok in beats_of[rid] if not ok),
             "session_ends": dict(sorted(end_counts.items())),
             "lied_s": _r(sum(b - a for a, b in lies_of[rid])),
+            "outages_noticed": sum(
+                1
+                for f in faults
+                if f["outage"]
+                and f["start"] is not None
+                and f["rows"][rid]["detected_s"] is not None
+            ),
+            "outages": sum(1 for f in faults if f["outage"] and f["start"] is not None),
         }
     totals = {
         k: sum(int(r[k]) for r in per_runner.values())

@@ -90,6 +90,7 @@ def test_runner_totals_lanes_and_alerts() -> None:
     assert list(s["runners"]) == list(s["lanes"]) == ["l", "d"]  # as the run declared
     d, lg = s["runners"]["d"], s["runners"]["l"]
     assert (d["heartbeats_ok"], d["heartbeats_failed"]) == (2, 2)
+    assert (d["outages_noticed"], lg["outages_noticed"], d["outages"]) == (1, 0, 1)
     assert d["session_ends"] == {"error": 1}
     assert lg["handled_unmatched"] == 1
     assert lg["lied_s"] == 4.0  # 2.6 -> 6.6, the next good heartbeat
