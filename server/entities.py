@@ -246,6 +246,8 @@ async def _append_message(
 async def send(request: web.Request) -> web.Response:
     st, e = await _entity(request)
     body = await bodies.with_schema(request, schema.SEND)
+    if "payload" not in body:
+        raise bad_request("Missing required field: payload")
     principal = principal_of(request)
     if "from" in body and body["from"] != principal.url:
         raise bad_request("Request from must match Electric-Principal")

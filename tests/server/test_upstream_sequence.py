@@ -10,7 +10,9 @@ wake stream reads, claims and every wake-callback variant.  Volatile values
 the entity events) are normalized away;
 everything else - statuses, content types, error codes and messages, Ajv
 details, field names and order, wake events and wake-stream offsets - must
-be identical.
+be identical.  `data/upstream_matrix.json`: 299 requests, every route with 16
+odd bodies (empty, arrays, null, wrong types, invalid JSON ...).
+`data/upstream_expiry.json`: a claim left to its unshortened 30 s lease.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ DATA = Path(__file__).parent / "data"
 
 def test_same_answers_as_the_real_agents_server(server: ServerProcess) -> None:
     compare(json.loads((DATA / "upstream_sequence.json").read_text()), run(server.url))
+
+
+def test_same_answers_to_every_route_with_odd_bodies(server: ServerProcess) -> None:
+    compare(
+        json.loads((DATA / "upstream_matrix.json").read_text()), run(server.url, SCRIPTS["matrix"])
+    )
 
 
 @pytest.mark.slow
