@@ -643,7 +643,7 @@ class Scenario:
                 r.notes.append(f"{len(failed)} completion(s) failed: " + "; ".join(
                     f"{e.get('stream')} epoch {e.get('epoch')}: "
                     f"{e.get('status') or e.get('error')} {str(e.get('body') or '')[:120]}"
-                    for e in failed))
+                    .strip() for e in failed))
         if any(w.get("acked_before") is None for w in self.runner.wakes()):
             r.notes.append("some handler runs without the server's acked offset "
                            "(/__ds/subscriptions unavailable): counted from the runner's own "
