@@ -120,9 +120,8 @@ async def link(st: ServerState, e: Entity) -> str | None:
 
 def _event(kind: str, key: str, value: dict[str, Any], txid: str | None = None) -> dict[str, Any]:
     """A state-protocol change event, as upstream writes them to entity streams."""
-    headers: dict[str, Any] = {"operation": "insert"}
-    if txid is not None:
-        headers["txid"] = txid
+    headers: dict[str, Any] = {} if txid is None else {"txid": txid}
+    headers["operation"] = "insert"  # upstream's key order: txid first
     return {"type": kind, "key": key, "value": value, "headers": headers}
 
 
@@ -181,7 +180,7 @@ async def spawn(request: web.Request) -> web.Response:
     await st.ensure_stream(e.main_stream)
     created = _event(
         "entity_created",
-        "entity",
+        "entity-created",
         {"entity_type": type_name, "timestamp": iso(now), "args": e.spawn_args},
     )
     await st.ds.append_json(ds_path(e.main_stream), [created])
@@ -221,8 +220,14 @@ async def _append_message(
     message_type: str | None,
     key: str | None = None,
     mode: str | None = None,
+    *,
+    from_principal: bool = False,
 ) -> tuple[str, str]:
-    """Append an inbox message to the entity's main stream; (txid, new tail)."""
+    """Append an inbox message to the entity's main stream; (txid, new tail).
+
+    The event has upstream's fields in upstream's order, so the entity stream
+    holds the same bytes as upstream's for the same messages (same offsets).
+    """
     now = iso(now_ms())
     value: dict[str, Any] = {
         "from": sender,
@@ -231,6 +236,8 @@ async def _append_message(
         "mode": mode or "immediate",
         "status": "pending" if mode in ("queued", "paused") else "processed",
     }
+    if from_principal:  # the send route names the principal twice, as upstream
+        value["from_principal"] = sender
     if message_type:
         value["message_type"] = message_type
     if value["status"] == "processed":
@@ -264,6 +271,7 @@ async def send(request: web.Request) -> web.Response:
         body.get("type"),
         body.get("key"),
         body.get("mode"),
+        from_principal=True,
     )
     resp = json_response({"txid": txid})
     resp.headers["x-pullwake-offset"] = tail  # ours: where this message ends in the stream

@@ -6,12 +6,12 @@ run with `interop/upstream.py server`) by `tests/server/upstream_sequence.py`:
 142 requests covering registration (odd ids, custom and duplicate wake
 streams), principals, heartbeats, health, entity types/spawn/send/signal,
 wake stream reads, claims and every wake-callback variant.  Volatile values
-(times, ids, tokens, the port, entity stream offsets whose bytes differ with
-the entity events) are normalized away;
-everything else - statuses, content types, error codes and messages, Ajv
-details, field names and order, wake events and wake-stream offsets - must
-be identical.  `data/upstream_matrix.json`: 299 requests, every route with 16
-odd bodies (empty, arrays, null, wrong types, invalid JSON ...).
+(times, ids, tokens, the port) are normalized away; everything else -
+statuses, content types, error codes and messages, Ajv details, field names
+and order, wake events, wake-stream and entity-stream offsets (our entity
+events have upstream's bytes) - must be identical.
+`data/upstream_matrix.json`: 299 requests, every route with 16 odd bodies
+(empty, arrays, null, wrong types, invalid JSON ...).
 `data/upstream_expiry.json`: a claim left to its unshortened 30 s lease.
 """
 
