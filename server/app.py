@@ -48,7 +48,7 @@ async def timing_middleware(request: web.Request, handler: Handler) -> web.Strea
     resp = await handler(request)
     if request.query.get("live") is None:
         route = request.match_info.route.resource
-        name = route.canonical if route is not None else "unmatched"
+        name = route.canonical.replace("{_slash}", "") if route is not None else "unmatched"
         if name.startswith("/{tail"):
             name = "stream"
         request.app[STATE].observer.request_finished(

@@ -169,7 +169,7 @@ def tracing_middleware(telemetry: Telemetry) -> Middleware:
         if request.path in ("/metrics", "/healthz", "/readyz"):
             return await handler(request)
         resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else request.path
+        route = route_name(resource.canonical) if resource is not None else request.path
         parent = _PROPAGATOR.extract(dict(request.headers))
         attributes: dict[str, str | int] = {
             "http.request.method": request.method,
@@ -206,6 +206,11 @@ def tracing_middleware(telemetry: Telemetry) -> Middleware:
             return response
 
     return middleware
+
+
+def route_name(canonical: str) -> str:
+    """A route's name for spans: without the optional trailing slash (`{_slash}`)."""
+    return canonical.replace("{_slash}", "")
 
 
 def _finish(span: trace.Span, status: int) -> None:
