@@ -191,7 +191,7 @@ async def spawn(request: web.Request) -> web.Response:
     else:
         await link(st, e)
     out = e.as_json(spawn="args" not in body)  # upstream: spawn_args only when given
-    out["txid"] = now % 1_000_000_000
+    out["txid"] = await st.registry.call(Registry.next_txid)
     return json_response(out, status=201, headers={"x-write-token": str(uuid.uuid4())})
 
 
@@ -279,6 +279,7 @@ async def send(request: web.Request) -> web.Response:
 
 
 SIGNALS = {"SIGSTOP": "paused", "SIGCONT": "idle"}
+SERVER_SENDER = "/_electric/server"
 
 
 async def signal(request: web.Request) -> web.Response:
@@ -292,21 +293,40 @@ async def signal(request: web.Request) -> web.Response:
     if e.status in ("stopped", "killed"):
         raise ApiError(409, "INVALID_SIGNAL", f"Cannot signal a {e.status} entity")
     new = SIGNALS[sig]
+    # as upstream: SIGSTOP pauses (handled); SIGCONT resumes a paused entity but is
+    # recorded as unhandled (the runtime's to act on), and changes nothing otherwise
+    handled = sig == "SIGSTOP"
     if sig == "SIGCONT" and e.status != "paused":
         new = e.status
     now = now_ms()
+    txid = await st.registry.call(Registry.next_txid)
     await st.registry.call(Registry.set_entity_status, e.url, new, now)
+    stamp = iso(now)
     value: dict[str, Any] = {
         "signal": sig,
-        "status": "handled",
-        "sender": "server",
-        "timestamp": iso(now),
-        "previous_state": e.status,
-        "new_state": new,
+        "status": "handled" if handled else "unhandled",
+        "sender": SERVER_SENDER,
+        "timestamp": stamp,
     }
     if "reason" in body:
         value["reason"] = body["reason"]
-    await st.ds.append_json(ds_path(e.main_stream), [_event("signal", f"sig-{now}", value)])
+    if "payload" in body:
+        value["payload"] = body["payload"]
+    if handled:
+        value.update(
+            handled_at=stamp,
+            handled_by=SERVER_SENDER,
+            outcome="transitioned",
+            previous_state=e.status,
+            new_state=new,
+        )
+    event = {
+        "type": "signal",
+        "key": f"sig-{now}-{uuid.uuid4().hex[:8]}",
+        "value": value,
+        "headers": {"operation": "insert", "timestamp": stamp, "txid": str(txid)},
+    }
+    await st.ds.append_json(ds_path(e.main_stream), [event])
     return json_response(
         {
             "url": e.url,
@@ -314,7 +334,7 @@ async def signal(request: web.Request) -> web.Response:
             "previous_state": e.status,
             "new_state": new,
             "created_at": now,
-            "txid": now % 1_000_000_000,
+            "txid": txid,
         }
     )
 

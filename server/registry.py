@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS consumer_claims (
     stream_path TEXT NOT NULL, runner_id TEXT NOT NULL, status TEXT NOT NULL,
     claimed_at INTEGER NOT NULL, last_heartbeat_at INTEGER, lease_expires_at INTEGER
 );
+CREATE TABLE IF NOT EXISTS txids (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS claims_by_runner ON consumer_claims (runner_id, status, claimed_at);
 """
 
@@ -448,6 +449,13 @@ class Registry:
         rt = self.get_runtime(runner_id)
         assert rt is not None
         return rt
+
+    def next_txid(self) -> int:
+        """A small increasing integer, where upstream answers a Postgres txid."""
+        with self.tx() as db:
+            cur = db.execute("INSERT INTO txids (at) VALUES (?)", (now_ms(),))
+            db.execute("DELETE FROM txids WHERE id < ?", (cur.lastrowid,))
+        return int(cur.lastrowid or 0)
 
     # --- entity types and entities -------------------------------------------------------
     def get_entity_type(self, name: str) -> EntityType | None:
