@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -23,8 +24,16 @@ DEV_TOOLS = ("pytest", "mypy", "ruff", "hypothesis")
 def dry_run(tmp_path: Path, target: str) -> list[str]:
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy2(ROOT / name, tmp_path / name)
+    # Run as a top-level make even under `make test`: a nested make prints
+    # "Entering directory" lines around the commands.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     done = subprocess.run(
-        ["make", "-n", target], cwd=tmp_path, capture_output=True, text=True, timeout=30
+        ["make", "--no-print-directory", "-n", target],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
