@@ -50,7 +50,7 @@ from pullwake.server.ds.store import (
     StoreError,
     drain,
     format_body,
-    json_items,
+    message_items,
     normalize_content_type,
     parse_expires_at,
 )
@@ -633,7 +633,7 @@ def _sse_payload(msg: Message, b64: bool, json_mode: bool) -> str:
     if b64:
         return base64.b64encode(msg.data).decode()
     if json_mode:
-        return "[" + json_items(msg.data).decode("utf-8", "replace") + "]"
+        return "[" + message_items(msg).decode("utf-8", "replace") + "]"
     return msg.data.decode("utf-8", "replace")
 
 

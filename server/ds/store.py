@@ -278,9 +278,46 @@ def json_items(data: bytes) -> bytes:
     return data[:-1] if data.endswith(b",") else data
 
 
+def _with_offset(value: Any, offset: str) -> Any:
+    """`value` with `headers.offset` if it is a state event (operation or control), else None."""
+    if not isinstance(value, dict):
+        return None
+    headers = value.get("headers")
+    if not isinstance(headers, dict):
+        return None
+    if not isinstance(headers.get("operation"), str) and not isinstance(
+        headers.get("control"), str
+    ):
+        return None
+    enriched = dict(value)
+    enriched["headers"] = {**headers, "offset": offset}
+    return enriched
+
+
+def message_items(msg: Message) -> bytes:
+    """A JSON message's items as read: `e1,e2` with `headers.offset` on state events.
+
+    Upstream 0.3.7 adds the message's end offset to every item whose `headers` carry a
+    string `operation` or `control` (state-protocol events) when it is READ; the stored
+    bytes, and so every offset, stay as appended.  Items without such headers keep their
+    stored bytes (re-dumping a stored item gives the same bytes).
+    """
+    items = json_items(msg.data)
+    if b'"headers"' not in items:
+        return items
+    try:
+        values = json.loads(b"[" + items + b"]")
+    except ValueError:
+        return items
+    enriched = [_with_offset(v, msg.offset) for v in values]
+    if all(e is None for e in enriched):
+        return items
+    return b",".join(_dump(v if e is None else e) for v, e in zip(values, enriched, strict=True))
+
+
 def format_body(messages: list[Message], json_mode: bool) -> bytes:
     if json_mode:
-        return b"[" + b",".join(json_items(m.data) for m in messages if m.data) + b"]"
+        return b"[" + b",".join(message_items(m) for m in messages if m.data) + b"]"
     return b"".join(m.data for m in messages)
 
 

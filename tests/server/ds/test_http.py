@@ -256,3 +256,91 @@ async def test_sse_rotation_ends_with_a_rotate_comment(make: Factory) -> None:
     async with e.http.get(f"{e.url}/w?offset=-1&live=sse") as r:
         raw = await asyncio.wait_for(r.content.read(), 5)
     assert raw.endswith(b": rotate\n\n") and raw.startswith(b"event: control\n")
+
+
+# --- read-time headers.offset on JSON state events (upstream 0.3.7 formatJsonMessages) ---
+STATE_1 = (
+    b'{"type":"inbox","key":"k","value":{"x":1.5,"s":"\xc3\xa9"},'
+    b'"headers":{"txid":"7","operation":"insert"}}'
+)
+PLAIN = b'{"n":1,"headers":{"operation":1}}'  # non-string operation: untouched
+CONTROL = b'{"headers":{"control":"snapshot-end","offset":"stale"}}'  # offset replaced in place
+OTHERS = b'{"headers":[1]},{"headers":null},[{"headers":{"operation":"x"}}],"headers"'
+
+
+def _ends(*stored: bytes) -> list[str]:
+    """Each message's end offset: 5 bytes of framing plus its stored bytes (the store's rule)."""
+    ends: list[str] = []
+    pos = 0
+    for data in stored:
+        pos += 5 + len(data)
+        ends.append(f"0000000000000000_{pos:016d}")
+    return ends
+
+
+async def _append(e: Env, path: str, items: bytes) -> str:
+    h = {"content-type": "application/json"}
+    async with e.http.post(f"{e.url}/{path}", data=b"[" + items + b"]", headers=h) as r:
+        assert r.status == 204, await r.text()
+        return r.headers["Stream-Next-Offset"]
+
+
+async def test_state_events_read_with_their_offset(make: Factory) -> None:
+    """Catch-up at both mounts: state events get `headers.offset`; stored bytes do not."""
+    e = await make()
+    async with e.http.put(f"{e.url}/probe/e1/main", headers={"content-type": "application/json"}):
+        pass
+    first = await _append(e, "v1/stream/probe/e1/main", STATE_1 + b"," + PLAIN)
+    second = await _append(e, "probe/e1/main", CONTROL)
+    third = await _append(e, "probe/e1/main", OTHERS)
+    # offsets count the stored bytes exactly as appended (no offset in them)
+    stored_bytes = [STATE_1 + b"," + PLAIN + b",", CONTROL + b",", OTHERS + b","]
+    assert [first, second, third] == _ends(*stored_bytes)
+    stored = await e.ds.store.read("probe/e1/main")
+    assert [m.data for m in stored.messages] == stored_bytes
+    state_1 = STATE_1[:-2] + f',"offset":"{first}"}}}}'.encode()
+    control = f'{{"headers":{{"control":"snapshot-end","offset":"{second}"}}}}'.encode()
+    expected = b"[" + b",".join([state_1, PLAIN, control, OTHERS]) + b"]"
+    for mount in ("v1/stream/probe/e1/main", "probe/e1/main"):
+        async with e.http.get(f"{e.url}/{mount}?offset=-1") as r:
+            assert r.status == 200 and await r.read() == expected, mount
+            assert r.headers["Stream-Next-Offset"] == third
+        async with e.http.get(f"{e.url}/{mount}?offset={first}") as r:
+            assert await r.read() == b"[" + control + b"," + OTHERS + b"]"
+    # the stored bytes (and so every offset) are still as appended
+    again = await e.ds.store.read("probe/e1/main")
+    assert again.messages == stored.messages and again.tail == third
+
+
+async def test_state_events_offset_in_long_poll_and_sse(make: Factory) -> None:
+    e = await make(long_poll_timeout=10, compat_upstream=True)
+    h = {"content-type": "application/json"}
+    async with e.http.put(f"{e.url}/v1/stream/probe/e2/main", headers=h):
+        pass
+    first = await _append(e, "probe/e2/main", STATE_1)
+    state_1 = STATE_1[:-2] + f',"offset":"{first}"}}}}'.encode()
+
+    async def poll(mount: str) -> bytes:
+        url = f"{e.url}/{mount}?offset={first}&live=long-poll"
+        async with e.http.get(url) as r:
+            assert r.status == 200
+            return await r.read()
+
+    polls = [asyncio.create_task(poll(m)) for m in ("v1/stream/probe/e2/main", "probe/e2/main")]
+    deadline = time.monotonic() + 5
+    while sum(c == ("opened", "probe/e2/main:long-poll") for c in e.seen.calls) < 2:
+        assert time.monotonic() < deadline, e.seen.calls
+        await asyncio.sleep(0.01)
+    second = await _append(e, "probe/e2/main", CONTROL + b"," + PLAIN)
+    control = f'{{"headers":{{"control":"snapshot-end","offset":"{second}"}}}}'.encode()
+    for got in await asyncio.wait_for(asyncio.gather(*polls), 5):
+        assert got == b"[" + control + b"," + PLAIN + b"]"
+
+    for mount in ("v1/stream/probe/e2/main", "probe/e2/main"):
+        async with e.http.get(f"{e.url}/{mount}?offset=-1&live=sse") as r:
+            blocks = await read_sse(r, 3, 10)
+        data = [b for b in blocks if b.startswith("event: data\n")]
+        assert data == [
+            "event: data\ndata:[" + state_1.decode() + "]",
+            "event: data\ndata:[" + control.decode() + "," + PLAIN.decode() + "]",
+        ], mount

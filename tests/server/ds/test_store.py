@@ -18,6 +18,7 @@ from pullwake.server.ds.store import (
     StoreError,
     format_body,
     format_offset,
+    message_items,
 )
 
 WAKE = (
@@ -211,3 +212,15 @@ async def test_leading_slash_names_the_same_stream(store: DSStore) -> None:
     assert store.exists("runners/r1/wake") and store.tail("/runners/r1/wake") is not None
     await store.append_json("runners/r1/wake", [1])
     assert body((await store.read("/runners/r1/wake")).messages) == [1]
+
+
+def test_message_items_adds_offset_only_to_state_events() -> None:
+    plain = b'{"a":1},{"headers":{"operation":true}},'
+    assert message_items(Message(plain, 40)) == plain[:-1]  # the stored bytes, as is
+    mixed = Message(b'{"v":2.5},{"headers":{"operation":"delete"},"k":"\xc3\xa9"},', 99)
+    offset = "0000000000000000_0000000000000099"
+    assert message_items(mixed) == (
+        b'{"v":2.5},{"headers":{"operation":"delete","offset":"' + offset.encode() + b'"},'
+        b'"k":"\xc3\xa9"}'
+    )
+    assert format_body([mixed], json_mode=False) == mixed.data  # not a JSON stream: bytes
