@@ -21,7 +21,7 @@ $(RUN_STAMP): pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(DEV_STAMP): $(RUN_STAMP)
-	@echo "==> installing the test and lint tools into $(VENV): pytest (+ asyncio, timeout),"
+	@echo "==> installing the test and lint tools into $(VENV): pytest (+ asyncio, timeout, xdist),"
 	@echo "    hypothesis, ruff, mypy, jsonschema, check-jsonschema, setuptools"
 	$(PIP) install --progress-bar on -e '.[dev]'
 	@touch $@
@@ -31,11 +31,15 @@ demo: $(RUN_STAMP)
 	$(BIN)/pullwake demo $(DEMO_ARGS)
 
 # The README's test command: static checks first (cheap, fail fast), then the suite.
+# Three workers on two cores: most tests wait on sockets, timers and child
+# processes, not the CPU (measured: 13 min 37 s serial, 5 min 40 s with -n 3).
+# PYTEST_WORKERS=0 runs it serially.
+PYTEST_WORKERS ?= 3
 test: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pullwake dashboards build --check
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
