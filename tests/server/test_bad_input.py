@@ -82,7 +82,7 @@ CASES: list[tuple[str, str, bytes | None, dict[str, str], int, str]] = [
     (
         "POST",
         "{p}/{r}/heartbeat",
-        gzip.compress(b"{}"),
+        gzip.compress(b"{}", mtime=0),
         {"Content-Encoding": "gzip"},
         400,
         "INVALID_REQUEST",
