@@ -82,6 +82,9 @@ class Thresholds:
     wake_latency_p99_seconds: float = 5.0
     # How long a silent runner is remembered by PullWakeRunnerTelemetryAbsent.
     telemetry_absent_lookback: str = "1h"
+    # PullWakeCompletionsFenced: a refused (fenced/rejected) completion within this
+    # window, at every evaluation for the alert's `for:` (one stray fence stays silent).
+    completions_fenced_window: str = "5m"
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class ForDurations:
     telemetry_absent: str = "5m"
     wake_latency_high: str = "10m"
     server_sees_no_stream: str = "2m"
+    completions_fenced: str = "15m"
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,7 @@ class Config:
             ("rule_evaluation_interval", self.rule_evaluation_interval),
             ("thresholds.reconnect_storm_window", self.thresholds.reconnect_storm_window),
             ("thresholds.telemetry_absent_lookback", self.thresholds.telemetry_absent_lookback),
+            ("thresholds.completions_fenced_window", self.thresholds.completions_fenced_window),
         ]
         durations += [(f"for_.{f.name}", getattr(self.for_, f.name)) for f in _fields(self.for_)]
         durations += [

@@ -194,6 +194,36 @@ def build(config: Config) -> db.Dashboard:
                 unit="s",
             )
         )
+        .with_row(db.Row("Claims and completions"))
+        .with_panel(
+            timeseries_panel(
+                config,
+                "Completions by outcome",
+                f"Done callbacks per second across the fleet, by outcome ({w} rate).  "
+                "fenced/rejected: the claim was lost, the work is announced again.",
+                [
+                    target(
+                        config,
+                        q.rate_by(config, c.COMPLETIONS, w, (q.OUTCOME,)),
+                        "{{" + q.OUTCOME + "}}",
+                    )
+                ],
+                unit="ops",
+            )
+        )
+        .with_panel(
+            runner_list(
+                config,
+                "Runners with refused completions",
+                "Runners whose completions were refused as fenced or rejected within "
+                f"{config.thresholds.completions_fenced_window} (PullWakeCompletionsFenced "
+                "once sustained): their handlers outlive the claim lease.  Empty when healthy.",
+                f"{q.completions_refused(config, config.thresholds.completions_fenced_window)} > 0",
+                "none: every completion accepted",
+                height=8,
+                span=12,
+            )
+        )
         .with_row(db.Row("Alerts"))
         .with_panel(
             alertgroups.Panel()

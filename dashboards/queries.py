@@ -13,7 +13,7 @@ and the alert labels must not depend on the path the metric took.
 from __future__ import annotations
 
 from pullwake.core import catalog as c
-from pullwake.core.protocol import EndReason, RunnerState
+from pullwake.core.protocol import CallbackOutcome, EndReason, RunnerState
 from pullwake.dashboards.config import Config
 
 RUNNER: str = c.prom_label(c.RUNNER_ID)
@@ -24,6 +24,12 @@ OUTCOME: str = c.prom_label("outcome")
 LIVE_MODE: str = c.prom_label("live.mode")
 
 FAILURE_REASONS: tuple[str, ...] = tuple(r.value for r in EndReason if r.is_failure)
+# Completions the server refused for good: the claim was lost (fenced) or the callback
+# was not accepted (rejected).  `failed` (no answer) is retried within the lease.
+REFUSED_COMPLETIONS: tuple[str, ...] = (
+    CallbackOutcome.FENCED.value,
+    CallbackOutcome.REJECTED.value,
+)
 NOT_STREAMING_STATES: tuple[str, ...] = (
     RunnerState.CONNECTING.value,
     RunnerState.RECONNECTING.value,
@@ -130,6 +136,13 @@ def failure_reconnects(config: Config, window: str, *m: str) -> str:
     matcher = f'{REASON}=~"{_regex(FAILURE_REASONS)}"'
     reconnects = series(config, c.STREAM_RECONNECTS, matcher, *m)
     return f"sum by ({RUNNER}) (increase({reconnects}[{window}]))"
+
+
+def completions_refused(config: Config, window: str, *m: str) -> str:
+    """Done callbacks refused as fenced/rejected per runner: the work is announced again."""
+    matcher = f'{OUTCOME}=~"{_regex(REFUSED_COMPLETIONS)}"'
+    refused = series(config, c.COMPLETIONS, matcher, *m)
+    return f"sum by ({RUNNER}) (increase({refused}[{window}]))"
 
 
 def telemetry_absent(config: Config) -> str:

@@ -134,6 +134,16 @@ def alerts(config: Config) -> tuple[Alert, ...]:
             "The server holds no open read of runner {runner}'s wake stream although the "
             "runner's last diagnostics say stream_connected: wakes published now wait.",
         ),
+        Alert(
+            "PullWakeCompletionsFenced",
+            f"{q.completions_refused(config, t.completions_fenced_window)} > 0",
+            "warning",
+            "completions_fenced",
+            "A runner's completions keep being refused as fenced or rejected.",
+            "Runner {runner} had {value} completions refused (fenced or rejected) in the last "
+            f"{t.completions_fenced_window}, and has for a while: its handlers outlive their "
+            "30 s claim lease, so the server announces the work again and it is done twice.",
+        ),
     )
 
 

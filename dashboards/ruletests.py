@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from pullwake.core import catalog as c
-from pullwake.core.protocol import EndReason, RunnerState
+from pullwake.core.protocol import CallbackOutcome, EndReason, RunnerState
 from pullwake.dashboards import queries as q
 from pullwake.dashboards.config import Config, format_duration, parse_duration
 from pullwake.dashboards.rules import Alert, alerts
@@ -79,6 +79,7 @@ def healthy_runner(runner: str) -> dict[str, str]:
         _series(c.WAKE_LATENCY, runner, "bucket", le="10"): f"0+1x{SAMPLES}",
         _series(c.WAKE_LATENCY, runner, "bucket", le="+Inf"): f"0+1x{SAMPLES}",
         _series(c.SERVER_STREAM_MISMATCH, runner): _const(0),
+        _series(c.COMPLETIONS, runner, outcome=CallbackOutcome.OK.value): f"0+1x{SAMPLES}",
     }
     for state in RunnerState:
         value = 1 if state is RunnerState.STREAMING else 0
@@ -268,9 +269,43 @@ def cases(config: Config) -> list[dict[str, Any]]:
     s[_series(c.SERVER_STREAM_MISMATCH, "r1")] = _then([0] * 4, _const(1, SAMPLES - 4))
     out.append(_case(config, "server sees no stream", a["PullWakeServerSeesNoStream"], s, 4 * STEP))
 
+    # Every completion of r1 refused from sample 4 on: handlers outlive their lease.
+    fenced = a["PullWakeCompletionsFenced"]
+    fenced_window = parse_duration(t.completions_fenced_window)
+    for outcome in (CallbackOutcome.FENCED, CallbackOutcome.REJECTED):
+        s = {**fleet, **healthy_runner("r1")}
+        s[_series(c.COMPLETIONS, "r1", outcome=outcome.value)] = _then(
+            [0] * 4, f"1+1x{SAMPLES - 4}"
+        )
+        case = _case(config, f"completions {outcome.value}", fenced, s, 4 * STEP)
+        # Evaluate once the window holds only refusals, so the value is exactly window / STEP.
+        firing = max(
+            4 * STEP + fenced_window + 2 * STEP,
+            parse_duration(case["alert_rule_test"][1]["eval_time"]),
+        )
+        case["alert_rule_test"][1]["eval_time"] = format_duration(firing)
+        case["alert_rule_test"][1]["exp_alerts"][0]["exp_annotations"] = fenced.rendered(
+            config, "r1", fenced_window / STEP
+        )
+        out.append(case)
+
+    # Completions that fail (no answer, retried within the lease) all along, and - when
+    # the alert's `for:` outlasts its window, as by default - a stray fence every two
+    # windows: no sustained refusal.
+    stray = {**fleet, **healthy_runner("r1")}
+    stray[_series(c.COMPLETIONS, "r1", outcome=CallbackOutcome.FAILED.value)] = f"0+1x{SAMPLES}"
+    stray_name = "failed completions all along: no alert"
+    if parse_duration(getattr(config.for_, fenced.for_field)) > fenced_window + STEP:
+        every = int(2 * fenced_window) // STEP
+        stray[_series(c.COMPLETIONS, "r1", outcome=CallbackOutcome.FENCED.value)] = " ".join(
+            f"{(i + every - 4) // every}" for i in range(SAMPLES + 1)
+        )
+        stray_name = f"a stray fence every {format_duration(2 * fenced_window)}, " + stray_name
+
     # Negatives: every alert silent on a healthy fleet and through SSE rotations.
     for name, series in (
         ("healthy fleet: no alert", {**fleet, **healthy_runner("r1")}),
+        (stray_name, stray),
         (
             f"default profile SSE rotation every {ROTATE_S}s (server default): no alert",
             {**fleet, **rotating_runner("r1", ROTATE_S, STEP)},

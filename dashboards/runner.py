@@ -9,7 +9,7 @@ exemplars (Prometheus datasource -> Tempo) and a TraceQL table.
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import common, statetimeline, table
+from grafana_foundation_sdk.builders import common, statetimeline, table, timeseries
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
@@ -203,7 +203,9 @@ def build(config: Config) -> db.Dashboard:
             timeseries_panel(
                 config,
                 "Wakes by outcome",
-                "Wakes seen by this runner per second, by outcome.",
+                "Wakes seen by this runner per second, by outcome (deferred: its "
+                "subscription's claim was in flight, claimed after it; fenced: the claim "
+                "was lost and the server announces the work again).",
                 [
                     target(
                         config,
@@ -214,4 +216,53 @@ def build(config: Config) -> db.Dashboard:
                 unit="ops",
             )
         )
+        .with_row(db.Row("Claims and completions"))
+        .with_panel(
+            _outcome_rate(
+                config,
+                c.CLAIMS,
+                "Claims by outcome",
+                "Claim requests per second by answer: claimed, done (entity paused or "
+                "stopped), skipped (nothing for us), not_running and failed (both retried).",
+            )
+        )
+        .with_panel(
+            _outcome_rate(
+                config,
+                c.COMPLETIONS,
+                "Completions by outcome",
+                "Done callbacks per second by outcome.  Sustained fenced or rejected means "
+                "handlers outlive their 30 s claim lease and work is done twice "
+                "(PullWakeCompletionsFenced).",
+            )
+        )
+        .with_panel(
+            _outcome_rate(
+                config,
+                c.CALLBACK_HEARTBEATS,
+                "Callback heartbeats by outcome",
+                "Claim lease heartbeats per second while handlers run, by outcome; "
+                "fenced here means the lease was already lost.",
+            )
+        )
+    )
+
+
+def _outcome_rate(
+    config: Config, metric: c.Metric, title: str, description: str
+) -> timeseries.Panel:
+    """One third of a row: the runner's `metric` per second by outcome."""
+    return timeseries_panel(
+        config,
+        title,
+        description,
+        [
+            target(
+                config,
+                q.rate_by(config, metric, RATE, (q.OUTCOME,), _m()),
+                "{{" + q.OUTCOME + "}}",
+            )
+        ],
+        unit="ops",
+        span=8,
     )

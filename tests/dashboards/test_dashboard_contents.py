@@ -36,6 +36,8 @@ EXPECTED = {
         ("timeseries", "Heartbeat failure rate by error type"),
         ("timeseries", "Wake latency p50 / p99"),
         ("timeseries", "Backoff waits p50 / p99"),
+        ("timeseries", "Completions by outcome"),
+        ("table", "Runners with refused completions"),
         ("alertGroups", "Firing pullwake alerts"),
     ],
     "runner": [
@@ -47,6 +49,9 @@ EXPECTED = {
         ("table", "Recent sessions (traces)"),
         ("timeseries", "Heartbeat duration p50 / p99"),
         ("timeseries", "Wakes by outcome"),
+        ("timeseries", "Claims by outcome"),
+        ("timeseries", "Completions by outcome"),
+        ("timeseries", "Callback heartbeats by outcome"),
     ],
     "server": [
         ("stat", "Client says connected, server sees no stream"),
@@ -207,6 +212,7 @@ def test_runner_sessions_link_to_traces() -> None:
     [
         ("fleet", "Stream connected while heartbeats fail"),
         ("server", "Runners the server sees no stream for"),
+        ("fleet", "Runners with refused completions"),
     ],
 )
 def test_runner_lists_show_only_linked_runner_ids(key: str, title: str) -> None:
@@ -240,3 +246,19 @@ def test_slo_panels_read_the_slo_recording_rules() -> None:
     burning = _panel("fleet", "Runners burning their error budget fast")
     [expr] = _exprs(burning)
     assert slo.record_name("runner", s.burn_windows[0].long) in expr and expr.endswith("> 1)")
+
+
+def test_claims_and_completions_panels() -> None:
+    """The runner's claim-protocol counters by outcome; the fleet list is the alert's condition."""
+    runner = f'{q.RUNNER}="${q.RUNNER}"'
+    for title, metric in (
+        ("Claims by outcome", c.CLAIMS),
+        ("Completions by outcome", c.COMPLETIONS),
+        ("Callback heartbeats by outcome", c.CALLBACK_HEARTBEATS),
+    ):
+        p = _panel("runner", title)
+        assert _exprs(p) == [q.rate_by(DEFAULT, metric, "$__rate_interval", (q.OUTCOME,), runner)]
+        assert p["fieldConfig"]["defaults"]["unit"] == "ops"
+    [fenced] = [a for a in alerts(DEFAULT) if a.name == "PullWakeCompletionsFenced"]
+    assert _exprs(_panel("fleet", "Runners with refused completions")) == [fenced.expr]
+    assert 'outcome=~"fenced|rejected"' in fenced.expr

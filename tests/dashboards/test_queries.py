@@ -40,11 +40,14 @@ EMPTY_WHEN_HEALTHY = {
     "Backoff waits p50 / p99",  # only after a failure reconnect
     "Runners burning their error budget fast",  # only runners over their error budget
     "Claim lease expiries",  # only when a claim is never completed
+    "Callback heartbeats by outcome",  # only while a handler runs past a heartbeat interval
+    "Runners with refused completions",  # only runners whose claims were lost
 }
 # ...of which these list exactly the faulty runners: asserted empty on a healthy one.
 EXACTLY_THE_FAULTY = {
     "Stream connected while heartbeats fail",
     "Runners the server sees no stream for",
+    "Runners with refused completions",
 }
 
 
