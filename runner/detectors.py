@@ -1,7 +1,8 @@
 """Detectors: small units that watch one thing and feed the machine an event.
 
 None of them changes the phase or touches a socket; each reads the machine
-(through `EventSink`) and feeds it an event when its condition holds.  What
+(through `EventSink`) and feeds it an event when its condition holds (the
+read-idle watchdog through the session it judges, see below).  What
 fired is reported first (`Report`: the runner passes it to observers, so the
 session span gets the event before the end it causes).
 
@@ -19,14 +20,19 @@ session span gets the event before the end it causes).
   or `stalled` and reconnects without backoff (`ReconnectNow`): a socket
   that slept through a suspend is often dead without knowing it, and waiting
   for the read-idle bound or the heartbeat bridge would add their whole bound.
-
-The read-idle bound still lives in `runner.session` (it bounds each read).
+* `ReadIdleWatchdog`: the read-idle bound and the tail probe's decision, for
+  one session.  Pure (no I/O, time passed in as plain seconds): the session
+  reads and sends the probes, feeds it what it saw, and asks it for a
+  `Verdict` (`idle_timeout` or `tail_ahead`) on every tick of silence; the
+  session then ends with that reason, and the runner reports the firing
+  (`detector_fired`) before it feeds the machine `StreamEnded`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +41,7 @@ from typing import Any, NoReturn, Protocol
 from pullwake.core.protocol import EndReason, RunnerState
 from pullwake.runner.heartbeat import HeartbeatRecord
 from pullwake.runner.machine import EventSink, ReconnectNow, ServerBack, StreamReset
+from pullwake.runner.tailprobe import ahead
 
 log = logging.getLogger("pullwake.runner.detectors")
 
@@ -191,3 +198,133 @@ def reconnect_after(sink: EventSink, report: Report, threshold: float) -> Callab
         sink.feed(ReconnectNow(gap.reason))
 
     return act
+
+
+# --- read-idle watchdog and tail-probe decision ----------------------------------
+WATCH_MAX_TICK_S = 1.0  # how often a waiting read asks the watchdog, at the longest
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The watchdog ends the read: `reason` (idle_timeout or tail_ahead) and why."""
+
+    reason: EndReason
+    detail: str
+
+
+class ReadIdleWatchdog:
+    """Decides when a silent live read is dead; the session does the I/O and asks it.
+
+    Pure: no socket, no clock of its own; every call says what time it is
+    (plain monotonic seconds).  The session feeds it what the read saw
+    (`arm`, `on_bytes`) and what the tail probe answered (`probe_sent`,
+    `on_probe`), and asks it every `tick()` s of silence for a `verdict`.
+
+    * `bound` (None: off) - silence this long ends the read `idle_timeout`.
+      Silence counts from the last byte, or from the last good probe (tail ==
+      offset: nothing waits, the silence is harmless) unless the server was
+      seen talking while idle (a data-less chunk after `idle_traffic_gap` s of
+      silence): then only bytes count, as the bound is sized above its talk.
+    * `probe_interval` (None: no probe) - a probe is due after this much
+      silence since the last byte or probe.  A tail beyond the read offset with
+      no byte within `probe_grace` s ends the read `tail_ahead`; a byte clears
+      it; a probe with no answer proves nothing.
+    """
+
+    def __init__(
+        self,
+        bound: float | None,
+        probe_interval: float | None,
+        probe_grace: float,
+        idle_traffic_gap: float,
+        now: float,
+    ) -> None:
+        self.bound = bound
+        self.probe_interval = probe_interval
+        self.probe_grace = probe_grace
+        self.idle_traffic_gap = idle_traffic_gap
+        self.last_byte = now
+        self.last_probe = -math.inf  # when the last probe was sent
+        self.last_good_probe = -math.inf  # ... the last one that found tail == offset
+        self.suspect: tuple[str, str, float] | None = None  # (tail, read offset, deadline)
+        self.idle_traffic = False  # the server was seen sending while idle
+
+    def __repr__(self) -> str:
+        return (
+            f"<ReadIdleWatchdog bound={self.bound} probe={self.probe_interval}"
+            f" idle_traffic={self.idle_traffic} suspect={self.suspect}>"
+        )
+
+    def arm(self, now: float, bound: float | None) -> None:
+        """The read is connected at `now`: silence counts from here, against `bound`."""
+        self.bound = bound
+        self.last_byte = now
+
+    def on_bytes(self, now: float, data: bool, arrived: float | None = None) -> None:
+        """Bytes that arrived at `arrived` (default `now`) were handled by `now`.
+
+        `data`: they carried data (a data-less chunk after a silence is idle talk).
+        Silence counts again from `now`: time spent handling them (backpressure)
+        is not silence.  Any byte proves the read alive: a tail seen ahead is
+        forgotten.
+        """
+        at = now if arrived is None else arrived
+        if not data and at - self.last_byte >= self.idle_traffic_gap:
+            self.idle_traffic = True
+        self.last_byte = now
+        self.suspect = None
+
+    def tick(self) -> float | None:
+        """How often to ask while the read waits; None: never (nothing to watch)."""
+        periods = [WATCH_MAX_TICK_S]
+        if self.bound is not None:
+            periods.append(self.bound / 4)
+        if self.probe_interval is not None:
+            periods.append(self.probe_interval / 4)
+            periods.append(self.probe_grace / 2)
+        return max(0.01, min(periods)) if (self.bound or self.probe_interval) else None
+
+    def probe_due(self, now: float) -> bool:
+        """A probe should be sent now: `probe_interval` s of silence since the last
+        byte or probe, and no tail already seen ahead."""
+        return (
+            self.probe_interval is not None
+            and self.suspect is None
+            and now - max(self.last_byte, self.last_probe) >= self.probe_interval
+        )
+
+    def probe_sent(self, now: float) -> None:
+        """A probe left at `now` (the next is due `probe_interval` after it)."""
+        self.last_probe = now
+
+    def on_probe(self, now: float, tail: str | None, offset: str) -> None:
+        """The probe answered at `now`: the stream's `tail` (None: no answer) while
+        the read is at `offset`."""
+        if tail is None:
+            return  # no answer proves nothing
+        if ahead(tail, offset):
+            self.suspect = (tail, offset, now + self.probe_grace)
+        else:
+            self.last_good_probe = now
+
+    def verdict(self, now: float) -> Verdict | None:
+        """Whether the read is dead at `now`: a tail seen ahead past its grace first,
+        then the idle bound.  When a probe is due, ask after its answer: it may yet
+        prove the silence harmless (and no tail can be ahead while one is due)."""
+        if self.suspect is not None and now >= self.suspect[2]:
+            tail, offset, _ = self.suspect
+            return Verdict(
+                EndReason.TAIL_AHEAD,
+                f"stream tail {tail} is beyond the read offset {offset} and the read"
+                f" delivered nothing for {self.probe_grace:g}s",
+            )
+        if self.bound is None:
+            return None
+        alive = self.last_byte if self.idle_traffic else max(self.last_byte, self.last_good_probe)
+        if now - alive < self.bound:
+            return None
+        return Verdict(
+            EndReason.IDLE_TIMEOUT,
+            f"no byte for {now - self.last_byte:.3g}s (bound {self.bound:g}s)"
+            + (", no tail probe answered" if self.probe_interval is not None else ""),
+        )

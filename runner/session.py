@@ -14,7 +14,9 @@ not.  Two readers share the same detectors:
 
 While the read waits on the network, the tail probe (profile `tail_probe`,
 `runner.tailprobe`) asks the stream's tail on a fresh connection every
-`tail_probe_interval` s of silence.  A tail equal to the read offset proves
+`tail_probe_interval` s of silence.  What the read and the probe saw is fed to
+a `runner.detectors.ReadIdleWatchdog`, which judges (this module only does
+the I/O: reading, sending probes, ending).  A tail equal to the read offset proves
 the silence harmless and pushes the idle watchdog's deadline (so a healthy
 stream is never dropped, even from a server that sends nothing while idle);
 a tail beyond it, with not one byte arriving on the read within
@@ -53,6 +55,7 @@ from pullwake.core.protocol import (
     current_cursor,
 )
 from pullwake.runner.config import RunnerConfig
+from pullwake.runner.detectors import ReadIdleWatchdog
 from pullwake.runner.errors import SessionEnded, classify, describe
 from pullwake.runner.sse import Comment, Control, DataBatch, SSEParser, SSEProtocolError, decode
 from pullwake.runner.tailprobe import TailProbe, ahead
@@ -66,7 +69,6 @@ T = TypeVar("T")
 # control events), so 45 s never drops it and still bounds a dead read.
 DEFAULT_IDLE_S = 45.0
 IDLE_FACTOR = 3.0
-MAX_TICK_S = 1.0  # how often a waiting read looks at its watchdog and probe
 IDLE_TRAFFIC_GAP_S = 1.0  # a data-less chunk after this much silence: the server talks idle
 ROTATE_COMMENT = "rotate"  # a server may say so before a planned SSE rotation
 
@@ -120,15 +122,17 @@ class Session:
         self._hooks = hooks
         self._connected_at: float | None = None
         self.cursor: str | None = None
-        self._idle: float | None = None  # the watchdog bound of this session (SSE)
-        self._last_byte = time.monotonic()
-        self._last_probe = 0.0  # monotonic time of the last probe sent
-        self._last_good_probe = 0.0  # ... of the last probe that found tail == offset
-        self._suspect: tuple[str, float] | None = None  # (tail seen ahead, deadline)
-        self.idle_traffic = False  # the server was seen sending while idle (SSE)
         self.probe: TailProbe | None = None
         if config.profile.tail_probe and config.tail_probe_interval > 0:
             self.probe = TailProbe(http, self._url, config.connect_timeout)
+        # the bound is armed when the SSE read connects (long-poll: bounded per request)
+        self.watchdog = ReadIdleWatchdog(
+            bound=None,
+            probe_interval=config.tail_probe_interval if self.probe is not None else None,
+            probe_grace=config.tail_probe_grace,
+            idle_traffic_gap=IDLE_TRAFFIC_GAP_S,
+            now=time.monotonic(),
+        )
 
     def __repr__(self) -> str:
         return f"<Session {self.number} offset={self.offset} connected={self.connected}>"
@@ -136,6 +140,11 @@ class Session:
     @property
     def connected(self) -> bool:
         return self._connected_at is not None
+
+    @property
+    def idle_traffic(self) -> bool:
+        """The server was seen sending while idle (SSE)."""
+        return self.watchdog.idle_traffic
 
     @property
     def healthy(self) -> bool:
@@ -177,8 +186,8 @@ class Session:
                 body = (await _safe_text(resp))[:200]
                 self._end(EndReason.HTTP_ERROR, f"HTTP {resp.status} {body}", resp.status)
             idle = idle_bound(cfg, resp.headers)
-            self._idle = idle
-            self._connected_at = self._last_byte = time.monotonic()
+            self._connected_at = time.monotonic()
+            self.watchdog.arm(self._connected_at, idle)
             self._hooks.connected(idle)
             parser = SSEParser()
             rotate = False
@@ -189,8 +198,8 @@ class Session:
                     self._fail(exc)
                 if not chunk:
                     self._end(EndReason.ROTATED if rotate else EndReason.EOF, "stream ended")
-                gap = time.monotonic() - self._last_byte
-                self._byte()
+                arrived = time.monotonic()
+                self._hooks.got_bytes()
                 had_data = False
                 try:
                     for item in parser.feed(chunk):
@@ -205,29 +214,14 @@ class Session:
                             self._control(decoded)
                 except SSEProtocolError as exc:
                     self._end(EndReason.PROTOCOL_ERROR, str(exc))
-                if not had_data and gap >= IDLE_TRAFFIC_GAP_S:
-                    self.idle_traffic = True
-                self._last_byte = time.monotonic()  # time spent in backpressure is not silence
+                # time spent in backpressure is not silence: counted from now
+                self.watchdog.on_bytes(time.monotonic(), had_data, arrived)
 
-    # --- the watch: idle watchdog and tail probe, while the read waits -------------------
-    def _byte(self) -> None:
-        self._last_byte = time.monotonic()
-        self._suspect = None  # bytes flow: the read is alive
-        self._hooks.got_bytes()
-
-    def _tick(self) -> float | None:
-        periods = [MAX_TICK_S]
-        if self._idle is not None:
-            periods.append(self._idle / 4)
-        if self.probe is not None:
-            periods.append(self._config.tail_probe_interval / 4)
-            periods.append(self._config.tail_probe_grace / 2)
-        return max(0.01, min(periods)) if (self._idle or self.probe) else None
-
+    # --- the watch: the I/O around the watchdog, while the read waits -----------------
     async def _watched(self, aw: Awaitable[T]) -> T:
         """Await a network read; on every tick of silence run the watch (may end us)."""
         task = asyncio.ensure_future(aw)
-        tick = self._tick()
+        tick = self.watchdog.tick()
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=tick)
@@ -241,42 +235,19 @@ class Session:
                     await task
 
     async def _watch(self) -> None:
+        """Send the probe the watchdog wants, if any; then ask it whether the read is dead."""
+        wd = self.watchdog
         now = time.monotonic()
-        if self._suspect is not None and now >= self._suspect[1]:
-            tail = self._suspect[0]
-            self._end(
-                EndReason.TAIL_AHEAD,
-                f"stream tail {tail} is beyond the read offset {self.offset} and the read"
-                f" delivered nothing for {self._config.tail_probe_grace:g}s",
-            )
-        interval = self._config.tail_probe_interval
-        if (
-            self.probe is not None
-            and self._suspect is None
-            and self.connected
-            and now - max(self._last_byte, self._last_probe) >= interval
-        ):
-            self._last_probe = now
+        if self.probe is not None and self.connected and wd.probe_due(now):
+            wd.probe_sent(now)
             probed = await self.probe.tail()
-            if probed is not None and ahead(probed, self.offset):
+            now = time.monotonic()
+            wd.on_probe(now, probed, self.offset)
+            if wd.suspect is not None:
                 log.info("tail probe: %s beyond read offset %s", probed, self.offset)
-                self._suspect = (probed, time.monotonic() + self._config.tail_probe_grace)
-            elif probed is not None:
-                self._last_good_probe = time.monotonic()
-        if self._idle is not None:
-            alive = (
-                self._last_byte
-                if self.idle_traffic
-                else max(self._last_byte, self._last_good_probe)
-            )
-            quiet = time.monotonic() - alive
-            if quiet >= self._idle:
-                since_byte = time.monotonic() - self._last_byte
-                self._end(
-                    EndReason.IDLE_TIMEOUT,
-                    f"no byte for {since_byte:.3g}s (bound {self._idle:g}s)"
-                    + (", no tail probe answered" if self.probe is not None else ""),
-                )
+        verdict = wd.verdict(now)
+        if verdict is not None:
+            self._end(verdict.reason, verdict.detail)
 
     def _went_back(self, next_offset: str) -> None:
         """A server whose stream answers an offset *before* ours recreated the stream
@@ -348,7 +319,8 @@ class Session:
         if not self.connected:
             self._connected_at = time.monotonic()
             self._hooks.connected(bound)
-        self._byte()
+        arrived = time.monotonic()
+        self._hooks.got_bytes()
         next_offset = headers.get(H_NEXT_OFFSET)
         if not next_offset:
             self._end(EndReason.PROTOCOL_ERROR, f"no {H_NEXT_OFFSET} header")
@@ -364,7 +336,8 @@ class Session:
         self.offset = next_offset
         self.cursor = headers.get(H_CURSOR, self.cursor)
         self._hooks.offset(next_offset)
-        self._last_byte = time.monotonic()
+        # an answer is not idle talk (that is an SSE notion): data=True
+        self.watchdog.on_bytes(time.monotonic(), True, arrived)
         if headers.get(H_CLOSED, "").lower() == "true":
             self._end(EndReason.CLOSED, "Stream-Closed")
 
