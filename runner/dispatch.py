@@ -640,12 +640,7 @@ class Dispatcher:
                     continue
                 s.fenced += 1
                 self._observer.wake(WakeOutcome.FENCED, trace_id)
-                log.warning(
-                    "completion of %s: %s; the claim is lost, the server announces the work"
-                    " again (handled once more)",
-                    claim.wake_id,
-                    what,
-                )
+                log.warning("completion of %s: %s; %s", claim.wake_id, what, _after_loss(answer))
                 self._on_error(f"completion of {claim.wake_id}: {what}")
                 return
 
@@ -653,6 +648,23 @@ class Dispatcher:
 @dataclass
 class _Lease:
     acked_at: float  # monotonic: the claim, then every acknowledged lease heartbeat
+
+
+# In a refused completion's DS error: the server no longer knows the claim at
+# all - a restart of a server that keeps subscriptions in memory only (the real
+# agents-server does).  It announces nothing again for it.
+FORGOTTEN_CLAIM_CODES = ("SUBSCRIPTION_NOT_FOUND", "TOKEN_INVALID")
+
+
+def _after_loss(answer: Answer) -> str:
+    """What happens to the work of a claim whose completion was refused."""
+    if any(code in answer.error_message() for code in FORGOTTEN_CLAIM_CODES):
+        return (
+            "the server forgot the claim (restarted without its subscriptions): the handled"
+            " work is done, but messages that arrived during the claim are announced again"
+            " only when the entity gets another message"
+        )
+    return "the claim is lost, the server announces the work again (handled once more)"
 
 
 def _describe(answer: Answer) -> str:

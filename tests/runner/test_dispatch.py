@@ -171,6 +171,20 @@ def test_callback_outcomes() -> None:
     assert callback_outcome(Answer(503, None)) is CallbackOutcome.FAILED
 
 
+def test_a_refused_completion_says_whether_the_work_comes_back() -> None:
+    # The real agents-server forgets subscriptions on restart: its 502 then names
+    # SUBSCRIPTION_NOT_FOUND (later TOKEN_INVALID) and nothing is announced again;
+    # FENCED means a newer generation exists, so the work does come back.
+    forgot = 'Subscription ack failed: 404 {"error":{"code":"SUBSCRIPTION_NOT_FOUND"}}'
+    token = 'Subscription ack failed: 401 {"error":{"code":"TOKEN_INVALID"}}'
+    fenced = 'Subscription ack failed: 409 {"error":{"code":"FENCED"}}'
+    for message in (forgot, token):
+        said = dispatch._after_loss(Answer(502, _err("WAKE_CALLBACK_FAILED", message)))
+        assert "forgot the claim" in said and "announces the work again" not in said
+    said = dispatch._after_loss(Answer(502, _err("WAKE_CALLBACK_FAILED", fenced)))
+    assert "announces the work again" in said
+
+
 def test_claim_parse_acks_every_stream_but_never_minus_one() -> None:
     n = dict(NOTIFICATION, streams=[*NOTIFICATION["streams"], {"path": "/x", "offset": "-1"}])
     c = Claim.parse(n)
