@@ -20,7 +20,6 @@ import os
 import shutil
 import signal
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.support.procs import Proc, ServerProcess, running, wait_until
+from tests.support.waits import holds_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PULLWAKE_INTEROP_HOME", Path.home() / ".cache" / "pullwake-interop"))
@@ -63,6 +63,33 @@ def covered(lines: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
             out.append((stream, last.get(stream, ""), upto))
             last[stream] = upto
     return out
+
+
+def handled_counts(runner: Proc, messages: list[dict[str, Any]]) -> dict[str, int]:
+    """How many handler runs covered each published message (by stream and offset)."""
+    runs = covered(runner_lines(runner))
+    return {
+        m["txid"]: sum(1 for s, a, u in runs if s == m["stream"] and a < m["offset"] <= u)
+        for m in messages
+    }
+
+
+def handled_once(runner: Proc, messages: list[dict[str, Any]]) -> bool:
+    return set(handled_counts(runner, messages).values()) == {1}
+
+
+def wait_every_message_handled(
+    runner: Proc, messages: list[dict[str, Any]], timeout: float
+) -> None:
+    """Wait until some run covered every message; fail with the runner's output."""
+    try:
+        wait_until(
+            lambda: all(n >= 1 for n in handled_counts(runner, messages).values()),
+            timeout,
+            what="every message",
+        )
+    except AssertionError:
+        raise AssertionError(runner.output()[-4000:]) from None
 
 
 def test_upstream_runner_handles_every_message_once(tmp_path: Path) -> None:
@@ -102,19 +129,9 @@ def test_upstream_runner_handles_every_message_once(tmp_path: Path) -> None:
         more += [server.publish("up1", "c", entity=e) for e in entities[1:]]
         messages = first + more
 
-        def counts() -> dict[str, int]:
-            runs = covered(runner_lines(runner))
-            return {
-                m["txid"]: sum(1 for s, a, u in runs if s == m["stream"] and a < m["offset"] <= u)
-                for m in messages
-            }
-
-        try:
-            wait_until(lambda: all(n >= 1 for n in counts().values()), 60, what="every message")
-        except AssertionError:
-            raise AssertionError(runner.output()[-4000:]) from None
-        time.sleep(1.0)  # a duplicate run would show up now
-        assert set(counts().values()) == {1}, counts()
+        wait_every_message_handled(runner, messages, 60)
+        # A duplicate run would show up within this window.
+        holds_for(lambda: handled_once(runner, messages), 1.0, what="every message handled once")
         lines = runner_lines(runner)
         assert not [ln for ln in lines if ln.get("event") == "error"], lines
         health = server.api("GET", "/_electric/runners/up1/health")[2]
@@ -174,17 +191,7 @@ def test_upstream_runner_through_a_kill_9_of_the_server_mid_claim(tmp_path: Path
         again.start()
         messages.append(again.publish("up1", "c", entity="/pullwake/k9-after"))
 
-        def counts() -> dict[str, int]:
-            runs = covered(runner_lines(runner))
-            return {
-                m["txid"]: sum(1 for s, a, u in runs if s == m["stream"] and a < m["offset"] <= u)
-                for m in messages
-            }
-
-        try:
-            wait_until(lambda: all(n >= 1 for n in counts().values()), 90, what="every message")
-        except AssertionError:
-            raise AssertionError(runner.output()[-4000:]) from None
-        assert set(counts().values()) == {1}, counts()
+        wait_every_message_handled(runner, messages, 90)
+        assert handled_once(runner, messages), handled_counts(runner, messages)
         dones = [ln for ln in runner_lines(runner) if ln.get("event") == "done"]
         assert all(d["ok"] for d in dones), dones
