@@ -188,7 +188,13 @@ class HandlerFailed(Exception):
 
 
 class ClaimLost(Exception):
-    """The server fenced our claim while the handler ran (lease heartbeat refused)."""
+    """The server fenced our claim while the handler ran (lease heartbeat refused).
+
+    `after` says what the server does with the work (see `_after_loss`)."""
+
+    def __init__(self, why: str, after: str = "the server announces the work again") -> None:
+        super().__init__(why)
+        self.after = after
 
 
 def handler_env(notification: dict[str, Any]) -> dict[str, str]:
@@ -549,6 +555,8 @@ class Dispatcher:
                     done, _ = await asyncio.wait({run, beats}, return_when=asyncio.FIRST_COMPLETED)
                     if run not in done:  # the lease heartbeats ended: the claim is lost
                         lost = beats.exception() if not beats.cancelled() else None
+                        if isinstance(lost, ClaimLost):
+                            raise lost
                         raise ClaimLost(str(lost or "claim lost"))
                     await run
         except ClaimLost as exc:
@@ -556,10 +564,10 @@ class Dispatcher:
             self._observer.handler(WakeOutcome.FAILED, time.monotonic() - h_started)
             self._observer.wake(WakeOutcome.FENCED, trace_id)
             log.warning(
-                "claim %s lost while its handler ran (%s): handler stopped; the server"
-                " announces the work again",
+                "claim %s lost while its handler ran (%s): handler stopped; %s",
                 claim.wake_id,
                 exc,
+                exc.after,
             )
             self._on_error(f"claim {claim.wake_id} lost: {exc}")
             return False
@@ -609,7 +617,7 @@ class Dispatcher:
             s.callback_heartbeat_failures += 1
             what = _describe(answer)
             if outcome is not CallbackOutcome.FAILED:
-                raise ClaimLost(f"lease heartbeat {what}")
+                raise ClaimLost(f"lease heartbeat {what}", _after_loss(answer))
             if time.monotonic() - lease.acked_at >= self._lease:
                 raise ClaimLost(f"no lease heartbeat acknowledged for {self._lease:g}s ({what})")
             log.info(
@@ -640,7 +648,13 @@ class Dispatcher:
                     continue
                 s.fenced += 1
                 self._observer.wake(WakeOutcome.FENCED, trace_id)
-                log.warning("completion of %s: %s; %s", claim.wake_id, what, _after_loss(answer))
+                log.warning(
+                    "completion of %s: %s; the claim is lost and %s (its work is done: it may"
+                    " be handled once more)",
+                    claim.wake_id,
+                    what,
+                    _after_loss(answer),
+                )
                 self._on_error(f"completion of {claim.wake_id}: {what}")
                 return
 
@@ -657,14 +671,13 @@ FORGOTTEN_CLAIM_CODES = ("SUBSCRIPTION_NOT_FOUND", "TOKEN_INVALID")
 
 
 def _after_loss(answer: Answer) -> str:
-    """What happens to the work of a claim whose completion was refused."""
+    """What the server does with the work of a claim it refused (heartbeat or completion)."""
     if any(code in answer.error_message() for code in FORGOTTEN_CLAIM_CODES):
         return (
-            "the server forgot the claim (restarted without its subscriptions): the handled"
-            " work is done, but messages that arrived during the claim are announced again"
-            " only when the entity gets another message"
+            "the server forgot the claim (restarted without its subscriptions): it announces"
+            " nothing again until the entity gets another message"
         )
-    return "the claim is lost, the server announces the work again (handled once more)"
+    return "the server announces the work again"
 
 
 def _describe(answer: Answer) -> str:
