@@ -4,6 +4,11 @@ Each subcommand lives with the package that owns it and exposes
 `register(subparsers)`, which adds its parser and sets `func` to a callable
 taking the parsed namespace and returning an exit code.  Modules keep their
 heavy imports inside functions so `pullwake --help` stays fast.
+
+Added here to every (leaf) command, in one place: `--log-format` /
+`--log-level` and the `PULLWAKE_*` variable of each option
+(`pullwake.core.cliargs`).  A command that wants another default log level
+sets `log_level_default` with `set_defaults`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from pullwake import __version__
+from pullwake.core import cliargs
 from pullwake.core.errors import CLIError
 
 # (module that registers the subcommand), in the order --help lists them.
@@ -48,7 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for words, command in cliargs.subparsers(parser):
+        if not any(a.dest == "log_format" for a in command._actions):
+            cliargs.add_log_options(command, command.get_default("log_level_default") or "info")
+        cliargs.apply_env(command, cliargs.command_prefix(words))
     return parser
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """The process's log handler, before the command runs (one-line error if bad)."""
+    from pullwake.core.logformat import configure_logging
+
+    fmt = getattr(args, "log_format", None) or "text"
+    level = getattr(args, "log_level", None) or "info"
+    try:
+        configure_logging(str(fmt), str(level))
+    except ValueError as exc:
+        flag = "--log-format" if "format" in str(exc) else "--log-level"
+        raise CLIError(f"{flag}: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        cliargs.check_env(args)
+        setup_logging(args)
         return int(func(args) or 0)
     except CLIError as exc:
         print(f"pullwake: error: {exc}", file=sys.stderr)

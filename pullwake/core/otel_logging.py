@@ -48,16 +48,30 @@ class RateLimitFilter(logging.Filter):
 
 
 _LOG_FILTER: Final = RateLimitFilter()
+# Loggers that warn on every failed export or dropped item.  Named, not
+# imported: several live in private SDK modules, and `getLogger(name)` made
+# now is the very object the module gets when it is imported later.
+OTEL_EXPORT_LOGGERS: Final = (
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc._log_exporter",
+    "opentelemetry.exporter.otlp.proto.http._common",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.http._log_exporter",
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.metrics._internal.export",
+    "opentelemetry.sdk._logs._internal",
+    "pullwake.core.telemetry",
+)
 
 
 def install_log_rate_limit() -> None:
     """Attach the filter to every OTel logger and ours (filters do not propagate)."""
-    import opentelemetry.exporter.otlp.proto.grpc.exporter
-    import opentelemetry.exporter.otlp.proto.http._common
-    import opentelemetry.sdk._shared_internal  # noqa: F401
-
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith(("opentelemetry", "pullwake.core.telemetry")):
-            logger = logging.getLogger(name)
-            if _LOG_FILTER not in logger.filters:
-                logger.addFilter(_LOG_FILTER)
+    names = set(OTEL_EXPORT_LOGGERS)
+    names.update(n for n in list(logging.root.manager.loggerDict) if n.startswith("opentelemetry"))
+    for name in names:
+        logger = logging.getLogger(name)
+        if _LOG_FILTER not in logger.filters:
+            logger.addFilter(_LOG_FILTER)

@@ -1,206 +1,230 @@
-"""The standard `OTEL_*` environment, read into frozen telemetry settings.
+"""pullwake's own rules on top of the standard `OTEL_*` environment.
 
-Pure: a mapping in, `TelemetrySettings` out, `TelemetryConfigError` (one
-line) for a bad value.  Split from `pullwake.telemetry` so the rules - OTLP
-only when asked for, milliseconds as the specification says, bounded span
-batching - are testable without building a provider.
+The OpenTelemetry SDK reads the standard variables itself: endpoints (the
+gRPC `host:port` form included), headers, timeouts, TLS, compression,
+`OTEL_BSP_*` / `OTEL_BLRP_*`, the metric export interval, the sampler and
+the resource (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`).  This module
+only decides what the SDK cannot:
+
+- which exporters exist: OTLP only when an endpoint variable is set or
+  `OTEL_{TRACES,METRICS,LOGS}_EXPORTER` names `otlp` (logs: only when named:
+  most deployments already ship stdout), so the embedded default never
+  retries against a collector that is not there;
+- which exporter class a protocol means (`grpc` or `http/protobuf`; the
+  Python SDK has no `http/json`);
+- a one-line `TelemetryConfigError` for a value the SDK would only warn
+  about and replace by its default (an unknown exporter or protocol, a
+  duration that is not a number).
+
+`otel_environment(env)` lets tests hand the SDK a mapping of their own.
 """
 
 from __future__ import annotations
 
 import os
-import urllib.parse
-from collections.abc import Mapping, Sequence
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Final
+
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
 from pullwake import __version__
 
 PROTOCOLS: Final = ("grpc", "http/protobuf")
-TRACE_EXPORTERS: Final = ("otlp", "console", "none")
-METRIC_EXPORTERS: Final = ("otlp", "console", "prometheus", "none")
-_DEFAULT_ENDPOINT: Final = {
-    "grpc": "http://localhost:4317",
-    "http/protobuf": "http://localhost:4318",
-}
-_HTTP_PATH: Final = {"traces": "/v1/traces", "metrics": "/v1/metrics"}
+EXPORTERS: Final = ("otlp", "console", "none")
+SIGNALS: Final = ("traces", "metrics", "logs")
+# Signals that push over OTLP as soon as an endpoint is configured (logs need
+# OTEL_LOGS_EXPORTER=otlp: they duplicate stdout, which is often shipped already).
+_ON_BY_ENDPOINT: Final = ("traces", "metrics")
+# Numbers the SDK would silently replace by a default when malformed.
+_NUMBERS: Final = (
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
+    "OTEL_METRIC_EXPORT_INTERVAL",
+    "OTEL_METRIC_EXPORT_TIMEOUT",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_EXPORT_TIMEOUT",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BLRP_SCHEDULE_DELAY",
+    "OTEL_BLRP_EXPORT_TIMEOUT",
+    "OTEL_BLRP_MAX_QUEUE_SIZE",
+    "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE",
+)
+_METRICS_PROMETHEUS_HINT: Final = (
+    "OTEL_METRICS_EXPORTER: prometheus is not an exporter here - pullwake always serves"
+    " Prometheus text on /metrics (runner: --status-listen); use otlp, console or none"
+)
 
 
 class TelemetryConfigError(ValueError):
     """A bad `OTEL_*` value: the CLI turns it into a one-line error."""
 
 
-# --- settings (pure: environment mapping in, frozen settings out) ---------------
-@dataclass(frozen=True)
-class OtlpTarget:
-    """Where and how one signal is pushed."""
-
-    endpoint: str
-    protocol: str  # one of PROTOCOLS
-    headers: Mapping[str, str] = field(default_factory=dict)
-    timeout_s: float = 10.0
-
-
 @dataclass(frozen=True)
 class TelemetrySettings:
+    """What pullwake decided; every other detail is the SDK's to read."""
+
     disabled: bool
-    resource: Mapping[str, str]
-    traces_otlp: OtlpTarget | None
-    metrics_otlp: OtlpTarget | None
-    traces_console: bool = False
-    metrics_console: bool = False
-    metric_export_interval_s: float = 60.0
-    metric_export_timeout_s: float = 10.0
-    span_batch: Mapping[str, int] = field(default_factory=dict)  # BatchSpanProcessor kwargs
+    resource: Resource
+    otlp: Mapping[str, str] = field(default_factory=dict)  # signal -> protocol
+    console: frozenset[str] = frozenset()  # signals with a console exporter
+
+    @property
+    def traces_otlp(self) -> str | None:
+        return self.otlp.get("traces")
+
+    @property
+    def metrics_otlp(self) -> str | None:
+        return self.otlp.get("metrics")
+
+    @property
+    def logs_otlp(self) -> str | None:
+        return self.otlp.get("logs")
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() == "true"
+# --- the environment the SDK reads ------------------------------------------------
+_ENV_LOCK: Final = threading.RLock()
 
 
-def _ms(env: Mapping[str, str], key: str, default_ms: float) -> float:
-    """A duration variable in milliseconds (the spec's unit), as seconds."""
-    raw = env.get(key, "").strip()
+@contextmanager
+def otel_environment(env: Mapping[str, str] | None) -> Iterator[None]:
+    """While inside, the process's `OTEL_*` variables are exactly those of `env`.
+
+    The SDK reads its variables when an exporter, processor, reader or
+    resource is constructed, so building inside this block hands it `env`.
+    `None` leaves the process environment alone (what the CLI does).
+    """
+    if env is None:
+        yield
+        return
+    with _ENV_LOCK:
+        saved = {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
+        try:
+            for k in saved:
+                del os.environ[k]
+            os.environ.update({k: v for k, v in env.items() if k.startswith("OTEL_")})
+            yield
+        finally:
+            for k in [k for k in os.environ if k.startswith("OTEL_")]:
+                del os.environ[k]
+            os.environ.update(saved)
+
+
+# --- pullwake's rules -------------------------------------------------------------
+def _get(key: str) -> str:
+    return os.environ.get(key, "").strip()
+
+
+def _exporters(signal: str) -> set[str] | None:
+    """`OTEL_<SIGNAL>_EXPORTER` as a set of names; None when unset."""
+    key = f"OTEL_{signal.upper()}_EXPORTER"
+    raw = _get(key)
     if not raw:
-        return default_ms / 1000.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise TelemetryConfigError(f"{key}={raw!r} is not a number of milliseconds") from None
-    if value <= 0:
-        raise TelemetryConfigError(f"{key}={raw!r} must be positive (milliseconds)")
-    return value / 1000.0
-
-
-def _kv_list(env: Mapping[str, str], key: str) -> dict[str, str]:
-    """`k=v,k2=v2` with URL-encoded values (headers, resource attributes)."""
-    out: dict[str, str] = {}
-    for item in env.get(key, "").split(","):
-        if not item.strip():
-            continue
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise TelemetryConfigError(f"{key}: {item.strip()!r} is not key=value")
-        out[urllib.parse.unquote(name.strip())] = urllib.parse.unquote(value.strip())
-    return out
-
-
-def _exporters(env: Mapping[str, str], key: str, allowed: Sequence[str]) -> set[str] | None:
-    raw = env.get(key)
-    if raw is None or not raw.strip():
         return None
     names = {n.strip().lower() for n in raw.split(",") if n.strip()}
-    bad = sorted(names - set(allowed))
+    if signal == "metrics" and "prometheus" in names:
+        raise TelemetryConfigError(_METRICS_PROMETHEUS_HINT)
+    bad = sorted(names - set(EXPORTERS))
     if bad:
-        raise TelemetryConfigError(f"{key}: unsupported {', '.join(bad)} (use {'|'.join(allowed)})")
+        raise TelemetryConfigError(
+            f"{key}: unsupported {', '.join(bad)} (use {'|'.join(EXPORTERS)})"
+        )
     return names - {"none"}
 
 
-def _otlp_target(env: Mapping[str, str], signal: str) -> OtlpTarget:
+def _protocol(signal: str) -> str:
     sig = signal.upper()
-    protocol = (
-        env.get(f"OTEL_EXPORTER_OTLP_{sig}_PROTOCOL")
-        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "grpc"
-    ).strip()
+    key = f"OTEL_EXPORTER_OTLP_{sig}_PROTOCOL"
+    if not _get(key):
+        key = "OTEL_EXPORTER_OTLP_PROTOCOL"
+    protocol = _get(key) or "grpc"  # the Python SDK's (and distro's) default
     if protocol not in PROTOCOLS:
         raise TelemetryConfigError(
-            f"OTLP protocol {protocol!r} is not supported (use {' | '.join(PROTOCOLS)})"
+            f"{key}={protocol!r} is not supported (use {' | '.join(PROTOCOLS)})"
         )
-    endpoint = env.get(f"OTEL_EXPORTER_OTLP_{sig}_ENDPOINT", "").strip()
-    if not endpoint:
-        base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or _DEFAULT_ENDPOINT[protocol]
-        # The generic endpoint is a base URL: HTTP appends the signal path, gRPC does not.
-        endpoint = base.rstrip("/") + _HTTP_PATH[signal] if protocol != "grpc" else base
-    parsed = urllib.parse.urlparse(endpoint)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise TelemetryConfigError(f"OTLP endpoint {endpoint!r} is not an http(s)://host:port URL")
-    headers = {
-        **_kv_list(env, "OTEL_EXPORTER_OTLP_HEADERS"),
-        **_kv_list(env, f"OTEL_EXPORTER_OTLP_{sig}_HEADERS"),
-    }
-    timeout_key = f"OTEL_EXPORTER_OTLP_{sig}_TIMEOUT"
-    if not env.get(timeout_key, "").strip():
-        timeout_key = "OTEL_EXPORTER_OTLP_TIMEOUT"
-    return OtlpTarget(endpoint, protocol, headers, _ms(env, timeout_key, 10_000))
+    return protocol
 
 
-_BSP: Final = {
-    "OTEL_BSP_SCHEDULE_DELAY": ("schedule_delay_millis", 5000),
-    "OTEL_BSP_EXPORT_TIMEOUT": ("export_timeout_millis", 30000),
-    "OTEL_BSP_MAX_QUEUE_SIZE": ("max_queue_size", 2048),  # bounded memory
-    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": ("max_export_batch_size", 512),
-}
+def _check_http_endpoint(signal: str) -> None:
+    """HTTP exporters need a URL; only gRPC takes the bare `host:port` form."""
+    for key in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        value = _get(key)
+        if value:
+            if not value.startswith(("http://", "https://")):
+                raise TelemetryConfigError(
+                    f"{key}={value!r}: http/protobuf needs an http(s):// URL"
+                    " (only grpc takes host:port)"
+                )
+            return
 
 
-def _span_batch(env: Mapping[str, str]) -> dict[str, int]:
-    """`OTEL_BSP_*` from the same mapping as everything else (tests inject it)."""
-    out = {}
-    for key, (kwarg, default) in _BSP.items():
-        raw = env.get(key, "").strip() or str(default)
-        if not raw.isdigit() or int(raw) <= 0:
-            raise TelemetryConfigError(f"{key}={raw!r} must be a positive integer")
-        out[kwarg] = int(raw)
-    if out["max_export_batch_size"] > out["max_queue_size"]:
-        out["max_export_batch_size"] = out["max_queue_size"]
-    return out
+def _check_numbers() -> None:
+    for key in _NUMBERS:
+        raw = _get(key)
+        if not raw:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            raise TelemetryConfigError(f"{key}={raw!r} is not a number") from None
+        if not value > 0:
+            raise TelemetryConfigError(f"{key}={raw!r} must be positive")
+
+
+def _endpoint_set(signal: str) -> bool:
+    return bool(
+        _get("OTEL_EXPORTER_OTLP_ENDPOINT") or _get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    )
+
+
+def service_resource(defaults: Mapping[str, str]) -> Resource:
+    """`defaults` under the SDK's resource: `OTEL_RESOURCE_ATTRIBUTES` and
+    `OTEL_SERVICE_NAME` win over them (the SDK's `Resource.create` alone
+    would let explicit attributes win over the environment)."""
+    return Resource.create(dict(defaults)).merge(OTELResourceDetector().detect())
 
 
 def settings_from_env(
     service_name: str,
-    instance_id: str,
+    instance_id: str | None = None,
     version: str = __version__,
     env: Mapping[str, str] | None = None,
 ) -> TelemetrySettings:
-    """Read the standard OTel variables.  OTLP is on only when asked for.
+    """pullwake's decisions from the `OTEL_*` environment (`env`, else the process's).
 
-    `OTEL_{TRACES,METRICS}_EXPORTER` unset means: OTLP if an endpoint
-    variable is set, else nothing pushed (the Prometheus endpoint is always
-    there unless `OTEL_SDK_DISABLED=true`).  Timeouts and intervals are in
-    milliseconds, as the specification says.
+    `instance_id` None: a fresh uuid4 (the convention for a process without
+    a stable identity of its own, like the server; the runner passes its
+    runner id).  `OTEL_RESOURCE_ATTRIBUTES=service.instance.id=...` wins.
     """
-    env = os.environ if env is None else env
-    resource = {
+    defaults = {
         "service.name": service_name,
-        "service.instance.id": instance_id,
+        "service.instance.id": instance_id or str(uuid.uuid4()),
         "service.version": version,
     }
-    resource.update(_kv_list(env, "OTEL_RESOURCE_ATTRIBUTES"))
-    if env.get("OTEL_SERVICE_NAME", "").strip():
-        resource["service.name"] = env["OTEL_SERVICE_NAME"].strip()
-    if _truthy(env.get("OTEL_SDK_DISABLED")):
-        return TelemetrySettings(True, resource, None, None)
-
-    def wanted(signal: str, allowed: Sequence[str]) -> set[str]:
-        chosen = _exporters(env, f"OTEL_{signal.upper()}_EXPORTER", allowed)
-        if chosen is not None:
-            return chosen
-        endpoint_set = any(
-            env.get(k, "").strip()
-            for k in (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT",
-            )
-        )
-        return {"otlp"} if endpoint_set else set()
-
-    traces = wanted("traces", TRACE_EXPORTERS)
-    metrics = wanted("metrics", METRIC_EXPORTERS)
-    if any(k.startswith("OTEL_EXPORTER_OTLP_") and env[k].strip() for k in env):
-        # OTLP variables set but OTLP not on: still say when one is wrong (a
-        # typo'd protocol must not pass silently, to bite when an endpoint is set)
-        for signal in ("traces", "metrics"):
-            _otlp_target(env, signal)
-    interval = _ms(env, "OTEL_METRIC_EXPORT_INTERVAL", 60_000)
-    return TelemetrySettings(
-        disabled=False,
-        resource=resource,
-        traces_otlp=_otlp_target(env, "traces") if "otlp" in traces else None,
-        metrics_otlp=_otlp_target(env, "metrics") if "otlp" in metrics else None,
-        traces_console="console" in traces,
-        metrics_console="console" in metrics,
-        metric_export_interval_s=interval,
-        # An export may never outlive the next one: bound it by the interval.
-        metric_export_timeout_s=min(_ms(env, "OTEL_METRIC_EXPORT_TIMEOUT", 10_000), interval),
-        span_batch=_span_batch(env),
-    )
+    with otel_environment(env):
+        resource = service_resource(defaults)
+        if _get("OTEL_SDK_DISABLED").lower() == "true":
+            return TelemetrySettings(True, resource)
+        _check_numbers()
+        otlp: dict[str, str] = {}
+        console: set[str] = set()
+        for signal in SIGNALS:
+            chosen = _exporters(signal)
+            if chosen is None:
+                on = signal in _ON_BY_ENDPOINT and _endpoint_set(signal)
+                chosen = {"otlp"} if on else set()
+            # A typo'd protocol must not pass silently, to bite once OTLP is on.
+            protocol = _protocol(signal)
+            if "otlp" in chosen:
+                if protocol == "http/protobuf":
+                    _check_http_endpoint(signal)
+                otlp[signal] = protocol
+            if "console" in chosen:
+                console.add(signal)
+        return TelemetrySettings(False, resource, otlp, frozenset(console))

@@ -9,16 +9,20 @@ rule that telemetry never hurts the process lives here too:
   explicit `OTEL_*_EXPORTER=otlp`), so the embedded default never retries
   against a collector that is not there;
 - spans go through a `BatchSpanProcessor` (bounded queue, its own thread),
-  metrics through a `PeriodicExportingMetricReader` (its own thread), both
-  with export timeouts: nothing here blocks the caller's event loop;
+  metrics through a `PeriodicExportingMetricReader` (its own thread), log
+  records (`OTEL_LOGS_EXPORTER=otlp`) through a `BatchLogRecordProcessor`
+  (bounded queue, its own thread), all with export timeouts: nothing here
+  blocks the caller's event loop;
 - the exporters' own warnings are rate limited;
 - `shutdown()` flushes on a helper thread and gives up after a deadline.
 
 The Prometheus reader writes into a private `CollectorRegistry`, never the
 global one, so several providers (tests) can live in one process.  The
-environment itself is read by `pullwake.otel_settings` (pure); the catalog's
-instruments live in `pullwake.instruments`, the log rate limit in
-`pullwake.otel_logging` (both re-exported here).
+SDK reads the standard `OTEL_*` variables itself (exporters are built
+without arguments); `pullwake.core.otel_settings` holds pullwake's own
+rules on top.  The catalog's instruments live in `pullwake.core.instruments`,
+the log rate limit in `pullwake.core.otel_logging` (both re-exported here),
+log export in `pullwake.core.otel_logs`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import metrics as metrics_api
 from opentelemetry import trace as trace_api
@@ -40,7 +44,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -56,11 +60,14 @@ from pullwake.core.catalog import CATALOG, Component, Kind
 from pullwake.core.instruments import GaugeCallback, Instruments
 from pullwake.core.otel_logging import RateLimitFilter, install_log_rate_limit
 from pullwake.core.otel_settings import (
-    OtlpTarget,
     TelemetryConfigError,
     TelemetrySettings,
+    otel_environment,
     settings_from_env,
 )
+
+if TYPE_CHECKING:
+    from pullwake.core.otel_logs import LoggerProvider
 
 log = logging.getLogger("pullwake.core.telemetry")
 
@@ -76,7 +83,6 @@ __all__ = [
     "GaugeCallback",
     "Instruments",
     "KeepRootsSampler",
-    "OtlpTarget",
     "RateLimitFilter",
     "Telemetry",
     "TelemetryConfigError",
@@ -87,40 +93,34 @@ __all__ = [
 ]
 
 
-# --- exporters -----------------------------------------------------------------
-def _span_exporter(t: OtlpTarget) -> SpanExporter:
-    if t.protocol == "grpc":
+# --- exporters: constructed bare, so the SDK reads OTEL_EXPORTER_OTLP_* itself ----------
+def _span_exporter(protocol: str) -> SpanExporter:
+    if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        return OTLPSpanExporter(endpoint=t.endpoint, headers=dict(t.headers), timeout=t.timeout_s)
+        return OTLPSpanExporter()
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HttpSpanExporter,
     )
 
-    return HttpSpanExporter(endpoint=t.endpoint, headers=dict(t.headers), timeout=t.timeout_s)
+    return HttpSpanExporter()
 
 
-def _metric_exporter(t: OtlpTarget) -> MetricExporter:
-    if t.protocol == "grpc":
+def _metric_exporter(protocol: str) -> MetricExporter:
+    if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-        return OTLPMetricExporter(endpoint=t.endpoint, headers=dict(t.headers), timeout=t.timeout_s)
+        return OTLPMetricExporter()
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter as HttpMetricExporter,
     )
 
-    return HttpMetricExporter(endpoint=t.endpoint, headers=dict(t.headers), timeout=t.timeout_s)
+    return HttpMetricExporter()
 
 
-def _batch(exporter: SpanExporter, settings: TelemetrySettings) -> BatchSpanProcessor:
-    b = settings.span_batch
-    return BatchSpanProcessor(
-        exporter,
-        max_queue_size=b.get("max_queue_size"),
-        schedule_delay_millis=b.get("schedule_delay_millis"),
-        max_export_batch_size=b.get("max_export_batch_size"),
-        export_timeout_millis=b.get("export_timeout_millis"),
-    )
+def _env_sampler() -> Sampler:
+    """The sampler the SDK picks from OTEL_TRACES_SAMPLER(_ARG), by public API only."""
+    return TracerProvider(resource=Resource.get_empty(), shutdown_on_exit=False).sampler
 
 
 def catalog_views(component: Component | None = None) -> list[View]:
@@ -188,21 +188,26 @@ class Telemetry:
         sampler: Sampler | None = None,
     ) -> None:
         self.settings = settings
+        self.resource = settings.resource
         self.enabled = not settings.disabled
         self._registry: Any = None
         self._shutdown_done = False
+        self.logger_provider: LoggerProvider | None = None
+        self._log_handler: logging.Handler | None = None
         if not self.enabled:
             self.tracer_provider: trace_api.TracerProvider = trace_api.NoOpTracerProvider()
             self.meter_provider: metrics_api.MeterProvider = metrics_api.NoOpMeterProvider()
             return
         install_log_rate_limit()
-        resource = Resource.create(dict(settings.resource))
+        resource = settings.resource
+        # Exporters, batch processors and readers are built bare: the SDK reads
+        # OTEL_EXPORTER_OTLP_*, OTEL_BSP_*, OTEL_METRIC_EXPORT_* itself.
         processors = list(span_processors)
         if settings.traces_otlp:
-            processors.append(_batch(_span_exporter(settings.traces_otlp), settings))
-        if settings.traces_console:
-            processors.append(_batch(ConsoleSpanExporter(), settings))
-        base = sampler or sampling._get_from_env_or_default()  # OTEL_TRACES_SAMPLER(_ARG)
+            processors.append(BatchSpanProcessor(_span_exporter(settings.traces_otlp)))
+        if "traces" in settings.console:
+            processors.append(BatchSpanProcessor(ConsoleSpanExporter()))
+        base = sampler or _env_sampler()
         tp = TracerProvider(
             resource=resource,
             shutdown_on_exit=False,
@@ -211,18 +216,10 @@ class Telemetry:
         for p in processors:
             tp.add_span_processor(p)
         readers = list(metric_readers)
-        interval_ms = settings.metric_export_interval_s * 1000
-        timeout_ms = settings.metric_export_timeout_s * 1000
         if settings.metrics_otlp:
-            readers.append(
-                PeriodicExportingMetricReader(
-                    _metric_exporter(settings.metrics_otlp), interval_ms, timeout_ms
-                )
-            )
-        if settings.metrics_console:
-            readers.append(
-                PeriodicExportingMetricReader(ConsoleMetricExporter(), interval_ms, timeout_ms)
-            )
+            readers.append(PeriodicExportingMetricReader(_metric_exporter(settings.metrics_otlp)))
+        if "metrics" in settings.console:
+            readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
         if prometheus:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
             from prometheus_client import CollectorRegistry
@@ -233,6 +230,29 @@ class Telemetry:
         self.meter_provider = MeterProvider(
             resource=resource, metric_readers=readers, views=catalog_views(), shutdown_on_exit=False
         )
+        if settings.logs_otlp or "logs" in settings.console:
+            from pullwake.core.otel_logs import build_logger_provider
+
+            self.logger_provider = build_logger_provider(
+                resource, settings.logs_otlp, "logs" in settings.console
+            )
+
+    def attach_logs(self, logger: logging.Logger | None = None) -> None:
+        """Export `logger`'s records (default: the root's) when log export is on,
+        and name this service in every JSON log line (service.name, instance)."""
+        from pullwake.core.logformat import set_log_fields
+
+        attrs = self.resource.attributes
+        set_log_fields(
+            **{k: str(attrs[k]) for k in ("service.name", "service.instance.id") if k in attrs}
+        )
+        if self.logger_provider is None or self._log_handler is not None:
+            return
+        from pullwake.core.otel_logs import OtlpLogHandler
+
+        self._log_handler = OtlpLogHandler(self.logger_provider)
+        self._log_logger = logger or logging.getLogger()
+        self._log_logger.addHandler(self._log_handler)
 
     def tracer(self) -> trace_api.Tracer:
         return self.tracer_provider.get_tracer(SCOPE, __version__)
@@ -261,16 +281,23 @@ class Telemetry:
         if not self.enabled or self._shutdown_done:
             return True
         self._shutdown_done = True
-        tp, mp = self.tracer_provider, self.meter_provider
+        tp, mp, lp = self.tracer_provider, self.meter_provider, self.logger_provider
+        if self._log_handler is not None:  # no record may reach a provider shut down
+            self._log_logger.removeHandler(self._log_handler)
+            self._log_handler = None
         ms = max(timeout_s * 1000 - 100, 100)
+        share = ms / (3 if lp is not None else 2)
 
         def run() -> None:
             try:
                 if isinstance(tp, TracerProvider):
-                    tp.force_flush(int(ms / 2))
+                    tp.force_flush(int(share))
                     tp.shutdown()
+                if lp is not None:
+                    lp.force_flush(int(share))
+                    lp.shutdown()
                 if isinstance(mp, MeterProvider):
-                    mp.shutdown(timeout_millis=ms / 2)
+                    mp.shutdown(timeout_millis=share)
             except Exception:  # never let telemetry fail the caller's exit
                 log.warning("telemetry shutdown failed", exc_info=True)
 
@@ -285,10 +312,19 @@ class Telemetry:
 
 def build_telemetry(
     service_name: str,
-    instance_id: str,
+    instance_id: str | None = None,
     version: str = __version__,
     env: Mapping[str, str] | None = None,
     **kwargs: Any,
 ) -> Telemetry:
-    """Settings from the environment, then providers; raises TelemetryConfigError."""
-    return Telemetry(settings_from_env(service_name, instance_id, version, env), **kwargs)
+    """Settings from the environment, then providers; raises TelemetryConfigError.
+
+    `env` (tests) replaces the process's `OTEL_*` variables for the SDK too,
+    while it builds.  `instance_id` None: the SDK's per-process uuid4.
+    """
+    with otel_environment(env):
+        settings = settings_from_env(service_name, instance_id, version)
+        try:
+            return Telemetry(settings, **kwargs)
+        except ValueError as exc:  # the SDK refusing a combination (e.g. batch > queue)
+            raise TelemetryConfigError(str(exc).splitlines()[0]) from None
