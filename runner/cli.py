@@ -1,10 +1,12 @@
 """`pullwake run`: the runner from the command line.
 
-Every option can also come from a `PULLWAKE_*` environment variable (the
-command line wins).  Values are parsed here, not by argparse, so a bad value
-gives one line (`pullwake: error: ...`, exit 2) and never a usage dump or a
-traceback.  SIGINT/SIGTERM stop the runner cleanly (exit 0); SIGHUP ends the
-live read and reconnects at once (reason `forced`), like `POST /reconnect`.  An unreachable
+Every option can also come from a `PULLWAKE_<OPTION>` environment variable
+(the command line wins; the mechanism is `pullwake.core.cliargs`, the same for
+every command; `--log-format` / `--log-level` are added there too).  Values
+are parsed here, not by argparse, so a bad value gives one line
+(`pullwake: error: ...`, exit 2) and never a usage dump or a traceback.
+SIGINT/SIGTERM stop the runner cleanly (exit 0); SIGHUP ends the live read
+and reconnects at once (reason `forced`), like `POST /reconnect`.  An unreachable
 server at start is not an error: the runner stays `connecting` and backs off.
 """
 
@@ -12,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from pullwake.runner.core import Runner
     from pullwake.runner.observe import RunnerObserver
 
-# (flag, env var, default, help) - the single list behind parser, env and --help.
+# (flag, env var, default, help) - the single list behind parser and --help; the
+# env var is `cliargs`' name for the option (PULLWAKE_ + option), named here for readers.
 OPTIONS: list[tuple[str, str, str | None, str]] = [
     ("--server", "PULLWAKE_SERVER", None, "server base URL, e.g. http://127.0.0.1:4437 (required)"),
     ("--runner-id", "PULLWAKE_RUNNER_ID", None, "this runner's id (required)"),
@@ -177,7 +178,6 @@ OPTIONS: list[tuple[str, str, str | None, str]] = [
         DEV_PRINCIPAL,
         "electric-principal header: kind:name or /principal/<kind%%3Aname>",
     ),
-    ("--log-level", "PULLWAKE_LOG_LEVEL", "info", "debug, info, warning or error"),
 ]
 
 
@@ -188,20 +188,19 @@ def register(subparsers: Any) -> None:
         description="Register, stream the wake stream, heartbeat, claim and dispatch wakes. "
         "Every option can also be set with the environment variable named in its help.",
     )
-    for flag, env, default, text in OPTIONS:
+    for flag, _env, default, text in OPTIONS:
         shown = "none" if default is None else default
-        p.add_argument(flag, default=None, help=f"{text} [env {env}; default: {shown}]")
-    p.set_defaults(func=run)
+        p.add_argument(flag, default=None, help=f"{text} (default: {shown})")
+    p.set_defaults(func=run, log_level_default="info")
 
 
 def _values(args: argparse.Namespace) -> dict[str, str | None]:
+    """Command line, else its PULLWAKE_* variable (both in `args`), else the default."""
     out: dict[str, str | None] = {}
-    for flag, env, default, _ in OPTIONS:
+    for flag, _env, default, _ in OPTIONS:
         key = flag[2:].replace("-", "_")
         value = getattr(args, key, None)
-        if value is None:
-            value = os.environ.get(env) or default
-        out[key] = value
+        out[key] = default if value is None or value == "" else value
     return out
 
 
@@ -229,8 +228,6 @@ def config_from_args(args: argparse.Namespace) -> RunnerConfig:
         live = LiveMode(str(v["live"]))
     except ValueError:
         raise CLIError(f"--live: want sse or long-poll, got {v['live']!r}") from None
-    if (v["log_level"] or "").upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise CLIError(f"--log-level: want debug, info, warning or error, got {v['log_level']!r}")
     try:
         if v["status_listen"]:
             parse_listen(v["status_listen"])
@@ -310,17 +307,17 @@ async def serve(runner: Runner) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pullwake.core.errors import CLIError
+    from pullwake.core.logformat import set_log_fields
     from pullwake.runner.config import ConfigError
 
     config = config_from_args(args)
-    level = str(_values(args)["log_level"]).upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    set_log_fields(**{"runner.id": config.runner_id})
     try:
         runner = build_runner(config)
     except ConfigError as exc:  # the offset file: unreadable, clobbered, unwritable
         raise CLIError(str(exc)) from None
     telemetry = _telemetry(runner)
+    telemetry.attach_logs()  # service.name/instance in JSON lines; OTLP logs when on
     try:
         asyncio.run(serve(runner))
     finally:

@@ -119,7 +119,7 @@ def register(subparsers: Any) -> None:
         "(upstream with an external DS in production); default: it is system:dev-local",
     )
     s.add_argument("--dev", action="store_true", help=argparse.SUPPRESS)  # the old default
-    s.set_defaults(func=run_server)
+    s.set_defaults(func=run_server, log_level_default="warning")
 
     p = subparsers.add_parser(
         "publish",

@@ -3,14 +3,17 @@
 Attached through the server's observer seam (`pullwake.server.observe`), so the
 server core never imports OpenTelemetry.  Gauges (open streams, pending
 subscriptions, active claims, lease remaining, the "client says connected but
-no open stream" mismatch) are read from a `ServerSnapshot` at collection time; counters and
-the request histogram come from observer calls.  A middleware continues the
-runner's W3C `traceparent` with a server span per request.
+no open stream" mismatch) are read from a `ServerSnapshot` at collection time; counters
+come from observer calls.  A middleware (`http_middleware`) continues the runner's W3C
+`traceparent` with a SERVER span per request and times it into
+`http.server.request.duration`, both by the HTTP semantic conventions
+(`pullwake.core.http_semconv` says why not the aiohttp server instrumentation).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final
 
@@ -21,6 +24,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from pullwake.core import catalog as c
+from pullwake.core import http_semconv as hs
 from pullwake.core.catalog import RUNNER_ID, Component
 from pullwake.core.instruments import CachedSnapshot
 from pullwake.core.protocol import ClaimOutcome, CompletionOutcome, LiveMode
@@ -138,7 +142,12 @@ class OtelServerObserver:
         pass
 
     def request_finished(self, route: str, method: str, status: int, duration_s: float) -> None:
-        self._ins.record(c.SERVER_REQUEST_DURATION, duration_s, {})
+        pass  # timed with the conventions' attributes by `http_middleware` instead
+
+    @property
+    def instruments(self) -> Instruments:
+        """The server's catalog instruments (`http_middleware` times requests into them)."""
+        return self._ins
 
 
 # --- HTTP: /metrics and server spans ------------------------------------------------
@@ -156,76 +165,126 @@ def metrics_handler(telemetry: Telemetry) -> Callable[[web.Request], Awaitable[w
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def tracing_middleware(telemetry: Telemetry) -> Middleware:
-    """Continue an incoming `traceparent` with one SERVER span per request.
+_UNTRACED: Final = frozenset({"/metrics", "/healthz", "/readyz"})
 
-    Live reads keep their span open for the whole read; `/metrics` and the
-    health probe are not traced (scrapes would drown the traces).
+
+def http_middleware(telemetry: Telemetry, instruments: Instruments | None = None) -> Middleware:
+    """One SERVER span per request (continuing an incoming `traceparent`) and
+    `http.server.request.duration`, by the HTTP semantic conventions.
+
+    Span name `{method} {route}` with the route template (`http.route`), never
+    the raw path; a request no route matched is named `{method}` alone.  ERROR
+    only from 500 on (a 4xx is the client's mistake) or on an exception.  Live
+    reads keep their span open for the whole read and are not timed (their life
+    is the stream's, not a request's); `/metrics` and the health probes are
+    neither traced nor timed (scrapes would drown both).  A request whose client
+    went away (cancelled) is marked `pullwake.cancelled` and not timed.
     """
     tracer = telemetry.tracer()
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in ("/metrics", "/healthz", "/readyz"):
+        if request.path in _UNTRACED:
             return await handler(request)
+        started = time.perf_counter()
         resource = request.match_info.route.resource
-        route = route_name(resource.canonical) if resource is not None else request.path
+        route = route_name(resource.canonical) if resource is not None else None
+        method = hs.method_of(request.method)
         parent = _PROPAGATOR.extract(dict(request.headers))
         attributes: dict[str, str | int] = {
-            "http.request.method": request.method,
-            "http.route": route,
-            "url.path": request.path,
+            hs.HTTP_REQUEST_METHOD: method,
+            hs.URL_SCHEME: request.scheme,
+            hs.URL_PATH: request.path,
         }
+        if method == hs.OTHER:
+            attributes[hs.HTTP_REQUEST_METHOD_ORIGINAL] = request.method
+        if request.query_string:
+            attributes[hs.URL_QUERY] = hs.redacted_query(request.rel_url)
+        if route is not None:
+            attributes[hs.HTTP_ROUTE] = route
         rid = request.match_info.get("runner_id")
         if rid:
             attributes[RUNNER_ID] = rid
         live = request.query.get("live")
         if live:
             attributes["pullwake.live.mode"] = live
+        name = f"{method if method != hs.OTHER else 'HTTP'} {route}" if route else method
         with tracer.start_as_current_span(
-            f"{request.method} {route}",
+            name,
             context=parent,
             kind=SpanKind.SERVER,
             attributes=attributes,
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+
+            def finish(status: int, error: str | None) -> None:
+                _finish(span, status, error)
+                if instruments is not None and not live:
+                    _measure(instruments, started, attributes, status, error)
+
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
-                _finish(span, exc.status)
+                finish(exc.status, hs.server_error_type(exc.status))
                 raise
             except asyncio.CancelledError:
                 span.set_attribute("pullwake.cancelled", True)  # client went away: no error
                 raise
             except BaseException as exc:
                 span.record_exception(exc)
-                _finish(span, 500)
+                finish(500, hs.exception_type(exc))
                 raise
-            _finish(span, response.status)
+            finish(response.status, hs.server_error_type(response.status))
             return response
 
     return middleware
 
 
+def _measure(
+    instruments: Instruments,
+    started: float,
+    span_attributes: Mapping[str, str | int],
+    status: int,
+    error: str | None,
+) -> None:
+    attrs: dict[str, str | int] = {
+        k: span_attributes[k]
+        for k in (hs.HTTP_REQUEST_METHOD, hs.URL_SCHEME, hs.HTTP_ROUTE)
+        if k in span_attributes
+    }
+    attrs[hs.HTTP_RESPONSE_STATUS_CODE] = status
+    if error is not None:
+        attrs[hs.ERROR_TYPE] = error
+    instruments.checked(c.HTTP_SERVER_DURATION, {k: str(v) for k, v in attrs.items()}).record(
+        time.perf_counter() - started, attrs
+    )
+
+
 def route_name(canonical: str) -> str:
-    """A route's name for spans: without the optional trailing slash (`{_slash}`)."""
+    """A route's template for spans and `http.route`: without the optional trailing
+    slash (`{_slash}`)."""
     return canonical.replace("{_slash}", "")
 
 
-def _finish(span: trace.Span, status: int) -> None:
-    span.set_attribute("http.response.status_code", status)
-    if status >= 500:
+def _finish(span: trace.Span, status: int, error: str | None) -> None:
+    span.set_attribute(hs.HTTP_RESPONSE_STATUS_CODE, status)
+    if error is not None:
+        span.set_attribute(hs.ERROR_TYPE, error)
         span.set_status(Status(StatusCode.ERROR))
 
 
-def instrument_app(app: web.Application, telemetry: Telemetry) -> None:
-    """Add the tracing middleware (outermost: it sees final statuses) and `GET /metrics`.
+def instrument_app(
+    app: web.Application, telemetry: Telemetry, observer: OtelServerObserver | None = None
+) -> None:
+    """Add the HTTP middleware (outermost: it sees final statuses) and `GET /metrics`.
 
+    Requests are timed into `observer`'s instruments (without one: spans only).
     Call before the app starts.
     """
     if telemetry.enabled:
-        app.middlewares.insert(0, tracing_middleware(telemetry))
+        instruments = observer.instruments if observer is not None else None
+        app.middlewares.insert(0, http_middleware(telemetry, instruments))
     app.router.add_get("/metrics", metrics_handler(telemetry))
 
 
@@ -236,10 +295,11 @@ def create_instrumented_app(config: ServerConfig) -> tuple[web.Application, Tele
     """
     from pullwake.server.app import create_app, snapshot_source
 
-    telemetry = build_telemetry(SERVICE_SERVER, f"{config.host}:{config.port}")
+    # service.instance.id: a uuid4 per process (host:port is not unique: 0.0.0.0:4437)
+    telemetry = build_telemetry(SERVICE_SERVER)
     observer = OtelServerObserver(telemetry) if telemetry.enabled else None
     app = create_app(config, observer=observer)
     if observer is not None:
         observer.bind(snapshot_source(app).snapshot)
-    instrument_app(app, telemetry)
+    instrument_app(app, telemetry, observer)
     return app, telemetry

@@ -43,6 +43,7 @@ async def _serve(config: ServerConfig) -> tuple[int, bool]:
         raise CLIError(f"cannot open database {config.db}: {exc}") from None
     except TelemetryConfigError as exc:
         raise CLIError(f"telemetry: {exc}") from None
+    telemetry.attach_logs()  # service.name/instance in JSON lines; OTLP logs when on
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -82,9 +83,7 @@ async def _serve(config: ServerConfig) -> tuple[int, bool]:
 
 
 def serve(config: ServerConfig) -> int:
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
-    )
+    """Log output is set up by the CLI (`--log-format`, `--log-level`) before this."""
     code, flushed = asyncio.run(_serve(config))
     if not flushed:
         logging.shutdown()

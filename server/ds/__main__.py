@@ -40,6 +40,10 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    from pullwake.core import cliargs
+    from pullwake.core.errors import CLIError
+    from pullwake.core.logformat import configure_logging
+
     p = argparse.ArgumentParser(prog="python -m pullwake.server.ds", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=4437)
@@ -48,7 +52,15 @@ def main() -> None:
     p.add_argument("--keepalive-interval", type=float, default=15.0, metavar="SECONDS")
     p.add_argument("--compat", choices=["pullwake", "upstream"], default="pullwake")
     p.add_argument("--no-webhooks", action="store_true")
-    asyncio.run(_serve(p.parse_args()))
+    cliargs.add_log_options(p, "warning")
+    cliargs.apply_env(p, cliargs.PREFIX + "DS_")  # PULLWAKE_DS_PORT, ...
+    args = p.parse_args()
+    try:
+        cliargs.check_env(args)
+        configure_logging(args.log_format, args.log_level)
+    except (CLIError, ValueError) as exc:
+        raise SystemExit(f"pullwake ds: error: {exc}") from None
+    asyncio.run(_serve(args))
 
 
 if __name__ == "__main__":

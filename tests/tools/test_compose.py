@@ -8,6 +8,7 @@ into this repository.
 from __future__ import annotations
 
 import argparse
+import configparser
 import copy
 import importlib.resources
 import json
@@ -24,12 +25,16 @@ from tests.tools.repo import (
     argv_of,
     bind_mounts,
     compose,
+    published,
     pyproject_version,
     services,
 )
 
 PULLWAKE_SERVICES = ("server", "runner", "runner-legacy", "publisher", "alert-sink")
-REQUIRED = (*PULLWAKE_SERVICES, "otel-collector", "prometheus", "alertmanager", "grafana", "tempo")
+REQUIRED = (
+    *PULLWAKE_SERVICES,
+    *("otel-collector", "prometheus", "alertmanager", "grafana", "tempo", "loki"),
+)
 
 
 def compose_schema() -> dict[str, Any]:
@@ -106,15 +111,121 @@ def test_every_named_volume_is_declared() -> None:
     assert used == declared, (used, declared)
 
 
-def test_every_published_port_is_unique() -> None:
-    published = []
+def test_every_published_port_is_on_loopback_and_unique() -> None:
+    """Nothing in the stack is reachable from other machines (Grafana's anonymous
+    viewer, Prometheus' admin API, the OTLP receivers)."""
+    host_ports = []
+    for name, svc in services().items():
+        for address, host_port, _ in published(svc):
+            assert address == "127.0.0.1", f"{name} publishes on {address}:{host_port}"
+            host_ports.append(host_port)
+    dupes = [p for p, n in Counter(host_ports).items() if n > 1]
+    assert not dupes and host_ports
+
+
+def test_the_port_check_is_live() -> None:
+    with pytest.raises(AssertionError, match=re.escape("127.0.0.1:HOST:CONTAINER")):
+        published({"ports": ["9090:9090"]})
+    assert published({"ports": ["0.0.0.0:1:2"]}) == [("0.0.0.0", 1, 2)]
+
+
+def test_every_service_rotates_its_logs_and_has_a_memory_limit() -> None:
+    """Docker's default json-file driver keeps logs forever; an unbounded service can
+    take the machine's memory.  Every service (the chaos profile's too) has both."""
+    for name, svc in services().items():
+        logging = svc.get("logging") or {}
+        assert logging.get("driver") == "json-file", name
+        opts = logging.get("options") or {}
+        assert re.fullmatch(r"\d+[km]", str(opts.get("max-size"))), (name, opts)
+        assert int(opts.get("max-file", 0)) >= 1, (name, opts)
+        limit = svc.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
+        assert limit or svc.get("mem_limit"), f"{name} has no memory limit"
+        assert re.fullmatch(r"\d+[MG]", str(limit)), (name, limit)
+
+
+COMPOSE_VAR = re.compile(r"(?<!\$)\$\{(\w+)(?::?([-+?])([^}]*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's interpolation of one value: ${VAR}, ${VAR:-default}, ${VAR:+alt},
+    ${VAR:?error} (the `:` forms, the ones this file may use), `$$` a literal `$`."""
+
+    def one(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3) or ""
+        have = env.get(name, "")
+        if op == "-":
+            return have or arg
+        if op == "+":
+            return arg if have else ""
+        if op == "?":
+            if not have:
+                raise KeyError(f"{name}: {arg}")
+            return have
+        return have
+
+    return COMPOSE_VAR.sub(one, value).replace("$$", "$")
+
+
+def compose_variables() -> set[str]:
+    return {m.group(0) for m in COMPOSE_VAR.finditer((ROOT / "docker-compose.yml").read_text())}
+
+
+def test_a_first_up_needs_no_variable_set() -> None:
+    """No `${VAR:?...}` (compose refuses to start without it) and no bare `${VAR}` (an
+    unset one becomes "" with a warning): every variable has a default or an alternative."""
+    for ref in compose_variables():
+        assert re.fullmatch(r"\$\{\w+:[-+][^}]*\}", ref), f"{ref}: give it a default"
     for svc in services().values():
-        for p in svc.get("ports", []):
-            parts = str(p).split(":")
-            assert len(parts) == 2, f"publish as HOST:CONTAINER: {p}"
-            published.append(int(parts[0]))
-    dupes = [p for p, n in Counter(published).items() if n > 1]
-    assert not dupes and published
+        for value in (svc.get("environment") or {}).values():
+            interpolate(str(value), {})  # no KeyError: nothing required
+
+
+def grafana_env(shell: dict[str, str]) -> dict[str, str]:
+    """Grafana's environment as compose would set it, from `shell`'s variables."""
+    env = services()["grafana"]["environment"]
+    return {k: interpolate(str(v), shell) for k, v in env.items()}
+
+
+def grafana_ini() -> configparser.ConfigParser:
+    mounts = dict(bind_mounts(services()["grafana"]))
+    assert mounts["./deploy/grafana/grafana.ini"] == "/etc/grafana/grafana.ini"
+    ini = configparser.ConfigParser()
+    ini.read_string((ROOT / "deploy" / "grafana" / "grafana.ini").read_text())
+    return ini
+
+
+def effective(env: dict[str, str], section: str, key: str) -> str:
+    """Grafana's value for [section] key: its GF_SECTION_KEY variable when set and
+    non-empty (Grafana ignores empty ones), else grafana.ini's."""
+    override = env.get(f"GF_{section}_{key}".upper(), "")
+    return override or grafana_ini().get(section, key)
+
+
+def test_grafana_without_a_password_is_anonymous_read_only() -> None:
+    env = grafana_env({})
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    # No admin is created (so none with Grafana's default admin/admin) and no login form.
+    assert effective(env, "security", "disable_initial_admin_creation") == "true"
+    assert effective(env, "auth", "disable_login_form") == "true"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == ""
+
+
+def test_grafana_admin_password_from_the_environment_turns_the_admin_on() -> None:
+    env = grafana_env({"GRAFANA_ADMIN_PASSWORD": "s3cret$x"})
+    assert env["GF_SECURITY_ADMIN_USER"] == "admin"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret$x"
+    assert effective(env, "security", "disable_initial_admin_creation") == "false"
+    assert effective(env, "auth", "disable_login_form") == "false"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"  # anonymous stays read-only
+
+
+def test_the_interpolation_model_is_live() -> None:
+    assert interpolate("${A:-x}/${A:+y}/$${A}", {}) == "x//${A}"
+    assert interpolate("${A:-x}/${A:+y}", {"A": "v"}) == "v/y"
+    with pytest.raises(KeyError):
+        interpolate("${A:?set A}", {})
 
 
 def test_depends_on_conditions_can_be_met_and_have_no_cycle() -> None:
@@ -186,28 +297,33 @@ def test_pullwake_commands_and_healthchecks_parse_with_the_real_cli() -> None:
 
 def test_apps_send_otlp_to_the_collector() -> None:
     svcs = services()
-    collector_ports = {p.split(":")[1] for p in svcs["otel-collector"]["ports"]}
+    collector_ports = {inside for _, _, inside in published(svcs["otel-collector"])}
     for name in ("server", "runner", "runner-legacy"):
         env = svcs[name]["environment"]
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317", name
         assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
-    assert "4317" in collector_ports
+        for signal in ("TRACES", "METRICS", "LOGS"):
+            assert env[f"OTEL_{signal}_EXPORTER"] == "otlp", (name, signal)
+        attrs = dict(kv.split("=", 1) for kv in env["OTEL_RESOURCE_ATTRIBUTES"].split(","))
+        assert attrs["deployment.environment.name"] == "compose", name
+        assert "deployment.environment" not in attrs  # deprecated name
+    assert 4317 in collector_ports
 
 
 @pytest.mark.parametrize("name", ["server", "runner", "runner-legacy"])
 def test_otel_environment_reads_as_otlp_to_the_collector(name: str) -> None:
-    """pullwake's own OTEL_* parser takes each app's environment: both signals over
-    gRPC to the collector, the service name set (a bad value would stop the app)."""
+    """pullwake's OTEL_* rules take each app's environment: both signals over gRPC
+    (the SDK reads the endpoint), the service name set (a bad value would stop the app)."""
     from pullwake.core.otel_settings import settings_from_env
 
     env = {k: str(v) for k, v in services()[name]["environment"].items()}
     settings = settings_from_env("fallback", "id-1", env=env)
     assert not settings.disabled
-    for target in (settings.traces_otlp, settings.metrics_otlp):
-        assert target is not None, name
-        assert (target.endpoint, target.protocol) == ("http://otel-collector:4317", "grpc")
-    assert settings.resource["service.name"] == env["OTEL_SERVICE_NAME"]
-    assert settings.metric_export_interval_s <= 15  # within one Prometheus evaluation
+    assert (settings.traces_otlp, settings.metrics_otlp) == ("grpc", "grpc"), name
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
+    assert settings.resource.attributes["service.name"] == env["OTEL_SERVICE_NAME"]
+    # within one Prometheus evaluation (milliseconds, read by the SDK)
+    assert float(env["OTEL_METRIC_EXPORT_INTERVAL"]) <= 15_000
 
 
 def test_runners_include_a_legacy_one_next_to_a_default_one() -> None:
@@ -219,17 +335,11 @@ def test_runners_include_a_legacy_one_next_to_a_default_one() -> None:
     assert "--runner-id=runner-1" in publisher and "--runner-id=runner-legacy" in publisher
 
 
-def test_grafana_is_anonymous_viewer_with_admin_password_from_env() -> None:
-    env = services()["grafana"]["environment"]
-    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
-    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
-    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
-
-
-def test_prometheus_is_v3_with_otlp_and_exemplars() -> None:
+def test_prometheus_is_v3_with_otlp_remote_write_and_exemplars() -> None:
     prom = services()["prometheus"]
     assert prom["image"].startswith("prom/prometheus:v3.")
-    assert "--web.enable-otlp-receiver" in prom["command"]
+    assert "--web.enable-otlp-receiver" in prom["command"]  # the collector's metrics
+    assert "--web.enable-remote-write-receiver" in prom["command"]  # Tempo's generator
     assert "--enable-feature=exemplar-storage" in prom["command"]
     am = services()["alertmanager"]
     assert "--cluster.listen-address=" in am["command"]
