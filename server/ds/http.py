@@ -604,6 +604,7 @@ async def _long_poll(
         )
     deadline = time.monotonic() + ds.config.long_poll_timeout
     ds.observer.live_opened(t.rel, "long-poll")
+    store.follow(t.rel)  # new data is handed over in memory while we wait
     try:
         while True:
             remaining = deadline - time.monotonic()
@@ -626,6 +627,7 @@ async def _long_poll(
                     head["Stream-Closed"] = "true"
             return empty(204, head)
     finally:
+        store.unfollow(t.rel)
         ds.observer.live_closed(t.rel, "long-poll")
 
 
@@ -668,6 +670,7 @@ async def _sse(
         None if cfg.sse_rotate_seconds is None else time.monotonic() + cfg.sse_rotate_seconds
     )
     ds.observer.live_opened(t.rel, "sse")
+    store.follow(t.rel)  # new data is handed over in memory while we wait
 
     def control(off: str, closed: bool, up_to_date: bool) -> str:
         data: dict[str, Any] = {"streamNextOffset": off}
@@ -735,6 +738,7 @@ async def _sse(
     except (ConnectionResetError, StoreError):
         pass
     finally:
+        store.unfollow(t.rel)
         ds.observer.live_closed(t.rel, "sse")
     with contextlib.suppress(ConnectionResetError):
         await resp.write_eof()

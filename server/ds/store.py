@@ -23,11 +23,14 @@ needs is here: TTL/expiry (lazy, as upstream), closure, idempotent producers,
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import copy
 import dataclasses
 import email.utils
 import json
 import logging
+import queue
 import re
 import sqlite3
 import threading
@@ -36,7 +39,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 log = logging.getLogger("pullwake.server.ds.store")
 
@@ -242,6 +245,69 @@ class _Effects:
     appended: list[Appended] = field(default_factory=list)
     closed: set[str] = field(default_factory=set)
     deleted: set[str] = field(default_factory=set)
+    # (path, incarnation, message) of every message written: the writer hands them to
+    # the live readers' caches (`_Recent`) after the commit
+    written: list[tuple[str, int, Message]] = field(default_factory=list)
+
+    def merge(self, other: _Effects) -> None:
+        self.appended.extend(other.appended)
+        self.closed |= other.closed
+        self.deleted |= other.deleted
+        self.written.extend(other.written)
+
+    def paths(self) -> set[str]:
+        return {a.path for a in self.appended} | self.closed | self.deleted
+
+
+RECENT_MAX_MESSAGES = 64  # per followed path
+RECENT_MAX_BYTES = 256 * 1024
+
+
+class _Recent:
+    """The newest committed messages of a path that live readers follow.
+
+    The writer appends to it right after each commit (under `StoreCore.lock`, with
+    the metadata), so a reader waiting at the tail gets new data from memory instead
+    of querying SQLite.  It covers every message after `start` of `incarnation`;
+    older offsets (or an evicted range) are read from SQLite as before.
+    """
+
+    __slots__ = ("followers", "incarnation", "msgs", "size", "start")
+
+    def __init__(self, meta: StreamMeta | None) -> None:
+        self.followers = 0
+        self.msgs: collections.deque[Message] = collections.deque()
+        self.size = 0
+        self.incarnation = -1
+        self.start = 0
+        self.reset(meta)
+
+    def reset(self, meta: StreamMeta | None) -> None:
+        self.msgs.clear()
+        self.size = 0
+        self.incarnation = -1 if meta is None else meta.incarnation
+        self.start = 0 if meta is None else meta.tail
+
+    def end(self) -> int:
+        return self.msgs[-1].end if self.msgs else self.start
+
+    def add(self, msg: Message) -> None:
+        if msg.end <= self.end():
+            return
+        self.msgs.append(msg)
+        self.size += len(msg.data)
+        while len(self.msgs) > 1 and (
+            len(self.msgs) > RECENT_MAX_MESSAGES or self.size > RECENT_MAX_BYTES
+        ):
+            old = self.msgs.popleft()
+            self.size -= len(old.data)
+            self.start = old.end
+
+    def after(self, meta: StreamMeta, pos: int) -> list[Message] | None:
+        """Messages after `pos` up to the tail, or None if this cache cannot tell."""
+        if meta.incarnation != self.incarnation or pos < self.start or self.end() != meta.tail:
+            return None
+        return [m for m in self.msgs if m.end > pos]
 
 
 # --- JSON processing -----------------------------------------------------------------
@@ -323,7 +389,14 @@ def format_body(messages: list[Message], json_mode: bool) -> bytes:
 
 # --- the synchronous core (writer thread only) ---------------------------------------
 class StoreCore:
-    """All SQLite work; every method runs on the DSStore's single thread."""
+    """All SQLite writes; every method runs on the DSStore's writer thread.
+
+    Group commit: the writer opens one transaction per batch of queued calls
+    (`begin_batch`), each `tx()` inside it is a savepoint (a refused call rolls back
+    alone), and `commit_batch` makes them all durable with one COMMIT (one flush).
+    Metadata changes are layered (open tx -> batch -> committed `metas`) and reach
+    `metas` only after the COMMIT, so other threads never see uncommitted state.
+    """
 
     def __init__(self, path: str, clock: Callable[[], int] = now_ms) -> None:
         self.clock = clock
@@ -332,11 +405,13 @@ class StoreCore:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(_SCHEMA)
-        self.lock = threading.Lock()  # guards `metas` for readers on other threads
+        self.lock = threading.Lock()  # guards `metas` and `recent` for other threads
         self.metas: dict[str, StreamMeta] = {}
         for path, raw in self.db.execute("SELECT path, meta FROM ds_streams"):
             self.metas[str(path)] = StreamMeta(**json.loads(raw))
-        self._dirty: dict[str, StreamMeta | None] | None = None
+        self.recent: dict[str, _Recent] = {}  # paths live readers follow
+        self._dirty: dict[str, StreamMeta | None] | None = None  # the open tx
+        self._batch: dict[str, StreamMeta | None] | None = None  # released txs of the batch
         self._effects = _Effects()
         self._depth = 0
 
@@ -346,7 +421,8 @@ class StoreCore:
     # --- transactions -----------------------------------------------------------
     @contextlib.contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One atomic, durable unit; metadata changes apply only on commit."""
+        """One atomic unit; metadata changes apply only once committed.  Outside a
+        batch it is its own durable transaction; inside one, a savepoint."""
         if self._depth:
             self._depth += 1
             try:
@@ -354,50 +430,101 @@ class StoreCore:
             finally:
                 self._depth -= 1
             return
+        batched = self._batch is not None
         self._depth = 1
         self._dirty = {}
-        self.db.execute("BEGIN IMMEDIATE")
+        outer, self._effects = self._effects, _Effects()
+        self.db.execute("SAVEPOINT tx" if batched else "BEGIN IMMEDIATE")
+        ok = False
         try:
             yield self.db
-            for path, meta in self._dirty.items():
-                if meta is None:
-                    self.db.execute("DELETE FROM ds_streams WHERE path=?", (path,))
-                else:
-                    self.db.execute(
-                        "INSERT OR REPLACE INTO ds_streams (path, meta) VALUES (?,?)",
-                        (path, json.dumps(dataclasses.asdict(meta))),
-                    )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            self._effects = _Effects()
-            raise
+            if batched:
+                self.db.execute("RELEASE tx")
+            else:
+                self._write_metas(self._dirty)
+                self.db.execute("COMMIT")
+            ok = True
         finally:
             dirty, self._dirty, self._depth = self._dirty, None, 0
+            inner, self._effects = self._effects, outer
+            if not ok and self.db.in_transaction:
+                if batched:
+                    self.db.execute("ROLLBACK TO tx")
+                    self.db.execute("RELEASE tx")
+                else:
+                    self.db.execute("ROLLBACK")
+        assert dirty is not None
+        if self._batch is not None:
+            self._batch.update(dirty)
+        else:
+            self._apply(dirty, inner.written)
+        outer.merge(inner)
+
+    def _write_metas(self, dirty: dict[str, StreamMeta | None]) -> None:
+        for path, meta in dirty.items():
+            if meta is None:
+                self.db.execute("DELETE FROM ds_streams WHERE path=?", (path,))
+            else:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO ds_streams (path, meta) VALUES (?,?)",
+                    (path, json.dumps(meta.__dict__, separators=(",", ":"))),
+                )
+
+    def _apply(
+        self, dirty: dict[str, StreamMeta | None], written: list[tuple[str, int, Message]]
+    ) -> None:
+        """After a COMMIT: publish the metadata and hand new messages to live caches."""
         with self.lock:
             for path, meta in dirty.items():
                 if meta is None:
                     self.metas.pop(path, None)
                 else:
                     self.metas[path] = meta
+                rec = self.recent.get(path)
+                if rec is not None and (meta is None or meta.incarnation != rec.incarnation):
+                    rec.reset(meta)
+            for path, incarnation, msg in written:
+                rec = self.recent.get(path)
+                if rec is not None and rec.incarnation == incarnation:
+                    rec.add(msg)
+
+    def begin_batch(self) -> None:
+        """Open the transaction a batch of calls shares (see the class doc)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        self._batch = {}
+
+    def commit_batch(self, written: list[tuple[str, int, Message]]) -> None:
+        """One COMMIT (one flush) for the whole batch; on failure nothing of it applies."""
+        batch, self._batch = self._batch, None
+        assert batch is not None
+        try:
+            self._write_metas(batch)
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        self._apply(batch, written)
 
     def take_effects(self) -> _Effects:
         eff, self._effects = self._effects, _Effects()
         return eff
 
     def meta(self, path: str) -> StreamMeta | None:
-        """Current metadata (the transaction's view inside one)."""
+        """Current metadata (the transaction's and the batch's view inside them)."""
         if self._dirty is not None and path in self._dirty:
             return self._dirty[path]
+        if self._batch is not None and path in self._batch:
+            return self._batch[path]
         return self.metas.get(path)
 
     def _mut(self, path: str) -> StreamMeta:
         """A mutable copy of a stream's metadata inside the current transaction."""
         assert self._dirty is not None, "metadata changes need a transaction"
-        cur = self._dirty.get(path) if path in self._dirty else self.metas.get(path)
+        cur = self.meta(path)
         if cur is None:
             raise not_found()
-        if path not in self._dirty or self._dirty[path] is not cur:
+        if self._dirty.get(path) is not cur:
             cur = dataclasses.replace(cur)
             self._dirty[path] = cur
         return cur
@@ -587,6 +714,7 @@ class StoreCore:
             (meta.path, meta.incarnation, meta.tail, data),
         )
         self._effects.appended.append(Appended(meta.path, meta.offset, internal))
+        self._effects.written.append((meta.path, meta.incarnation, Message(data, meta.tail)))
         return meta.offset
 
     def append(
@@ -709,19 +837,30 @@ class StoreCore:
         return ReadResult(msgs, nxt, m.offset, m.closed, m.content_type)
 
     def _read_messages(
-        self, m: StreamMeta, after: int, limit: int = -1, max_bytes: int | None = None
+        self,
+        m: StreamMeta,
+        after: int,
+        limit: int = -1,
+        max_bytes: int | None = None,
+        db: sqlite3.Connection | None = None,
     ) -> list[Message]:
+        """Messages after `after` up to `m.tail`; `db`: a read connection (another
+        thread) that sees committed data only, so fork sources come from `metas`."""
         out: list[Message] = []
         size = 0
         if m.forked_from is not None and m.fork_offset is not None and after < m.fork_offset:
-            src = self.meta(m.forked_from)
+            if db is None:
+                src = self.meta(m.forked_from)
+            else:
+                with self.lock:
+                    src = self.metas.get(m.forked_from)
             if src is not None:
-                out = [x for x in self._read_messages(src, after) if x.end <= m.fork_offset]
+                out = [x for x in self._read_messages(src, after, db=db) if x.end <= m.fork_offset]
                 size = sum(len(x.data) for x in out)
-        rows = self.db.execute(
+        rows = (self.db if db is None else db).execute(
             "SELECT end_pos, data FROM ds_messages WHERE path=? AND incarnation=? AND end_pos>?"
-            " ORDER BY end_pos LIMIT ?",
-            (m.path, m.incarnation, after, limit),
+            " AND end_pos<=? ORDER BY end_pos LIMIT ?",
+            (m.path, m.incarnation, after, m.tail, limit),
         )
         for e, d in rows:
             if max_bytes is not None and out and size + len(d) > max_bytes:
@@ -730,6 +869,42 @@ class StoreCore:
             size += len(d)
         rows.close()
         return out[:limit] if limit >= 0 else out
+
+    def read_committed(
+        self, db: sqlite3.Connection, m: StreamMeta, after: int, max_bytes: int = READ_BYTES
+    ) -> list[Message]:
+        """A catch-up read on a read connection (any thread but the writer's): `m` is a
+        committed metadata snapshot, so the answer never runs past its tail."""
+        return self._read_messages(m, after, max_bytes=max_bytes, db=db)
+
+    def snapshot(self, path: str, offset: str) -> tuple[StreamMeta | None, list[Message] | None]:
+        """The committed metadata and, if memory can answer it, what follows `offset`
+        (from the live cache; `[]` at the tail); both taken under one lock hold."""
+        with self.lock:
+            m = self.metas.get(path)
+            if m is None or m.soft_deleted:
+                return m, None
+            after = m.tail if offset == OFFSET_NOW else offset_pos(offset)
+            if after >= m.tail:
+                return m, []
+            rec = self.recent.get(path)
+            return m, None if rec is None else rec.after(m, after)
+
+    def follow(self, path: str) -> None:
+        """A live reader waits on `path`: keep its new messages in memory."""
+        with self.lock:
+            rec = self.recent.get(path)
+            if rec is None:
+                rec = self.recent[path] = _Recent(self.metas.get(path))
+            rec.followers += 1
+
+    def unfollow(self, path: str) -> None:
+        with self.lock:
+            rec = self.recent.get(path)
+            if rec is not None:
+                rec.followers -= 1
+                if rec.followers <= 0:
+                    del self.recent[path]
 
     # --- key/value (subscriptions keep their HMAC key here) ----------------------------
     def kv_get(self, key: str) -> str | None:
@@ -789,53 +964,167 @@ class Notifier:
             ev.set()
 
 
+MAX_BATCH = 512  # calls sharing one commit at most
+
+
+class _Job:
+    """One queued `DSStore.call`: filled in by the writer, handed back after the commit."""
+
+    __slots__ = ("args", "effects", "exc", "fn", "future", "kwargs", "loop", "result")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.fn, self.args, self.kwargs, self.loop = fn, args, kwargs, loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.result: Any = None
+        self.exc: BaseException | None = None
+        self.effects = _Effects()
+
+
+def _is_memory(db_path: str) -> bool:
+    return db_path == ":memory:" or db_path.startswith("file::memory") or "mode=memory" in db_path
+
+
 class DSStore:
     """The durable stream store used by the HTTP layer, subscriptions and AGENTS.
 
-    Every method that touches SQLite runs on one dedicated thread (ordering,
-    no blocking of the event loop); after a commit, live readers of the
-    changed paths are woken and append listeners are called (in order, on
-    the event loop; a failing listener is logged, never raised).
+    Writes: every call that touches SQLite for writing is queued to one writer
+    thread, which runs whatever is queued as one batch in one transaction (group
+    commit: one COMMIT, one flush for all of them) and only then hands the results
+    back, so no caller hears of a write before it is on disk.  After the commit,
+    live readers of the changed paths are woken and append listeners are called (in
+    order, on the event loop; a failing listener is logged, never raised).
+
+    Reads never queue behind the writer: metadata comes from memory (committed
+    state), a reader waiting at the tail gets new messages from the writer's
+    hand-over cache (`follow`), and catch-up reads use their own read-only SQLite
+    connections (WAL: readers see the last commit, never a write in progress).
     """
 
-    def __init__(self, db_path: str, *, clock: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self, db_path: str, *, clock: Callable[[], int] = now_ms, read_threads: int = 2
+    ) -> None:
         self.core = StoreCore(db_path, clock)
+        self.db_path = db_path
         self.clock = clock
         self.notifier = Notifier()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pullwake-ds-db")
         self._listeners: list[AppendListener] = []
         self._delete_listeners: list[DeleteListener] = []
         self._closed = False
+        self.commits = 0  # group commits done (tests and benchmarks look)
+        self.committed_calls = 0  # calls they carried
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(
+            target=self._write_loop, name="pullwake-ds-writer", daemon=True
+        )
+        self._writer.start()
+        self._readers: ThreadPoolExecutor | None = None
+        if not _is_memory(db_path):
+            self._readers = ThreadPoolExecutor(
+                max_workers=read_threads, thread_name_prefix="pullwake-ds-read"
+            )
+        self._local = threading.local()
+        self._read_dbs: list[sqlite3.Connection] = []
+
+    # --- the writer -------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        q = self._queue
+        while True:
+            first = q.get()
+            if first is None:
+                return
+            jobs, stop = [first], False
+            while len(jobs) < MAX_BATCH:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                jobs.append(nxt)
+            self._run_batch(jobs)
+            if stop:
+                return
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        core = self.core
+        try:
+            core.begin_batch()
+        except BaseException as exc:
+            log.exception("could not begin a write batch")
+            for job in jobs:
+                job.exc = exc
+            self._hand_over(jobs)
+            return
+        written: list[tuple[str, int, Message]] = []
+        for job in jobs:
+            try:
+                job.result = job.fn(core, *job.args, **job.kwargs)
+            except BaseException as exc:
+                job.exc = exc
+            job.effects = core.take_effects()
+            written.extend(job.effects.written)
+        try:
+            core.commit_batch(written)
+        except BaseException as exc:
+            log.exception("a write batch failed to commit")
+            for job in jobs:
+                job.result, job.exc, job.effects = None, exc, _Effects()
+        self.commits += 1
+        self.committed_calls += len(jobs)
+        self._hand_over(jobs)
+
+    def _hand_over(self, jobs: list[_Job]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+        for job in jobs:
+            by_loop.setdefault(job.loop, []).append(job)
+        for loop, group in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(self._deliver, group)
+
+    def _deliver(self, jobs: list[_Job]) -> None:
+        """On the loop, after a commit: wake the live readers, resume the callers."""
+        paths: set[str] = set()
+        for job in jobs:
+            paths |= job.effects.paths()
+        for path in paths:
+            self.notifier.notify(path)
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_result(None)
 
     # --- plumbing ---------------------------------------------------------------------
     async def call(
         self, fn: Callable[Concatenate[StoreCore, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Run `fn(core, ...)` on the store thread; then wake readers and listeners.
+        """Run `fn(core, ...)` on the writer thread (in the next group commit); once it
+        is committed, wake readers and run listeners, then return its result.
 
         Shielded: a caller cancelled meanwhile (a client that went away, aiohttp's
         handler cancellation) does not stop the work half-way, so a committed append
         always wakes its readers and announces its wake.
         """
-        loop = asyncio.get_running_loop()
-
-        def run() -> tuple[T, _Effects]:
-            try:
-                return fn(self.core, *args, **kwargs), self.core.take_effects()
-            except BaseException:
-                self.core.take_effects()
-                raise
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        job = _Job(fn, args, kwargs, asyncio.get_running_loop())
+        self._queue.put(job)
 
         async def whole() -> T:
-            result, effects = await loop.run_in_executor(self._pool, run)
-            await self._after(effects)
-            return result
+            await job.future
+            await self._after(job.effects)
+            if job.exc is not None:
+                raise job.exc
+            return cast(T, job.result)
 
         return await shielded(whole())
 
     async def _after(self, eff: _Effects) -> None:
-        for path in {a.path for a in eff.appended} | eff.closed | eff.deleted:
-            self.notifier.notify(path)
         for a in eff.appended:
             for cb in list(self._listeners):
                 try:
@@ -852,6 +1141,20 @@ class DSStore:
                         await res
                 except Exception:
                     log.exception("delete listener %r failed for %s", dcb, path)
+
+    def _read_db(self) -> sqlite3.Connection:
+        """This read thread's own connection (read-only use)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA query_only=1")
+            self._local.db = db
+            self._read_dbs.append(db)
+        return db
+
+    def _read_rows(self, m: StreamMeta, after: int) -> list[Message]:
+        return self.core.read_committed(self._read_db(), m, after)
 
     def on_append(self, callback: AppendListener) -> None:
         """`callback(Appended(path, tail, internal))` after each committed append."""
@@ -897,13 +1200,50 @@ class DSStore:
     async def close_stream(self, path: str, producer: Producer | None = None) -> AppendResult:
         return await self.call(StoreCore.close_stream, key(path), producer)
 
+    def _usable(self, m: StreamMeta | None) -> bool:
+        """Committed metadata answers without the writer unless the stream is missing
+        or expired (the writer removes an expired stream, as upstream: lazily)."""
+        return m is not None and (m.soft_deleted or not m.expired(self.clock()))
+
     async def read(self, path: str, offset: str = OFFSET_START) -> ReadResult:
-        return await self.call(StoreCore.read, key(path), offset)
+        """What follows `offset` (see `StoreCore.read`), from committed state: the live
+        cache if it covers `offset`, else a read connection; never the writer unless
+        the stream is missing or expired."""
+        path = key(path)
+        m, msgs = self.core.snapshot(path, offset)
+        if m is None or not self._usable(m):
+            return await self.call(StoreCore.read, path, offset)
+        if m.soft_deleted:
+            raise gone()
+        self.core.touch(path)
+        if msgs is None:
+            after = m.tail if offset == OFFSET_NOW else offset_pos(offset)
+            if self._readers is None:  # an in-memory database has no second connection
+                return await self.call(StoreCore.read, path, offset)
+            loop = asyncio.get_running_loop()
+            msgs = await loop.run_in_executor(self._readers, self._read_rows, m, after)
+        nxt = msgs[-1].offset if msgs else m.offset
+        return ReadResult(msgs, nxt, m.offset, m.closed, m.content_type)
 
     async def head(self, path: str) -> StreamMeta:
         """A copy of the stream's metadata; StoreError 404/410."""
-        m = await self.call(StoreCore.get, key(path))
+        path = key(path)
+        with self.core.lock:
+            m = self.core.metas.get(path)
+        if m is not None and self._usable(m):
+            if m.soft_deleted:
+                raise gone()
+            return copy.copy(m)
+        m = await self.call(StoreCore.get, path)
         return dataclasses.replace(m)
+
+    def follow(self, path: str) -> None:
+        """A live reader waits on `path`: until `unfollow`, the writer hands its new
+        messages over in memory (`StoreCore.follow`)."""
+        self.core.follow(key(path))
+
+    def unfollow(self, path: str) -> None:
+        self.core.unfollow(key(path))
 
     async def delete(self, path: str) -> bool:
         return await self.call(StoreCore.delete, key(path))
@@ -929,5 +1269,10 @@ class DSStore:
         if self._closed:
             return
         self._closed = True
-        self._pool.shutdown(wait=True)
+        self._queue.put(None)
+        self._writer.join()
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+        for db in self._read_dbs:
+            db.close()
         self.core.close()

@@ -387,7 +387,7 @@ class SubscriptionManager:
 
     async def _load(self) -> None:
         def load(core: StoreCore) -> tuple[bytes, list[str]]:
-            core.db.executescript(_SCHEMA)
+            core.db.execute(_SCHEMA)  # one statement: executescript would end the batch's tx
             key = core.kv_get(_KEY_NAME)
             if key is None:
                 key = os.urandom(32).hex()
