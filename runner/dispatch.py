@@ -548,9 +548,11 @@ class Dispatcher:
         s = self.stats
         h_started = time.monotonic()
         limit = asyncio.timeout(self._handler_timeout)
-        run: asyncio.Future[None] = asyncio.ensure_future(self._handler(claim.notification))
+        run: asyncio.Future[None] | None = None
         try:
             with self._observer.span("handle", {"wake_id": trace_id}):
+                # started inside the span: the handler's task (and its log lines) carry the trace
+                run = asyncio.ensure_future(self._handler(claim.notification))
                 async with limit:
                     done, _ = await asyncio.wait({run, beats}, return_when=asyncio.FIRST_COMPLETED)
                     if run not in done:  # the lease heartbeats ended: the claim is lost
@@ -577,7 +579,7 @@ class Dispatcher:
                 why = f"still running after {self._handler_timeout:g}s: killed"
             return self._failed(claim, trace_id, h_started, why)
         finally:
-            if not run.done():  # lost, timed out or stopped: the handler goes too
+            if run is not None and not run.done():  # lost, timed out or stopped: it goes too
                 run.cancel()
                 with contextlib.suppress(BaseException):
                     await run

@@ -66,12 +66,14 @@ async def _serve(config: ServerConfig) -> tuple[int, bool]:
             raise CLIError(
                 f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
             ) from None
+        log.info("listening on http://%s:%d (db %s)", config.host, config.port, config.db)
         print(
             f"pullwake server listening on http://{config.host}:{config.port} (db {config.db})",
             flush=True,
         )
         await stop.wait()
         stopped_at = time.monotonic()
+        log.info("shutting down")
         print("pullwake server shutting down", flush=True)
     finally:
         await runner.cleanup()

@@ -35,6 +35,11 @@ def log_fields() -> dict[str, str]:
     return dict(_FIELDS)
 
 
+def reset_log_fields() -> None:
+    """Forget every field (tests; a process sets them once)."""
+    _FIELDS.clear()
+
+
 def trace_ids() -> tuple[str, str] | None:
     """(trace_id, span_id) of the active span, as lowercase hex; None outside a span."""
     ctx = trace.get_current_span().get_span_context()

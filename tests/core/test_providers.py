@@ -7,9 +7,11 @@ Prometheus reader; in-memory readers only where a test reads SDK data points.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import socket
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 
 import pytest
@@ -219,19 +221,24 @@ def test_recording_stays_fast_and_shutdown_bounded_when_the_collector_misbehaves
                 "OTEL_EXPORTER_OTLP_TIMEOUT": "30000",
                 "OTEL_METRIC_EXPORT_INTERVAL": "100",
                 "OTEL_BSP_SCHEDULE_DELAY": "50",
+                "OTEL_LOGS_EXPORTER": "otlp",
+                "OTEL_BLRP_SCHEDULE_DELAY": "50",
             },
         )
+        lg = logging.getLogger(f"pullwake.test.logs.{collector}")
+        lg.propagate, lg.level = False, logging.INFO
+        t.attach_logs(lg)
         exercise(t, Component.RUNNER)
-        for _ in range(50):  # first exports start and stall
+        for i in range(50):  # first exports start and stall
             with t.tracer().start_as_current_span("pullwake.test"):
-                pass
+                lg.info("record %d", i)
         if collector == "slow":
             wait_until(lambda: rx.calls > 0, 10, what="an export held by the slow collector")
         # recording and scraping stay fast while the exporter threads hang
         started = time.monotonic()
-        for _ in range(200):
+        for i in range(200):
             with t.tracer().start_as_current_span("pullwake.test"):
-                pass
+                lg.info("record %d", i)
         assert b"pullwake_wakes_total" in t.prometheus_text()
         assert time.monotonic() - started < 2.0
         started = time.monotonic()
@@ -240,6 +247,43 @@ def test_recording_stays_fast_and_shutdown_bounded_when_the_collector_misbehaves
         assert took < 3.0, took  # 1.5 s deadline + scheduling margin on a shared machine
         if collector == "blackhole":
             assert not flushed
+        assert not lg.handlers  # shutdown took the export handler off
+
+
+def test_logs_go_over_otlp_with_the_active_span_and_the_resource() -> None:
+    """OTEL_LOGS_EXPORTER=otlp: records reach a real OTLP/gRPC receiver carrying
+    the trace and span id of the span active when they were logged."""
+    with OtlpReceiver() as rx:
+        t = build_telemetry(
+            SERVICE_RUNNER,
+            "r-logs",
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint,
+                "OTEL_TRACES_EXPORTER": "none",
+                "OTEL_METRICS_EXPORTER": "none",
+                "OTEL_LOGS_EXPORTER": "otlp",
+                "OTEL_BLRP_SCHEDULE_DELAY": "50",
+                "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=test",
+            },
+        )
+        lg = logging.getLogger("pullwake.test.otlp_logs")
+        lg.propagate, lg.level = False, logging.INFO
+        t.attach_logs(lg)
+        with t.tracer().start_as_current_span("pullwake.test") as span:
+            lg.warning("inside %s", "a span")
+        lg.info("outside")
+        logging.getLogger("opentelemetry.test").warning("the SDK's own: never exported")
+        ctx = span.get_span_context()
+        inside = wait_until(lambda: rx.logs("inside a span"), 10, what="OTLP log record")[0]
+        assert inside.trace_id == format(ctx.trace_id, "032x")
+        assert inside.span_id == format(ctx.span_id, "016x")
+        assert inside.severity == "WARN"
+        assert inside.resource["service.instance.id"] == "r-logs"
+        assert inside.resource["deployment.environment.name"] == "test"
+        outside = wait_until(lambda: rx.logs("outside"), 10, what="second record")[0]
+        assert outside.trace_id == "" and outside.severity == "INFO"
+        assert t.shutdown(5)
+        assert not rx.logs("never exported") and not rx.spans()
 
 
 def test_rate_limit_filter_lets_one_through_per_interval() -> None:
@@ -342,3 +386,25 @@ def test_http_protobuf_path_reaches_an_http_receiver() -> None:
         for m in sm.metrics
     }
     assert {m.name for m in CATALOG if m.component is Component.RUNNER} <= names
+
+
+def test_grpc_host_port_endpoint_reaches_the_collector() -> None:
+    """The bare `host:port` form (what the SDK and the collector docs accept for
+    gRPC), plaintext by OTEL_EXPORTER_OTLP_INSECURE: pullwake no longer rejects it."""
+    with OtlpReceiver() as rx:
+        t = build_telemetry(
+            SERVICE_SERVER,
+            None,
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"127.0.0.1:{rx.port}",
+                "OTEL_EXPORTER_OTLP_INSECURE": "true",
+                "OTEL_BSP_SCHEDULE_DELAY": "50",
+                "OTEL_METRICS_EXPORTER": "none",
+            },
+        )
+        with t.tracer().start_as_current_span("pullwake.test"):
+            pass
+        span = wait_until(lambda: rx.spans("pullwake.test"), 10, what="span over host:port")[0]
+        instance = span.resource["service.instance.id"]
+        assert uuid.UUID(instance) and instance != "127.0.0.1"  # a uuid4 per process
+        assert t.shutdown(5)

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -61,6 +63,34 @@ class RecordedSpan:
 
 
 @dataclass(frozen=True)
+class RecordedLog:
+    record: LogRecord
+    resource: dict[str, Any]
+    scope: str
+
+    @property
+    def body(self) -> Any:
+        return any_value(self.record.body)
+
+    @property
+    def severity(self) -> str:
+        return str(self.record.severity_text)
+
+    @property
+    def trace_id(self) -> str:
+        """Lowercase hex, empty when the record was made outside a span."""
+        return bytes(self.record.trace_id).hex()
+
+    @property
+    def span_id(self) -> str:
+        return bytes(self.record.span_id).hex()
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return attrs(self.record.attributes)
+
+
+@dataclass(frozen=True)
 class RecordedPoint:
     metric: Metric
     resource: dict[str, Any]
@@ -79,10 +109,12 @@ class OtlpReceiver:
         self._lock = threading.Lock()
         self._spans: list[RecordedSpan] = []
         self._points: list[RecordedPoint] = []
+        self._logs: list[RecordedLog] = []
         self.requests = 0
         self._server = grpc.server(ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(self), self._server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(self), self._server)
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(self), self._server)
         self.port = self._server.add_insecure_port(f"{host}:0")
         self.endpoint = f"http://{host}:{self.port}"
 
@@ -111,7 +143,21 @@ class OtlpReceiver:
                     for m in sm.metrics:
                         self._points.extend(_points(m, res))
 
+    def _add_logs(self, req: logs_service_pb2.ExportLogsServiceRequest) -> None:
+        with self._lock:
+            self.requests += 1
+            for rl in req.resource_logs:
+                res = attrs(rl.resource.attributes)
+                for sl in rl.scope_logs:
+                    self._logs.extend(RecordedLog(r, res, sl.scope.name) for r in sl.log_records)
+
     # --- reading ---
+    def logs(self, contains: str | None = None) -> list[RecordedLog]:
+        """Every exported log record (whose body contains `contains`)."""
+        with self._lock:
+            out = list(self._logs)
+        return [r for r in out if contains is None or contains in str(r.body)]
+
     def spans(self, name: str | None = None) -> list[RecordedSpan]:
         with self._lock:
             return [s for s in self._spans if name is None or s.name == name]
@@ -171,6 +217,17 @@ class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
         time.sleep(self.rx.delay_s)
         self.rx._add_metrics(request)
         return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
+class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
+    def __init__(self, rx: OtlpReceiver) -> None:
+        self.rx = rx
+
+    def Export(self, request: Any, context: Any) -> Any:
+        self.rx.calls += 1
+        time.sleep(self.rx.delay_s)
+        self.rx._add_logs(request)
+        return logs_service_pb2.ExportLogsServiceResponse()
 
 
 # --- the collector's OTLP -> Prometheus naming (prometheus exporter, OTLP ingest) ---
