@@ -12,6 +12,7 @@ from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import common as cm
 
 from pullwake.core import catalog as c
+from pullwake.core import http_semconv as hs
 from pullwake.dashboards import queries as q
 from pullwake.dashboards.config import Config
 from pullwake.dashboards.panels import (
@@ -26,6 +27,7 @@ from pullwake.dashboards.panels import (
 
 TITLE = "Pull-wake server"
 RATE = "$__rate_interval"
+ROUTE = c.prom_label(hs.HTTP_ROUTE)  # a route template, never a raw path
 
 
 def _mismatch_stat(config: Config) -> stat.Panel:
@@ -206,12 +208,13 @@ def build(config: Config) -> db.Dashboard:
             timeseries_panel(
                 config,
                 "API request duration p99",
-                "Non-streaming API requests.",
+                "http.server.request.duration (OpenTelemetry semantic conventions) by route"
+                " template; live reads are not timed.",
                 [
                     target(
                         config,
-                        q.quantile(config, 0.99, c.SERVER_REQUEST_DURATION, RATE),
-                        "p99",
+                        q.quantile(config, 0.99, c.HTTP_SERVER_DURATION, RATE, by=(ROUTE,)),
+                        "{{" + ROUTE + "}}",
                     )
                 ],
                 unit="s",

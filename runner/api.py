@@ -103,9 +103,11 @@ class ServerAPI:
         timeout: float,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
+        # the deadline rides along as `trace_request_ctx`: a tracer (runner.otel_http)
+        # can tell a request cancelled by it (a timeout) from one cancelled by a stop
         async with (
-            asyncio.timeout(timeout),
-            self._http.post(url, json=body, headers=headers) as resp,
+            asyncio.timeout(timeout) as deadline,
+            self._http.post(url, json=body, headers=headers, trace_request_ctx=deadline) as resp,
         ):
             try:
                 data = await resp.json(content_type=None) if resp.status != 204 else None
@@ -140,8 +142,10 @@ class ServerAPI:
     async def list_runners(self) -> list[dict[str, Any]]:
         """The caller's runners (a bare JSON array upstream)."""
         async with (
-            asyncio.timeout(self._config.hb_timeout),
-            self._http.get(f"{self._config.base_url}{RUNNERS_PREFIX}") as resp,
+            asyncio.timeout(self._config.hb_timeout) as deadline,
+            self._http.get(
+                f"{self._config.base_url}{RUNNERS_PREFIX}", trace_request_ctx=deadline
+            ) as resp,
         ):
             if resp.status >= 400:
                 raise RequestFailed(HeartbeatErrorType.HTTP_4XX, f"HTTP {resp.status}", resp.status)

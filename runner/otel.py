@@ -14,7 +14,10 @@ and this observer turns the reports into:
   runner reports just after the heartbeat's block;
 - each wake's `pullwake.wake` trace with claim -> handle -> complete under it
   (`runner.otel_wakes`, the hot path);
-- W3C `traceparent` on every aiohttp request (`runner.otel_propagation`).
+- HTTP semantic conventions on every request: a CLIENT span per request
+  (`traceparent` names it) and `http.client.request.duration`
+  (`runner.otel_http`, an aiohttp `TraceConfig`); `runner.otel_propagation`
+  keeps the bare `traceparent` request class for sessions built elsewhere.
 
 Everything here is called on the runner's event loop and only enqueues or
 updates memory (bounded maps); exporting happens on the SDK's threads.
@@ -54,6 +57,7 @@ from pullwake.core.telemetry import (
 )
 from pullwake.runner.observe import RunnerSnapshot, SessionInfo, Transition
 from pullwake.runner.otel_gauges import RunnerGauges
+from pullwake.runner.otel_http import HttpClientTelemetry
 from pullwake.runner.otel_propagation import Traceparent
 from pullwake.runner.otel_wakes import WAKE_SPAN, WAKE_STEPS, WakeTraces
 
@@ -133,6 +137,7 @@ class OtelRunnerObserver:
         self._wakes = WakeTraces(
             self._tracer, self._ins, runner_id, self._session_links, step_spans=wake_step_spans
         )
+        self._http = HttpClientTelemetry(self._tracer, self._ins, runner_id, lambda: self._current)
 
     def bind(self, snapshot: Callable[[], RunnerSnapshot]) -> None:
         """Give the gauges their source once the `Runner` exists."""
@@ -345,12 +350,14 @@ class OtelRunnerObserver:
         with trace.use_span(self._tracer.start_span(full, attributes=attrs, links=links), True):
             yield
 
-    # --- propagation on the runner's HTTP requests (runner.otel_propagation) ---
+    # --- the runner's HTTP requests ---
     def request_class(self) -> type[aiohttp.ClientRequest]:
+        """`traceparent` only, no client span (runner.otel_propagation)."""
         return self._traceparent.request_class()
 
     def trace_config(self) -> aiohttp.TraceConfig:
-        return self._traceparent.trace_config()
+        """A CLIENT span, `traceparent` and the duration per request (runner.otel_http)."""
+        return self._http.trace_config()
 
     def close(self) -> None:
         """End what a stopped runner leaves open: a heartbeat, wakes in flight."""
@@ -361,7 +368,7 @@ class OtelRunnerObserver:
 
 
 def instrument_runner(runner: Runner, env: Mapping[str, str] | None = None) -> Telemetry:
-    """Build the runner's telemetry and attach it: observer, gauges, `/metrics`, traceparent.
+    """Build the runner's telemetry and attach it: observer, gauges, `/metrics`, HTTP spans.
 
     Raises `TelemetryConfigError` for bad `OTEL_*` values.  With
     `OTEL_SDK_DISABLED=true` nothing is attached (`/metrics` answers 404).
@@ -382,5 +389,5 @@ def instrument_runner(runner: Runner, env: Mapping[str, str] | None = None) -> T
     )
     runner.observer.add(observer)
     runner.metrics = lambda: (telemetry.prometheus_text(), PROMETHEUS_CONTENT_TYPE)
-    runner.request_class = observer.request_class()
+    runner.trace_configs.append(observer.trace_config())
     return telemetry

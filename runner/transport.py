@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -89,7 +90,9 @@ def stream_timeout(config: RunnerConfig) -> aiohttp.ClientTimeout:
 
 
 def open_stream_session(
-    config: RunnerConfig, request_class: type[aiohttp.ClientRequest] = aiohttp.ClientRequest
+    config: RunnerConfig,
+    request_class: type[aiohttp.ClientRequest] = aiohttp.ClientRequest,
+    trace_configs: Sequence[aiohttp.TraceConfig] = (),
 ) -> aiohttp.ClientSession:
     factory = keepalive_socket_factory(config.keepalive) if config.profile.tcp_keepalive else None
     connector = aiohttp.TCPConnector(limit=4, force_close=True, socket_factory=factory)
@@ -99,11 +102,14 @@ def open_stream_session(
         headers=base_headers(config),
         auto_decompress=False,
         request_class=request_class,  # telemetry: W3C traceparent (runner.otel)
+        trace_configs=list(trace_configs) or None,  # telemetry: HTTP client spans (runner.otel)
     )
 
 
 def open_api_session(
-    config: RunnerConfig, request_class: type[aiohttp.ClientRequest] = aiohttp.ClientRequest
+    config: RunnerConfig,
+    request_class: type[aiohttp.ClientRequest] = aiohttp.ClientRequest,
+    trace_configs: Sequence[aiohttp.TraceConfig] = (),
 ) -> aiohttp.ClientSession:
     # Keep-alive pooling off: a pooled socket to a dead server would make the
     # next heartbeat wait for its own timeout instead of being refused at once.
@@ -113,6 +119,7 @@ def open_api_session(
         timeout=aiohttp.ClientTimeout(total=30, connect=config.connect_timeout),
         headers=base_headers(config),
         request_class=request_class,  # telemetry: W3C traceparent (runner.otel)
+        trace_configs=list(trace_configs) or None,  # telemetry: HTTP client spans (runner.otel)
     )
 
 

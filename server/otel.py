@@ -208,7 +208,8 @@ def http_middleware(telemetry: Telemetry, instruments: Instruments | None = None
         live = request.query.get("live")
         if live:
             attributes["pullwake.live.mode"] = live
-        name = f"{method if method != hs.OTHER else 'HTTP'} {route}" if route else method
+        verb = "HTTP" if method == hs.OTHER else method  # the conventions' name for _OTHER
+        name = f"{verb} {route}" if route else verb
         with tracer.start_as_current_span(
             name,
             context=parent,

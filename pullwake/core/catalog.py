@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from pullwake.core import http_semconv as hs
 from pullwake.core.protocol import (
     CallbackOutcome,
     ClaimOutcome,
@@ -58,6 +59,21 @@ ATTRIBUTE_VALUES: Final[Mapping[str, tuple[str, ...]]] = {
     "error.type": tuple(e.value for e in HeartbeatErrorType),
     "state": tuple(s.value for s in RunnerState),
     "live.mode": tuple(m.value for m in LiveMode),
+    hs.HTTP_REQUEST_METHOD: hs.METHODS,
+    hs.URL_SCHEME: ("http", "https"),
+}
+
+# Attributes (or value sets) that are not closed enums but bounded by the
+# deployment: documented here, and never an id of work (session, wake, offset).
+BOUNDED_ATTRIBUTES: Final[Mapping[str, str]] = {
+    RUNNER_ID: "the runner's id (bounded by the number of runners)",
+    hs.SERVER_ADDRESS: "the host the runner sends to: its server (and a callback host, if"
+    " the server names another)",
+    hs.SERVER_PORT: "that host's port",
+    hs.HTTP_RESPONSE_STATUS_CODE: "the HTTP status code of the answer (absent when none came)",
+    hs.HTTP_ROUTE: "the server's route template, never the raw path (absent when no route matched)",
+    "error.type.http": "only on errors: the status code (client: >= 400, server: >= 500) or"
+    " the exception's class name (`ClientConnectorError`, `TimeoutError`, ...)",
 }
 
 _UNIT_SUFFIX: Final = {"s": "seconds", "By": "bytes", "ms": "milliseconds"}
@@ -80,6 +96,9 @@ class Metric:
     # sets (`outcome`), which ATTRIBUTE_VALUES entry applies.
     value_sets: Mapping[str, str] = field(default_factory=dict)
     buckets: tuple[float, ...] | None = None  # explicit histogram boundaries
+    # Attributes present only when they apply (semconv "conditionally required":
+    # `http.response.status_code` when an answer came, `error.type` on errors).
+    optional: tuple[str, ...] = ()
 
     @property
     def prom_name(self) -> str:
@@ -110,10 +129,11 @@ class Metric:
         return tuple(prom_label(a) for a in self.attributes)
 
     def allowed_values(self, attribute: str) -> tuple[str, ...] | None:
-        """Closed value set of an attribute, None for `runner.id`."""
-        if attribute == RUNNER_ID:
+        """Closed value set of an attribute, None for a bounded one (`BOUNDED_ATTRIBUTES`)."""
+        key = self.value_sets.get(attribute, attribute)
+        if key in BOUNDED_ATTRIBUTES:
             return None
-        return ATTRIBUTE_VALUES[self.value_sets.get(attribute, attribute)]
+        return ATTRIBUTE_VALUES[key]
 
 
 _LATENCY_BUCKETS: Final = (
@@ -148,6 +168,9 @@ _REQUEST_BUCKETS: Final = (
     5.0,
     10.0,
 )
+# HTTP request durations (semantic conventions): a few of the conventions'
+# advisory boundaries, each series set costs len + 3 series per runner.
+_HTTP_BUCKETS: Final = (0.025, 0.1, 0.5, 2.5)
 _BACKOFF_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
 _SESSION_BUCKETS: Final = (0.1, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 
@@ -332,6 +355,27 @@ CALLBACK_HEARTBEATS = Metric(
     value_sets={"outcome": "outcome.callback"},
 )
 
+HTTP_CLIENT_DURATION = Metric(
+    hs.HTTP_CLIENT_REQUEST_DURATION,
+    Kind.HISTOGRAM,
+    "s",
+    "Duration of the runner's HTTP requests (OpenTelemetry semantic conventions): stream"
+    " GET, tail probe, register, heartbeat, claim, callbacks - up to the response headers,"
+    " so a stream counts its connect, not its life.",
+    R,
+    (
+        RUNNER_ID,
+        hs.HTTP_REQUEST_METHOD,
+        hs.SERVER_ADDRESS,
+        hs.SERVER_PORT,
+        hs.HTTP_RESPONSE_STATUS_CODE,
+        hs.ERROR_TYPE,
+    ),
+    value_sets={hs.ERROR_TYPE: "error.type.http"},
+    buckets=_HTTP_BUCKETS,
+    optional=(hs.HTTP_RESPONSE_STATUS_CODE, hs.ERROR_TYPE),
+)
+
 # --- server --------------------------------------------------------------------
 SERVER_STREAMS_OPEN = Metric(
     "pullwake.server.streams.open",
@@ -430,14 +474,23 @@ SERVER_STREAM_MISMATCH = Metric(
     S,
     (RUNNER_ID,),
 )
-SERVER_REQUEST_DURATION = Metric(
-    "pullwake.server.request.duration",
+HTTP_SERVER_DURATION = Metric(
+    hs.HTTP_SERVER_REQUEST_DURATION,
     Kind.HISTOGRAM,
     "s",
-    "Non-streaming API request duration.",
+    "Duration of served HTTP requests (OpenTelemetry semantic conventions), by route"
+    " template; live reads (`?live=`) are not timed here (their life is the stream's).",
     S,
-    (),
+    (
+        hs.HTTP_REQUEST_METHOD,
+        hs.URL_SCHEME,
+        hs.HTTP_ROUTE,
+        hs.HTTP_RESPONSE_STATUS_CODE,
+        hs.ERROR_TYPE,
+    ),
+    value_sets={hs.ERROR_TYPE: "error.type.http"},
     buckets=_REQUEST_BUCKETS,
+    optional=(hs.HTTP_ROUTE, hs.ERROR_TYPE),
 )
 
 # Span names: the trace half of the contract.  The runner names its spans from
@@ -465,6 +518,7 @@ def for_component(component: Component) -> Iterator[Metric]:
 
 __all__ = [
     "ATTRIBUTE_VALUES",
+    "BOUNDED_ATTRIBUTES",
     "CATALOG",
     "RUNNER_ID",
     "SPAN_CONNECT",

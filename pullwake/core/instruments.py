@@ -77,8 +77,12 @@ class Instruments:
                 )
 
     def check(self, m: Metric, attributes: Mapping[str, str]) -> None:
-        """Raise ValueError unless `attributes` are exactly the catalog's for `m`."""
-        if tuple(attributes) != m.attributes and set(attributes) != set(m.attributes):
+        """Raise ValueError unless `attributes` are the catalog's for `m` (its `optional`
+        ones may be absent: semconv's conditionally required attributes)."""
+        if tuple(attributes) == m.attributes:
+            return
+        keys = set(attributes)
+        if not (set(m.attributes) - set(m.optional) <= keys <= set(m.attributes)):
             raise ValueError(f"{m.name}: attributes {sorted(attributes)} != {list(m.attributes)}")
 
     def checked(self, m: Metric, attributes: Mapping[str, str]) -> Any:

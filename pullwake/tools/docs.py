@@ -11,7 +11,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pullwake.core.catalog import ATTRIBUTE_VALUES, CATALOG, RUNNER_ID, Component, Kind, Metric
+from pullwake.core.catalog import (
+    ATTRIBUTE_VALUES,
+    BOUNDED_ATTRIBUTES,
+    CATALOG,
+    Component,
+    Kind,
+    Metric,
+)
 
 DEFAULT_OUTPUT = Path("docs/metrics.md")
 
@@ -106,7 +113,9 @@ def render_metrics() -> str:
         out.extend(_table(component))
         out.append("")
     out.append("## Attribute values\n")
-    out.append(f"`{RUNNER_ID}` is the runner's id (bounded by the number of runners).\n")
+    out.append("Bounded, not enumerated (labels without a value list above):\n")
+    out.extend(f"- `{key}`: {text}" for key, text in BOUNDED_ATTRIBUTES.items())
+    out.append("")
     out.append("| value set | values |")
     out.append("|---|---|")
     for key, values in ATTRIBUTE_VALUES.items():
@@ -133,12 +142,22 @@ def _span_rows() -> list[str]:
         CONNECT_SPAN: "a connect attempt that never got a response, with "
         "`pullwake.backoff.wait_s`, `pullwake.backoff.tries` and "
         "`pullwake.backoff.after_reason` of the wait before it",
-        SPAN_HEARTBEAT: "each heartbeat, linked to the current session span",
+        SPAN_HEARTBEAT: "each heartbeat, linked to the current session span; its request is "
+        "a CLIENT child",
+        "GET, POST, HEAD": "(runner, CLIENT) each HTTP request, up to its response headers, "
+        "under the active span (heartbeat, wake step) or else the session span; `traceparent` "
+        "names it. HTTP semantic conventions: `http.request.method`, `url.full` (no "
+        "credentials, query values other than `offset`/`live`/`cursor` REDACTED, headers never "
+        "recorded), `server.address`, `server.port`, `http.response.status_code`, `error.type` "
+        "(status >= 400 or the exception's class); ERROR on those",
         WAKE_SPAN: "each wake from receipt to completion (`runner.id`, `pullwake.wake.id`, "
         "`pullwake.wake.outcome`), linked to its session; children "
         f"`{WAKE_SPAN}.claim`, `{WAKE_SPAN}.handle`, `{WAKE_SPAN}.complete` "
         "(no attributes of their own: the root has them)",
-        "METHOD /route": "(server) each request, continuing the runner's W3C `traceparent`",
+        "METHOD /route": "(server, SERVER) each request, continuing the runner's W3C "
+        "`traceparent`; named by the route template (`http.route`), the method alone when no "
+        "route matched; `url.scheme`, `url.path`, `url.query` (redacted as above), "
+        "`http.response.status_code`, `error.type` and ERROR from 500 on",
     }
     return [
         "## Spans\n",

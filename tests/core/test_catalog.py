@@ -3,7 +3,7 @@
 import pytest
 
 from pullwake.core import catalog
-from pullwake.core.catalog import CATALOG, RUNNER_ID, Component, Kind
+from pullwake.core.catalog import BOUNDED_ATTRIBUTES, CATALOG, RUNNER_ID, Component, Kind
 
 PROMISED = {
     "pullwake.stream.connected": "pullwake_stream_connected",
@@ -33,12 +33,15 @@ def test_names_unique() -> None:
 
 
 def test_every_runner_metric_carries_runner_id_and_closed_enums() -> None:
+    """Closed enums, or a value set documented as bounded (`BOUNDED_ATTRIBUTES`)."""
     for m in CATALOG:
         if m.component is Component.RUNNER:
             assert m.attributes[0] == RUNNER_ID, m.name
         for attr in m.attributes[1:]:
             values = m.allowed_values(attr)
-            assert values, (m.name, attr)
+            bounded = m.value_sets.get(attr, attr) in BOUNDED_ATTRIBUTES
+            assert values or bounded, (m.name, attr)
+        assert set(m.optional) <= set(m.attributes), m.name
 
 
 def test_no_high_cardinality_attributes() -> None:

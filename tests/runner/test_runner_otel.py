@@ -305,7 +305,15 @@ async def test_traceparent_on_runner_requests(rig: Rig, hook: str) -> None:
     tid = f"{session_span.get_span_context().trace_id:032x}"
     assert seen[0].split("-")[1] == tid
     assert seen[1].split("-")[1] == f"{hb.context.trace_id:032x}"
-    assert seen[1].split("-")[2] == f"{hb.context.span_id:016x}"
+    if hook == "request_class":  # traceparent alone: the active span
+        assert seen[1].split("-")[2] == f"{hb.context.span_id:016x}"
+    else:  # the request's own CLIENT span (runner.otel_http), a child of the active span
+        clients = {f"{s.context.span_id:016x}": s for s in rig.finished() if s.name == "GET"}
+        stream, hb_request = clients[seen[0].split("-")[2]], clients[seen[1].split("-")[2]]
+        assert stream.parent is not None and stream.parent.span_id == (
+            session_span.get_span_context().span_id
+        )
+        assert hb_request.parent is not None and hb_request.parent.span_id == hb.context.span_id
 
 
 def test_a_stop_ends_wake_spans_once_the_runner_has_stopped(rig: Rig) -> None:
