@@ -40,6 +40,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +52,14 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.ds_servers import NAMES, ServerProc, install_cleanup, reference_available, stop_all
+from bench.ds_servers import (
+    NAMES,
+    ServerProc,
+    export_rev,
+    install_cleanup,
+    reference_available,
+    stop_all,
+)
 from bench.ds_sse_client import LeanSSE, close_readers, open_readers
 
 JSON_CT = {"content-type": "application/json"}
@@ -382,12 +390,13 @@ def load() -> str:
 async def bench(a: argparse.Namespace) -> Results:
     res = Results()
     tmp = Path(tempfile.mkdtemp(prefix="pullwake-ds-sidebyside-"))
+    source = export_rev(a.pullwake_rev, tmp / "src") if a.pullwake_rev else None
     try:
         for rep in range(a.repeats):
             order = a.servers if rep % 2 == 0 else list(reversed(a.servers))
             for phase in a.phases:
                 for name in order:
-                    srv = ServerProc(name, tmp / f"{name}-{rep}-{phase}")
+                    srv = ServerProc(name, tmp / f"{name}-{rep}-{phase}", source=source)
                     t0 = time.monotonic()
                     srv.start()
                     conn = aiohttp.TCPConnector(limit=64)
@@ -475,6 +484,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="idle seconds measured (30: one long-poll period)",
     )
     p.add_argument("--json", type=Path, help="write every run's figures here")
+    p.add_argument(
+        "--pullwake-rev",
+        metavar="REV",
+        help="run pullwake's server from this commit (git archive) instead of the working tree",
+    )
     a = p.parse_args(argv)
     full = {"repeats": 3, "latency_count": 200, "sequential_count": 500, "per_client": 150,
             "readers": 1000, "rounds": 3, "idle_readers": 10000}  # fmt: skip
@@ -492,13 +506,24 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def rev_label(rev: str | None) -> str:
+    """`REV (sha)` or `the working tree (HEAD sha + uncommitted edits)`."""
+    sha = subprocess.run(
+        ["git", "-C", str(HERE.parent), "rev-parse", "--short", rev or "HEAD"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return f"{rev} ({sha})" if rev else f"the working tree (HEAD {sha} + uncommitted edits)"
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     install_cleanup()
     before = load()
     print(
         f"{os.cpu_count()} cores, load average {before}; servers: {', '.join(a.servers)}; "
-        f"{a.repeats} repeat(s), phases {', '.join(a.phases)}; client on this machine",
+        f"{a.repeats} repeat(s), phases {', '.join(a.phases)}; client on this machine; "
+        f"pullwake from {rev_label(a.pullwake_rev)}",
         flush=True,
     )
     try:
@@ -521,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+                    "pullwake_from": rev_label(a.pullwake_rev),
                     "load_before": before,
                     "load_after": after,
                     "rows": [asdict(r) for r in rows(a)],

@@ -61,6 +61,7 @@ class ServerProc:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     keepalive_s: float = 15.0  # pullwake only: comment interval while idle
+    source: Path | None = None  # pullwake only: run this source tree (see export_rev)
 
     @property
     def base(self) -> str:
@@ -90,9 +91,16 @@ class ServerProc:
     def start(self, timeout: float = 30.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = (self.data_dir / "server.log").open("wb")
+        env = dict(os.environ)
+        if self.name == "pullwake" and self.source is not None:
+            # ahead of the editable install's finder on sys.path
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(self.source), env.get("PYTHONPATH")])
+            )
         self.proc = subprocess.Popen(
             self.command(),
             cwd=ROOT,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -140,6 +148,17 @@ class ServerProc:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return 0.0
+
+
+def export_rev(rev: str, into: Path) -> Path:
+    """`git archive` a commit of this checkout into `into` (uncommitted edits of others in
+    the working tree are then not what is measured); returns `into`."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 def _answers(url: str) -> bool:
