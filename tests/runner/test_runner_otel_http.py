@@ -4,20 +4,24 @@ Real loopback sockets throughout: a real `Runner` against the scripted fake
 server (stream GET, register, heartbeat, claim, completion callback), and
 single requests through the observer's `TraceConfig` for a 5xx, a refused
 connection, a URL carrying secrets, a timeout and a stop.  Spans land in an
-in-memory exporter; the metric is read from the real Prometheus text.
+in-memory exporter, metric points in an in-memory reader.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from opentelemetry.sdk.metrics.export import (
+    ExponentialHistogramDataPoint,
+    HistogramDataPoint,
+    InMemoryMetricReader,
+)
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -33,14 +37,19 @@ from tests.support.fakeserver import FakeServer, forever, serving, sse_headers
 from tests.support.procs import refused_port
 from tests.support.waits import until
 
-DURATION = "http_client_request_duration_seconds"
+DURATION = "http.client.request.duration"
 
 
 class Rig:
     def __init__(self) -> None:
         self.spans = InMemorySpanExporter()
+        self.reader = InMemoryMetricReader()
         self.telemetry: Telemetry = build_telemetry(
-            SERVICE_RUNNER, "r1", env={}, span_processors=[SimpleSpanProcessor(self.spans)]
+            SERVICE_RUNNER,
+            "r1",
+            env={},
+            span_processors=[SimpleSpanProcessor(self.spans)],
+            metric_readers=[self.reader],
         )
         self.obs = OtelRunnerObserver(self.telemetry, "r1")
 
@@ -55,13 +64,23 @@ class Rig:
             if s.kind is SpanKind.CLIENT and not s.name.startswith("pullwake.")
         ]
 
-    def series(self, metric: str) -> list[tuple[dict[str, str], float]]:
-        """Every sample of `metric` in the Prometheus text: (labels, value)."""
-        out = []
-        for line in self.telemetry.prometheus_text().decode().splitlines():
-            m = re.match(r"^(\w+)\{(.*)\} (\S+)$", line)
-            if m and m.group(1) == metric:
-                out.append((dict(re.findall(r'(\w+)="([^"]*)"', m.group(2))), float(m.group(3))))
+    def points(self) -> list[tuple[dict[str, Any], int]]:
+        """`http.client.request.duration` data points: (attributes, count).
+
+        Read by an in-memory reader: the metric is budgeted as OTLP-only (not on
+        `/metrics`), and both export paths get the same points.
+        """
+        data = self.reader.get_metrics_data()
+        out: list[tuple[dict[str, Any], int]] = []
+        for rm in data.resource_metrics if data is not None else ():
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if m.name == DURATION:
+                        out += [
+                            (dict(p.attributes or {}), p.count)
+                            for p in m.data.data_points
+                            if isinstance(p, HistogramDataPoint | ExponentialHistogramDataPoint)
+                        ]
         return out
 
 
@@ -144,15 +163,20 @@ async def test_every_runner_request_is_a_client_span_with_stable_attributes(rig:
     token = authorization.removeprefix("Bearer ")
     assert token and all(token not in str(attrs(s)) for s in rig.finished())
 
-    series = {
-        (lb["http_request_method"], lb["http_response_status_code"]): v
-        for lb, v in rig.series(f"{DURATION}_count")
-    }
-    assert series[("POST", "201")] >= 1 and series[("GET", "200")] >= 1
-    assert series[("POST", "200")] >= 3  # heartbeat(s), claim, completion
-    for labels, _ in rig.series(f"{DURATION}_count"):
-        assert labels["runner_id"] == "r1" and "error_type" not in labels
-        assert labels["server_address"] == "127.0.0.1" and labels["server_port"] == str(port)
+    points = rig.points()
+    counts = {(a["http.request.method"], a["http.response.status_code"]): n for a, n in points}
+    assert counts[("POST", 201)] >= 1 and counts[("GET", 200)] >= 1
+    assert counts[("POST", 200)] >= 3  # heartbeat(s), claim, completion
+    for a, _ in points:
+        assert set(a) == {
+            "runner.id",
+            "http.request.method",
+            "server.address",
+            "server.port",
+            "http.response.status_code",
+        }
+        assert a["runner.id"] == "r1"
+        assert a["server.address"] == "127.0.0.1" and a["server.port"] == port
 
 
 # --- single requests: errors, secrets, deadlines ----------------------------------------
@@ -166,9 +190,9 @@ async def test_a_5xx_is_an_error_with_its_status_as_error_type(rig: Rig) -> None
     assert span.name == "POST" and span.status.status_code is StatusCode.ERROR
     assert attrs(span)["http.response.status_code"] == 503
     assert attrs(span)["error.type"] == "503"
-    ((labels, count),) = rig.series(f"{DURATION}_count")
+    ((a, count),) = rig.points()
     assert count == 1
-    assert labels["error_type"] == "503" and labels["http_response_status_code"] == "503"
+    assert a["error.type"] == "503" and a["http.response.status_code"] == 503
 
 
 async def test_a_4xx_is_an_error_for_a_client(rig: Rig) -> None:
@@ -193,9 +217,9 @@ async def test_a_refused_connection_is_an_error_named_by_its_exception(rig: Rig)
     assert "http.response.status_code" not in a
     assert a["server.port"] == port and a["server.address"] == "127.0.0.1"
     assert [e.name for e in span.events] == ["exception"]
-    ((labels, count),) = rig.series(f"{DURATION}_count")
-    assert count == 1 and labels["error_type"] == "ClientConnectorError"
-    assert "http_response_status_code" not in labels
+    ((a, count),) = rig.points()
+    assert count == 1 and a["error.type"] == "ClientConnectorError"
+    assert "http.response.status_code" not in a and a["server.port"] == port
 
 
 async def test_url_full_carries_no_credentials_or_query_secrets(rig: Rig) -> None:
@@ -251,8 +275,8 @@ async def test_a_request_past_its_deadline_is_a_timeout_a_stopped_one_is_no_outc
     assert len(cancelled) == 1
     assert attrs(cancelled[0])["pullwake.cancelled"] is True
     assert cancelled[0].status.status_code is StatusCode.UNSET
-    ((labels, count),) = rig.series(f"{DURATION}_count")  # only the timeout was measured
-    assert count == 1 and labels["error_type"] == "TimeoutError"
+    ((a, count),) = rig.points()  # only the timeout was measured
+    assert count == 1 and a["error.type"] == "TimeoutError"
 
 
 async def test_traceparent_names_the_client_span_under_the_active_span(rig: Rig) -> None:
