@@ -56,6 +56,12 @@ runpy.run_module("pullwake.server.ds", run_name="__main__", alter_sys=True)
 """
 
 
+def cpu_seconds(pid: int) -> float:
+    """The process's user+system CPU so far (robust to a busy box, unlike rates)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(xs: list[float], p: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(len(s) * p / 100))] if s else float("nan")
@@ -235,15 +241,20 @@ async def main() -> None:
     try:
         await wait_up(base, proc)
         if a.skip != "appends":
+            cpu0 = cpu_seconds(proc.pid)
             rate, lat = await appends(base, a.clients, a.seconds)
+            cpu = cpu_seconds(proc.pid) - cpu0
             print(
                 f"appends: {a.clients} clients on {a.clients} streams: {rate:.0f}/s, "
-                f"ack p50 {pct(lat, 50):.1f} ms p99 {pct(lat, 99):.1f} ms",
+                f"ack p50 {pct(lat, 50):.1f} ms p99 {pct(lat, 99):.1f} ms, "
+                f"server CPU {cpu * 1000 / max(1, len(lat)):.2f} ms/append",
                 flush=True,
             )
         if a.skip != "fanout":
+            cpu0 = cpu_seconds(proc.pid)
             for line in await fanout(base, a.readers, a.writers, a.rounds):
                 print(line, flush=True)
+            print(f"fan-out: server CPU {cpu_seconds(proc.pid) - cpu0:.2f} s in all", flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

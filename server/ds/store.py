@@ -937,31 +937,57 @@ async def shielded(coro: Coroutine[Any, Any, T]) -> T:
 
 
 class Notifier:
-    """One asyncio.Event per path, replaced after each notification (no lost wake-ups:
-    take the waiter before reading, then wait on it)."""
+    """One future per path, resolved and replaced at each notification (no lost wake-ups:
+    take the waiter before reading, then wait on it).  Waiting costs no task: a wait is
+    a callback on that shared future plus one timer."""
 
     def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
+        self._events: dict[str, asyncio.Future[None]] = {}
         self.closing = False
 
-    def waiter(self, path: str) -> asyncio.Event:
-        ev = self._events.get(path)
-        if ev is None:
-            ev = self._events[path] = asyncio.Event()
-        if self.closing:
-            ev.set()
-        return ev
+    def waiter(self, path: str) -> asyncio.Future[None]:
+        fut = self._events.get(path)
+        if fut is None:
+            fut = self._events[path] = asyncio.get_running_loop().create_future()
+        if self.closing and not fut.done():
+            fut.set_result(None)
+        return fut
 
     def notify(self, path: str) -> None:
-        ev = self._events.pop(path, None)
-        if ev is not None:
-            ev.set()
+        fut = self._events.pop(path, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     def close_all(self) -> None:
         self.closing = True
         events, self._events = self._events, {}
-        for ev in events.values():
-            ev.set()
+        for fut in events.values():
+            if not fut.done():
+                fut.set_result(None)
+
+
+async def wait_future(fut: asyncio.Future[None], timeout: float) -> bool:
+    """True once `fut` is done, False after `timeout` s (`fut` is shared: never cancelled)."""
+    if fut.done():
+        return True
+    loop = asyncio.get_running_loop()
+    mine: asyncio.Future[bool] = loop.create_future()
+
+    def done(_: asyncio.Future[None]) -> None:
+        if not mine.done():
+            mine.set_result(True)
+
+    def expire() -> None:
+        if not mine.done():
+            mine.set_result(False)
+
+    fut.add_done_callback(done)
+    timer = loop.call_later(timeout, expire)
+    try:
+        return await mine
+    finally:
+        timer.cancel()
+        fut.remove_done_callback(done)
 
 
 MAX_BATCH = 512  # calls sharing one commit at most
@@ -1089,58 +1115,77 @@ class DSStore:
                 loop.call_soon_threadsafe(self._deliver, group)
 
     def _deliver(self, jobs: list[_Job]) -> None:
-        """On the loop, after a commit: wake the live readers, resume the callers."""
+        """On the loop, after a commit: wake the live readers, call the listeners, resume
+        the callers.  The listeners run even if a caller was cancelled meanwhile (a
+        client gone): a committed append always wakes its readers and announces its
+        wake; synchronous listeners run here, awaitable ones in one task per call."""
         paths: set[str] = set()
         for job in jobs:
             paths |= job.effects.paths()
         for path in paths:
             self.notifier.notify(path)
         for job in jobs:
-            if not job.future.done():
+            pending = self._listen(job.effects)
+            if pending:
+                task = asyncio.ensure_future(self._finish(job, pending))
+                _RUNNING.add(task)
+                task.add_done_callback(_RUNNING.discard)
+            elif not job.future.done():
                 job.future.set_result(None)
+
+    def _listen(self, eff: _Effects) -> list[tuple[Awaitable[None], str]]:
+        """Call the listeners of `eff`; returns the awaitables they gave back (in order)."""
+        pending: list[tuple[Awaitable[None], str]] = []
+        if not eff.appended and not eff.deleted:
+            return pending
+        for a in eff.appended:
+            for cb in self._listeners:
+                try:
+                    res = cb(a)
+                except Exception:
+                    log.exception("append listener %r failed for %s", cb, a.path)
+                    continue
+                if res is not None:
+                    pending.append((res, a.path))
+        for path in sorted(eff.deleted):
+            for dcb in self._delete_listeners:
+                try:
+                    res = dcb(path)
+                except Exception:
+                    log.exception("delete listener %r failed for %s", dcb, path)
+                    continue
+                if res is not None:
+                    pending.append((res, path))
+        return pending
+
+    async def _finish(self, job: _Job, pending: list[tuple[Awaitable[None], str]]) -> None:
+        for aw, path in pending:
+            try:
+                await aw
+            except Exception:
+                log.exception("listener failed for %s", path)
+        if not job.future.done():
+            job.future.set_result(None)
 
     # --- plumbing ---------------------------------------------------------------------
     async def call(
         self, fn: Callable[Concatenate[StoreCore, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Run `fn(core, ...)` on the writer thread (in the next group commit); once it
-        is committed, wake readers and run listeners, then return its result.
+        """Run `fn(core, ...)` on the writer thread (in the next group commit); returns
+        its result once it is committed, readers are woken and listeners have run.
 
-        Shielded: a caller cancelled meanwhile (a client that went away, aiohttp's
-        handler cancellation) does not stop the work half-way, so a committed append
-        always wakes its readers and announces its wake.
+        A caller cancelled meanwhile (a client that went away, aiohttp's handler
+        cancellation) does not stop the work half-way: the write, the wake-ups and the
+        listeners happen all the same (`_deliver`).
         """
         if self._closed:
             raise RuntimeError("the store is closed")
         job = _Job(fn, args, kwargs, asyncio.get_running_loop())
         self._queue.put(job)
-
-        async def whole() -> T:
-            await job.future
-            await self._after(job.effects)
-            if job.exc is not None:
-                raise job.exc
-            return cast(T, job.result)
-
-        return await shielded(whole())
-
-    async def _after(self, eff: _Effects) -> None:
-        for a in eff.appended:
-            for cb in list(self._listeners):
-                try:
-                    res = cb(a)
-                    if res is not None:
-                        await res
-                except Exception:
-                    log.exception("append listener %r failed for %s", cb, a.path)
-        for path in sorted(eff.deleted):
-            for dcb in list(self._delete_listeners):
-                try:
-                    res = dcb(path)
-                    if res is not None:
-                        await res
-                except Exception:
-                    log.exception("delete listener %r failed for %s", dcb, path)
+        await job.future
+        if job.exc is not None:
+            raise job.exc
+        return cast(T, job.result)
 
     def _read_db(self) -> sqlite3.Connection:
         """This read thread's own connection (read-only use)."""
@@ -1256,10 +1301,7 @@ class DSStore:
         tail = self.tail(path)
         if tail is None or offset_pos(tail) > offset_pos(offset) or self.notifier.closing:
             return True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ev.wait(), timeout)
-            return True
-        return False
+        return await wait_future(ev, timeout)
 
     def close_all(self) -> None:
         """Shutdown: every waiting live read returns now."""

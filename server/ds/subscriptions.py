@@ -815,6 +815,8 @@ class SubscriptionManager:
     async def _on_append(self, ev: Appended) -> None:
         if ev.internal:
             return  # our own wake events never wake anyone (as upstream)
+        if self._started and not self._patterned and normalize_path(ev.path) not in self._by_stream:
+            return  # no subscription can care: spare the task (the append hot path)
         await self.on_stream_append(ev.path)
 
     @_whole
