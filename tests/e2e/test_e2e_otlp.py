@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
 from pullwake.core import catalog as c
 from pullwake.core.catalog import CATALOG
@@ -133,7 +134,7 @@ def test_outage_and_recovery_on_both_paths(tmp_path: Path, receiver: OtlpReceive
         wait_until(lambda: prom.value(q_open) == 1, 15, interval=0.2, what=q_open)
         q_mis = f'{c.SERVER_STREAM_MISMATCH.prom_name}{{runner_id="{RID}"}}'
         assert prom.value(q_mis) == 0
-        scraped = prom.names()
+        scraped = prom.names() | prom.names("http_")  # + the HTTP semantic conventions'
 
         runner.stop(signal.SIGTERM, timeout=15)
         assert runner.popen is not None and runner.popen.returncode == 0, runner.output()
@@ -174,6 +175,25 @@ def test_outage_and_recovery_on_both_paths(tmp_path: Path, receiver: OtlpReceive
     assert any(
         s.name.endswith("/heartbeat") and bytes(s.span.trace_id) in hb_traces for s in server_spans
     ), sorted({s.name for s in server_spans})
+    # HTTP semantic conventions: the server's SERVER span is a child of the runner's
+    # CLIENT span for the same request (what service graphs pair); a refused request
+    # is an ERROR CLIENT span named by its exception, without a status code
+    clients = {
+        bytes(s.span.span_id): s
+        for s in receiver.spans()
+        if s.resource["service.name"] == "pullwake-runner"
+        and s.span.kind == ProtoSpan.SPAN_KIND_CLIENT
+        and "http.request.method" in s.attributes
+    }
+    paired = [s for s in server_spans if bytes(s.span.parent_span_id) in clients]
+    assert all(s.span.kind == ProtoSpan.SPAN_KIND_SERVER for s in paired)
+    routes = {s.attributes.get("http.route") for s in paired}
+    assert "/_electric/runners/{runner_id}/heartbeat" in routes, routes
+    refused = [
+        c for c in clients.values() if c.attributes.get("error.type") == "ClientConnectorError"
+    ]
+    assert refused and all(c.is_error for c in refused)
+    assert all("http.response.status_code" not in c.attributes for c in refused)
     # OTLP counters agree with what Prometheus saw
     reconnects = receiver.latest(c.STREAM_RECONNECTS.name, runner__id=RID, reason=first_reason)
     assert reconnects is not None and reconnects >= 1
