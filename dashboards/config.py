@@ -51,9 +51,11 @@ class Datasources:
     prometheus: str = "prometheus"
     tempo: str = "tempo"
     alertmanager: str = "alertmanager"
+    loki: str = "loki"
     prometheus_url: str = "http://prometheus:9090"
     tempo_url: str = "http://tempo:3200"
     alertmanager_url: str = "http://alertmanager:9093"
+    loki_url: str = "http://loki:3100"
     # Grafana's alert-groups panel picks its Alertmanager by datasource *name*
     # (not uid), so the provisioned name is fixed here too.
     alertmanager_name: str = "Alertmanager"
@@ -254,8 +256,8 @@ class Config:
             if not value.startswith(("http://", "https://")):
                 raise ValueError(f"Config.{name} must be an http(s) URL, got {value!r}")
         ds = self.datasources
-        ds_uids = [ds.prometheus, ds.tempo, ds.alertmanager]
-        if len(set(ds_uids)) != 3 or not all(ds_uids):
+        ds_uids = [ds.prometheus, ds.tempo, ds.alertmanager, ds.loki]
+        if len(set(ds_uids)) != len(ds_uids) or not all(ds_uids):
             raise ValueError(f"Config.datasources uids must be distinct and non-empty: {ds_uids}")
         uids = list(dataclasses.astuple(self.dashboard_uids))
         if len(set(uids)) != len(uids) or not all(uids):

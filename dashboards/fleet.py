@@ -21,6 +21,7 @@ from pullwake.dashboards.config import Config
 from pullwake.dashboards.panels import (
     REF_IDS,
     nav_links,
+    prom_datasource_variable,
     runner_link,
     runner_list,
     table_panel,
@@ -142,6 +143,7 @@ def build(config: Config) -> db.Dashboard:
         .time("now-1h", "now")
         .timezone("utc")
         .link(nav_links())
+        .with_variable(prom_datasource_variable(config))
         .with_row(db.Row("Runners"))
         .with_panel(_runner_table(config))
         .with_panel(_lying_runners(config))

@@ -24,12 +24,40 @@ from pullwake.dashboards.config import Config
 REF_IDS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
+# Dashboard variables naming the datasources: every panel and query refers to them,
+# so a dashboard imported into a Grafana whose datasources have other uids works once
+# the variables are picked (the provisioned uids are their defaults).
+PROM_VAR = "datasource"
+TEMPO_VAR = "traces_datasource"
+
+
 def prom_ds(config: Config) -> dm.DataSourceRef:
-    return dm.DataSourceRef(type_val="prometheus", uid=config.datasources.prometheus)
+    """The Prometheus datasource, through the `datasource` variable."""
+    return dm.DataSourceRef(type_val="prometheus", uid="${" + PROM_VAR + "}")
 
 
 def tempo_ds(config: Config) -> dm.DataSourceRef:
-    return dm.DataSourceRef(type_val="tempo", uid=config.datasources.tempo)
+    """The Tempo datasource, through the `traces_datasource` variable."""
+    return dm.DataSourceRef(type_val="tempo", uid="${" + TEMPO_VAR + "}")
+
+
+def _datasource_variable(name: str, label: str, kind: str, uid: str) -> db.DatasourceVariable:
+    return (
+        db.DatasourceVariable(name)
+        .label(label)
+        .type(kind)
+        .current(dm.VariableOption(selected=True, text=uid, value=uid))
+    )
+
+
+def prom_datasource_variable(config: Config) -> db.DatasourceVariable:
+    """`$datasource`: any Prometheus datasource, the provisioned one by default."""
+    return _datasource_variable(PROM_VAR, "Prometheus", "prometheus", config.datasources.prometheus)
+
+
+def tempo_datasource_variable(config: Config) -> db.DatasourceVariable:
+    """`$traces_datasource`: any Tempo datasource, the provisioned one by default."""
+    return _datasource_variable(TEMPO_VAR, "Tempo", "tempo", config.datasources.tempo)
 
 
 def target(

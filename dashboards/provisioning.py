@@ -1,7 +1,14 @@
-"""Grafana provisioning: the three datasources with fixed uids, and the dashboards folder.
+"""Grafana provisioning: the datasources with fixed uids, and the dashboards folder.
 
-The Prometheus datasource links exemplars to the Tempo datasource by trace
-id, which is how the runner dashboard goes from a session to its trace.
+The datasources link to each other by trace id, both ways:
+- Prometheus exemplars -> Tempo (a session's duration dot opens its trace);
+- Loki log lines -> Tempo (OTLP logs keep `trace_id` as structured metadata);
+- Tempo spans -> Loki (the logs of the span's service within the span's time,
+  filtered by its trace id) and -> Prometheus (the service map and span metrics
+  Tempo's metrics generator remote-writes there).
+
+Grafana expands `$NAME` / `${NAME}` in provisioning files from its environment,
+so a literal `$` (Grafana's own `${__value.raw}` macros) is written `$$`.
 """
 
 from __future__ import annotations
@@ -9,6 +16,15 @@ from __future__ import annotations
 from typing import Any
 
 from pullwake.dashboards.config import Config
+
+# Loki's OTLP ingest keeps these, as structured metadata or index labels.
+LOKI_TRACE_ID = "trace_id"
+LOKI_SERVICE_LABEL = "service_name"  # from the resource attribute service.name
+
+
+def literal(text: str) -> str:
+    """`text` with every `$` escaped from Grafana's environment expansion."""
+    return text.replace("$", "$$")
 
 
 def datasources(config: Config) -> dict[str, Any]:
@@ -41,6 +57,42 @@ def datasources(config: Config) -> dict[str, Any]:
                 "jsonData": {
                     "tracesToMetrics": {"datasourceUid": ds.prometheus},
                     "serviceMap": {"datasourceUid": ds.prometheus},
+                    "nodeGraph": {"enabled": True},
+                    "search": {"hide": False},
+                    "lokiSearch": {"datasourceUid": ds.loki},
+                    "tracesToLogsV2": {
+                        "datasourceUid": ds.loki,
+                        "spanStartTimeShift": "-1m",
+                        "spanEndTimeShift": "1m",
+                        "tags": [{"key": "service.name", "value": LOKI_SERVICE_LABEL}],
+                        "filterByTraceID": True,
+                        "filterBySpanID": False,
+                        "customQuery": True,
+                        "query": literal(
+                            "{${__tags}} | " + LOKI_TRACE_ID + ' = "${__trace.traceId}"'
+                        ),
+                    },
+                },
+            },
+            {
+                "name": "Loki",
+                "type": "loki",
+                "uid": ds.loki,
+                "access": "proxy",
+                "url": ds.loki_url,
+                "editable": False,
+                "jsonData": {
+                    "maxLines": 1000,
+                    "derivedFields": [
+                        {
+                            "name": "Trace",
+                            "matcherType": "label",
+                            "matcherRegex": LOKI_TRACE_ID,
+                            "datasourceUid": ds.tempo,
+                            "url": literal("${__value.raw}"),
+                            "urlDisplayLabel": "Open trace in Tempo",
+                        }
+                    ],
                 },
             },
             {

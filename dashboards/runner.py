@@ -20,8 +20,10 @@ from pullwake.dashboards import queries as q
 from pullwake.dashboards.config import Config
 from pullwake.dashboards.panels import (
     nav_links,
+    prom_datasource_variable,
     prom_ds,
     target,
+    tempo_datasource_variable,
     tempo_ds,
     timeseries_panel,
     traceql,
@@ -104,6 +106,8 @@ def build(config: Config) -> db.Dashboard:
         .time("now-1h", "now")
         .timezone("utc")
         .link(nav_links())
+        .with_variable(prom_datasource_variable(config))
+        .with_variable(tempo_datasource_variable(config))
         .with_variable(
             db.QueryVariable(VAR)
             .label("runner")

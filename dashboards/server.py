@@ -17,6 +17,7 @@ from pullwake.dashboards import queries as q
 from pullwake.dashboards.config import Config
 from pullwake.dashboards.panels import (
     nav_links,
+    prom_datasource_variable,
     prom_ds,
     runner_list,
     target,
@@ -58,6 +59,7 @@ def build(config: Config) -> db.Dashboard:
         .time("now-1h", "now")
         .timezone("utc")
         .link(nav_links())
+        .with_variable(prom_datasource_variable(config))
         .with_row(db.Row("Streams"))
         .with_panel(_mismatch_stat(config))
         .with_panel(

@@ -197,7 +197,7 @@ def test_runner_sessions_link_to_traces() -> None:
         "Heartbeat duration p50 / p99",
     }
     sessions = _panel("runner", "Recent sessions (traces)")
-    assert sessions["datasource"]["uid"] == DEFAULT.datasources.tempo
+    assert sessions["datasource"] == {"type": "tempo", "uid": "${traces_datasource}"}
     [t] = sessions["targets"]
     assert t["queryType"] == "traceql"
     # Session (and failed connect) spans only, not every heartbeat and wake of the runner.

@@ -124,15 +124,39 @@ def test_dashboards_round_trip_through_sdk_models() -> None:
         assert model.uid == getattr(DEFAULT.dashboard_uids, key)
 
 
-def test_panels_have_unique_ids_and_known_datasources() -> None:
-    uids = {DEFAULT.datasources.prometheus, DEFAULT.datasources.tempo}
+def datasource_variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`${name}` -> the dashboard's datasource variable of that name."""
+    variables = dashboard.get("templating", {}).get("list", [])
+    return {"${" + v["name"] + "}": v for v in variables if v["type"] == "datasource"}
+
+
+def test_panels_have_unique_ids_and_use_the_datasource_variables() -> None:
+    """Every panel, target and query variable names its datasource through a dashboard
+    variable of the right type whose default is the provisioned uid, so the dashboards
+    work in a Grafana whose datasources have other uids (pick them at the top)."""
+    defaults = {"prometheus": DEFAULT.datasources.prometheus, "tempo": DEFAULT.datasources.tempo}
     for key, data in load(DEPLOY, DEFAULT).items():
         ids = [p["id"] for p in panels(data)]
         assert len(ids) == len(set(ids)), key
+        variables = datasource_variables(data)
+        assert "${datasource}" in variables, f"{key}: no datasource variable"
+        for ref, v in variables.items():
+            assert v["current"]["value"] == defaults[v["query"]], (key, ref)
+        refs = [(p["title"], p.get("datasource")) for p in panels(data)]
+        refs += [
+            (p["title"], t["datasource"]) for p in panels(data) for t in p.get("targets") or []
+        ]
+        refs += [
+            (v["name"], v["datasource"]) for v in data["templating"]["list"] if "datasource" in v
+        ]
         for p in panels(data):
             for t in p.get("targets") or []:
                 assert t["refId"], (key, p["title"])
-                assert t["datasource"]["uid"] in uids, (key, p["title"])
+        for where, ref in refs:
+            if ref is None or ref.get("type") == "alertmanager":
+                continue  # rows; the alert-groups panel names its Alertmanager itself
+            assert ref["uid"] in variables, (key, where, ref)
+            assert variables[ref["uid"]]["query"] == ref["type"], (key, where, ref)
 
 
 def test_alert_groups_panel_names_the_provisioned_alertmanager() -> None:
@@ -151,7 +175,8 @@ def test_dashboards_have_the_issue_panels() -> None:
     assert "Stream age vs seconds since heartbeat success" in titles["runner"]
     assert "Client says connected, server sees no stream" in titles["server"]
     runner = load(DEPLOY, DEFAULT)["runner"]
-    assert [v["name"] for v in runner["templating"]["list"]] == ["runner_id"]
+    names = [v["name"] for v in runner["templating"]["list"]]
+    assert names == ["datasource", "traces_datasource", "runner_id"]
     assert any(t.get("exemplar") for _, t in prom_targets(runner))
 
 
@@ -242,7 +267,7 @@ def test_alertmanager_routes_by_severity_to_the_webhook() -> None:
 def test_provisioning_paths_and_uids() -> None:
     out = DEPLOY / "grafana/provisioning"
     ds = yaml.safe_load((out / "datasources/datasources.yml").read_text())
-    assert {d["uid"] for d in ds["datasources"]} == {"prometheus", "tempo", "alertmanager"}
+    assert {d["uid"] for d in ds["datasources"]} == {"prometheus", "tempo", "alertmanager", "loki"}
     prov = yaml.safe_load((out / "dashboards/dashboards.yml").read_text())
     assert prov["providers"][0]["options"]["path"] == DEFAULT.grafana_dashboards_path
 

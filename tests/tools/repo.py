@@ -56,3 +56,15 @@ def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
         if host.startswith((".", "/")):
             out.append((host, container))
     return out
+
+
+def published(service: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(host address, host port, container port) of every port the service publishes,
+    in the short syntax HOST_IP:HOST_PORT:CONTAINER_PORT (an address is required: the
+    stack publishes on loopback only)."""
+    out = []
+    for p in service.get("ports", []):
+        parts = str(p).split(":")
+        assert len(parts) == 3, f"publish as 127.0.0.1:HOST:CONTAINER: {p}"
+        out.append((parts[0], int(parts[1]), int(parts[2])))
+    return out

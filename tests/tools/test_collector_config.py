@@ -99,7 +99,7 @@ def test_pipelines_use_only_defined_components_memory_limiter_then_batch() -> No
     service = cfg["service"]
     assert service["extensions"] == ["health_check"]
     pipelines = service["pipelines"]
-    assert set(pipelines) == {"metrics", "traces"}
+    assert set(pipelines) == {"metrics", "traces", "logs"}
     for name, pipe in pipelines.items():
         assert pipe["processors"][:2] == ["memory_limiter", "batch"], name
         for kind in ("receivers", "processors", "exporters"):
@@ -115,10 +115,18 @@ def test_receivers_exporters_and_health_point_where_compose_expects() -> None:
     assert cfg["extensions"]["health_check"]["endpoint"] == "0.0.0.0:13133"
     metrics = cfg["service"]["pipelines"]["metrics"]["exporters"]
     traces = cfg["service"]["pipelines"]["traces"]["exporters"]
+    logs = cfg["service"]["pipelines"]["logs"]["exporters"]
     assert [cfg["exporters"][e]["endpoint"] for e in metrics] == [
         "http://prometheus:9090/api/v1/otlp"
     ]
     assert [cfg["exporters"][e]["endpoint"] for e in traces] == ["tempo:4317"]
+    # otlp_http appends /v1/logs: Loki 3's native OTLP ingest is /otlp/v1/logs.
+    assert logs == ["otlp_http/loki"]
+    assert cfg["exporters"]["otlp_http/loki"]["endpoint"] == "http://loki:3100/otlp"
+    loki = load(ROOT / "deploy" / "loki" / "loki.yaml")
+    assert loki["server"]["http_listen_port"] == 3100
+    assert loki["limits_config"]["allow_structured_metadata"] is True  # trace_id, span_id
+    assert "loki" in services()["otel-collector"]["depends_on"]
     tempo = load(ROOT / "deploy" / "tempo" / "tempo.yaml")
     grpc = tempo["distributor"]["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
     assert grpc.endswith(":4317")
@@ -161,15 +169,27 @@ TEMPO_3_KEYS = {
 # (http_listen_port, log_level), modules/distributor/config.go (receivers: the
 # collector's receiver config, free-form below), modules/storage/config.go (trace),
 # tempodb/config.go (backend, wal, local), tempodb/wal/wal.go and
-# tempodb/backend/local/config.go (path), pkg/usagestats/config.go (reporting_enabled).
+# tempodb/backend/local/config.go (path), pkg/usagestats/config.go (reporting_enabled),
+# modules/generator/config.go (registry, storage), modules/generator/registry/config.go
+# (external_labels: free-form), modules/generator/storage/config.go (path,
+# remote_write: Prometheus' RemoteWriteConfig list), modules/overrides/config.go
+# (defaults -> metrics_generator -> processors).
 # None: any value (not checked further).
 TEMPO_3_NESTED: dict[str, Any] = {
     "stream_over_http_enabled": None,
     "server": {"http_listen_port": None, "log_level": None},
     "distributor": {"receivers": None},
+    "metrics_generator": {
+        "registry": {"external_labels": None},
+        "storage": {"path": None, "remote_write": None},
+    },
+    "overrides": {"defaults": {"metrics_generator": {"processors": None}}},
     "storage": {"trace": {"backend": None, "wal": {"path": None}, "local": {"path": None}}},
     "usage_report": {"reporting_enabled": None},
 }
+# modules/generator/processor/processor_names.go at v3.0.3 (the processors, less the
+# span-metrics-{latency,count,size} sub-processors).
+TEMPO_3_PROCESSORS = {"service-graphs", "span-metrics", "host-info"}
 
 
 def unknown_keys(config: Any, known: Any, where: str = "") -> list[str]:
@@ -192,3 +212,71 @@ def test_tempo_config_uses_only_tempo_3_keys() -> None:
     assert tempo["server"]["http_listen_port"] == 3200
     bad = {**tempo, "storage": {"trace": {"backend": "local", "wall": {}}}, "compactor": {}}
     assert unknown_keys(bad, TEMPO_3_NESTED) == ["storage.trace.wall", "compactor"]
+
+
+def test_tempo_generates_the_service_graph_and_span_metrics_into_prometheus() -> None:
+    """Grafana's service map (Tempo datasource -> serviceMap -> Prometheus) reads what the
+    metrics generator remote-writes; Prometheus must accept remote write for it."""
+    tempo = load(ROOT / "deploy" / "tempo" / "tempo.yaml")
+    processors = tempo["overrides"]["defaults"]["metrics_generator"]["processors"]
+    assert set(processors) == {"service-graphs", "span-metrics"}
+    assert set(processors) <= TEMPO_3_PROCESSORS
+    [rw] = tempo["metrics_generator"]["storage"]["remote_write"]
+    assert rw == {"url": "http://prometheus:9090/api/v1/write", "send_exemplars": True}
+    assert tempo["metrics_generator"]["storage"]["path"].startswith("/var/tempo/")
+    assert "tempo-data:/var/tempo" in services()["tempo"]["volumes"]
+    assert "--web.enable-remote-write-receiver" in services()["prometheus"]["command"]
+
+
+# Loki 3.7.6's config keys used in deploy/loki/loki.yaml, each read from its yaml tag
+# at tag v3.7.6 (Loki parses strictly: an unknown key stops it): pkg/loki/loki.go
+# (Config: top level), dskit server/server.go (http_listen_port, log_level),
+# pkg/loki/common/common.go (path_prefix, instance_addr, replication_factor, ring,
+# storage -> filesystem -> chunks_directory / rules_directory), pkg/util/ring and dskit
+# kv/client.go (kvstore -> store), pkg/storage/config/schema_config.go (configs: from,
+# store, object_store, schema, index -> prefix / period), pkg/validation/limits.go
+# (allow_structured_metadata, volume_enabled, retention_period), pkg/compactor/config.go
+# (working_directory, retention_enabled, delete_request_store), pkg/analytics/reporter.go
+# (reporting_enabled).
+LOKI_3_NESTED: dict[str, Any] = {
+    "auth_enabled": None,
+    "server": {"http_listen_port": None, "log_level": None},
+    "common": {
+        "path_prefix": None,
+        "instance_addr": None,
+        "replication_factor": None,
+        "ring": {"kvstore": {"store": None}},
+        "storage": {"filesystem": {"chunks_directory": None, "rules_directory": None}},
+    },
+    "schema_config": {"configs": None},
+    "limits_config": {
+        "allow_structured_metadata": None,
+        "volume_enabled": None,
+        "retention_period": None,
+    },
+    "compactor": {
+        "working_directory": None,
+        "retention_enabled": None,
+        "delete_request_store": None,
+    },
+    "analytics": {"reporting_enabled": None},
+}
+LOKI_PERIOD_KEYS = {"from", "store", "object_store", "schema", "index"}
+
+
+def test_loki_config_uses_only_loki_3_keys() -> None:
+    assert services()["loki"]["image"] == "grafana/loki:3.7.6"
+    loki = load(ROOT / "deploy" / "loki" / "loki.yaml")
+    assert unknown_keys(loki, LOKI_3_NESTED) == []
+    for period in loki["schema_config"]["configs"]:
+        assert set(period) <= LOKI_PERIOD_KEYS, period
+        assert set(period["index"]) <= {"prefix", "period"}, period
+        # Loki 3 ingests structured metadata (OTLP trace ids) only with tsdb + v13.
+        assert (period["store"], period["schema"]) == ("tsdb", "v13"), period
+    # Data lives on the named volume; retention needs the compactor's delete store.
+    assert "loki-data:/loki" in services()["loki"]["volumes"]
+    assert loki["common"]["path_prefix"] == "/loki"
+    assert loki["compactor"]["working_directory"].startswith("/loki/")
+    assert loki["compactor"]["delete_request_store"] == "filesystem"
+    bad = {**loki, "limits_config": {"allow_structured_metadata": True, "retention": "1d"}}
+    assert unknown_keys(bad, LOKI_3_NESTED) == ["limits_config.retention"]

@@ -37,6 +37,11 @@ IMAGE_PROGRAMS: dict[str, tuple[frozenset[str], str]] = {
         "grafana/tempo v3.0.3 cmd/tempo/Dockerfile: distroless static, only /tempo; "
         "cmd/tempo/main.go has -health (GET http://localhost:3200/ready), grafana/tempo#6608",
     ),
+    "grafana/loki": (
+        frozenset({"/usr/bin/loki"}),
+        "grafana/loki v3.7.6 cmd/loki/Dockerfile: distroless static:nonroot, only "
+        "/usr/bin/loki; cmd/loki/health.go has -health (GET http://localhost:3100/ready)",
+    ),
     "otel/opentelemetry-collector-contrib": (
         frozenset(),
         "FROM scratch with only /otelcol-contrib, no health probe program "
@@ -96,6 +101,14 @@ def test_tempo_health_probe_default_matches_the_tempo_config() -> None:
     assert svc["healthcheck"]["test"] == ["CMD", "/tempo", "-health"]
     tempo = load(ROOT / "deploy" / "tempo" / "tempo.yaml")
     assert tempo["server"]["http_listen_port"] == 3200
+
+
+def test_loki_health_probe_default_matches_the_loki_config() -> None:
+    """`loki -health` asks localhost:3100/ready unless told otherwise; Loki listens there."""
+    svc = services()["loki"]
+    assert svc["healthcheck"]["test"] == ["CMD", "/usr/bin/loki", "-health"]
+    loki = load(ROOT / "deploy" / "loki" / "loki.yaml")
+    assert loki["server"]["http_listen_port"] == 3100
 
 
 def test_shell_less_images_are_waited_for_by_the_gate() -> None:

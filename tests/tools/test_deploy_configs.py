@@ -7,6 +7,7 @@ native ones as `pullwake stack up` generates them.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +18,7 @@ import yaml
 
 from pullwake.tools import stackoptional as opt
 from pullwake.tools import stackplan as sp
-from tests.tools.repo import DEPLOY, ROOT, argv_of, bind_mounts, load, services
+from tests.tools.repo import DEPLOY, ROOT, argv_of, bind_mounts, load, published, services
 
 PROMTOOL = shutil.which("promtool")
 AMTOOL = shutil.which("amtool")
@@ -46,11 +47,52 @@ def native_plan(tmp: Path) -> tuple[sp.Ports, list[sp.RunnerPlan], dict[str, Any
 
 
 # --- Prometheus ----------------------------------------------------------------------
+# Top-level blocks of the compose prometheus.yml that only Prometheus 3 knows (Debian's
+# promtool is 2.42), with the keys each may hold: config/config.go at tag v3.14.0
+# (OTLPConfig's yaml tags).  The rest of the file is checked by promtool itself.
+PROMETHEUS_3_ONLY: dict[str, set[str]] = {
+    "otlp": {
+        "promote_all_resource_attributes", "promote_resource_attributes",
+        "ignore_resource_attributes", "translation_strategy",
+        "keep_identifying_resource_attributes", "convert_histograms_to_nhcb",
+        "promote_scope_metadata", "label_name_underscore_sanitization",
+        "label_name_preserve_multiple_underscores",
+    },
+}  # fmt: skip
+
+
+def compose_prometheus() -> dict[str, Any]:
+    data = load(DEPLOY / "prometheus" / "prometheus.yml")
+    assert isinstance(data, dict)
+    return data
+
+
 @pytest.mark.prometheus
 @needs_promtool
-def test_promtool_accepts_the_compose_prometheus_config_and_its_rules() -> None:
-    out = check([str(PROMTOOL), "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")])
+def test_promtool_accepts_the_compose_prometheus_config_and_its_rules(tmp_path: Path) -> None:
+    """promtool 2.42 on the file less its Prometheus-3-only blocks (checked below), from
+    a copy next to the real rules (rule_files is relative to the config's directory)."""
+    cfg = {k: v for k, v in compose_prometheus().items() if k not in PROMETHEUS_3_ONLY}
+    (tmp_path / "rules").symlink_to(DEPLOY / "prometheus" / "rules")
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = check([str(PROMTOOL), "check", "config", str(path)])
     assert "SUCCESS" in out and "rules found" in out
+
+
+def test_prometheus_3_only_blocks_use_known_keys() -> None:
+    cfg = compose_prometheus()
+    for block, keys in PROMETHEUS_3_ONLY.items():
+        assert set(cfg.get(block) or {}) <= keys, (block, set(cfg[block]) - keys)
+
+
+def test_otlp_promotes_who_sent_each_series() -> None:
+    """Resource attributes on every OTLP series as labels (not only on target_info), named
+    like Loki's index labels; runner_id needs none (a data-point attribute already)."""
+    promoted = compose_prometheus()["otlp"]["promote_resource_attributes"]
+    assert {"service.name", "service.instance.id", "deployment.environment.name"} <= set(promoted)
+    assert "deployment.environment" not in promoted  # the deprecated name
+    assert len(promoted) == len(set(promoted))
 
 
 @pytest.mark.prometheus
@@ -156,18 +198,55 @@ def test_grafana_datasources_have_fixed_uids_and_exemplar_links_to_tempo() -> No
     links = by_uid["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
     assert {"name": "trace_id", "datasourceUid": "tempo"} in links
     svcs = services()
-    for uid in ("prometheus", "tempo", "alertmanager"):
+    for uid in ("prometheus", "tempo", "alertmanager", "loki"):
         host_port = by_uid[uid]["url"].split("//", 1)[1]
         host, port = host_port.split(":")
         assert host in svcs, f"datasource {uid} -> {host} is no compose service"
-        published = {p.split(":")[1] for p in svcs[host].get("ports", [])}
-        assert port in published, f"datasource {uid} -> {host}:{port}"
+        inside = {str(p) for _, _, p in published(svcs[host])}
+        assert port in inside, f"datasource {uid} -> {host}:{port}"
+
+
+def grafana_expand(value: str) -> str:
+    """Grafana's expansion of environment variables in provisioning files, with no such
+    variable set: `$$` is a literal `$`, any other `$NAME` / `${NAME}` becomes ""."""
+    out = re.sub(r"\$(\$|\{[^}]*\}|\w+)", lambda m: "$" if m.group(1) == "$" else "", value)
+    return out
+
+
+def test_grafana_links_traces_and_logs_both_ways() -> None:
+    """Logs -> trace: the Loki datasource's derived field takes the `trace_id` structured
+    metadata Loki's OTLP ingest keeps and opens it in Tempo.  Trace -> logs: Tempo's
+    tracesToLogsV2 queries Loki for the span's service, filtered by its trace id.  Service
+    map: Tempo -> Prometheus (what Tempo's metrics generator remote-writes)."""
+    ds = load(DEPLOY / "grafana" / "provisioning" / "datasources" / "datasources.yml")
+    by_uid = {d["uid"]: d for d in ds["datasources"]}
+    loki, tempo = by_uid["loki"], by_uid["tempo"]
+    assert loki["type"] == "loki" and loki["url"] == "http://loki:3100"
+    [field] = loki["jsonData"]["derivedFields"]
+    assert field["datasourceUid"] == "tempo"
+    assert (field["matcherType"], field["matcherRegex"]) == ("label", "trace_id")
+    assert grafana_expand(field["url"]) == "${__value.raw}"
+    t2l = tempo["jsonData"]["tracesToLogsV2"]
+    assert t2l["datasourceUid"] == "loki"
+    assert {"key": "service.name", "value": "service_name"} in t2l["tags"]
+    assert t2l["customQuery"] is True
+    assert grafana_expand(t2l["query"]) == '{${__tags}} | trace_id = "${__trace.traceId}"'
+    assert tempo["jsonData"]["serviceMap"] == {"datasourceUid": "prometheus"}
+    assert tempo["jsonData"]["lokiSearch"] == {"datasourceUid": "loki"}
+    # Nothing else in the file is lost to Grafana's expansion.
+    text = (DEPLOY / "grafana" / "provisioning" / "datasources" / "datasources.yml").read_text()
+    assert re.findall(r"(?<!\$)\$(?!\$)", text.replace("$$", "")) == []
+
+
+def test_the_expansion_model_is_live() -> None:
+    assert grafana_expand("$${__value.raw} ${HOME} $HOME $$HOME") == "${__value.raw}   $HOME"
 
 
 def test_native_grafana_provisioning_points_at_loopback() -> None:
     ports = sp.ports_from_base(22000, 1)
     src = DEPLOY / "grafana" / "provisioning"
     ds = opt.grafana_datasources(load(src / "datasources" / "datasources.yml"), ports)
+    # Natively there is no Tempo or Loki: their datasources are left out.
     assert {d["uid"]: d["url"] for d in ds["datasources"]} == {
         "prometheus": "http://127.0.0.1:22001",
         "alertmanager": "http://127.0.0.1:22002",
@@ -187,7 +266,7 @@ def test_native_grafana_is_set_up_like_the_compose_one(tmp_path: Path) -> None:
         "/usr/sbin/grafana", Path("/usr/share/grafana"), tmp_path, ports, dashboards
     )
     for key, value in services()["grafana"]["environment"].items():
-        if key.startswith("GF_SECURITY_ADMIN_"):
+        if key.startswith("GF_SECURITY_") or "${" in str(value):
             continue  # natively Grafana's own admin login, or the caller's GF_SECURITY_ADMIN_*
         assert key in step.env, key
         if key == "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH":

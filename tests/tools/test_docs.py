@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from tests.tools.repo import ROOT, services
+from tests.tools.repo import ROOT, published, services
 
 DOC = (ROOT / "docs" / "stack.md").read_text()
 
@@ -26,9 +26,9 @@ def test_the_dockerfile_base_image_is_documented() -> None:
 
 
 def test_documented_localhost_ports_are_published() -> None:
-    published = {p.split(":")[0] for s in services().values() for p in s.get("ports", [])}
+    host_ports = {str(port) for s in services().values() for _, port, _ in published(s)}
     for port in re.findall(r"localhost:(\d+)", DOC):
-        assert port in published, f"docs/stack.md names localhost:{port}, compose publishes none"
+        assert port in host_ports, f"docs/stack.md names localhost:{port}, compose publishes none"
 
 
 def test_documented_stack_up_command_lines_parse() -> None:

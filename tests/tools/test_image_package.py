@@ -104,7 +104,7 @@ def test_compose_command_starts_and_passes_its_healthcheck(
     name: str, image_site: dict[str, str], tmp_path: Path
 ) -> None:
     svc = services()[name]
-    inside = int(str(svc["ports"][0]).split(":")[1])
+    inside = int(str(svc["ports"][0]).split(":")[-1])
     ports = {inside: free_port()}
     command = localize(argv_of(svc["command"]), ports, tmp_path)
     health = localize(argv_of(svc["healthcheck"]["test"]), ports, tmp_path)
