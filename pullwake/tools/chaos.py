@@ -462,6 +462,8 @@ class Chaos:
             str(self.work / f"{rid}.offset"),
             "--log-level",
             "info",
+            "--log-format",
+            "text",  # chaos_record reads these lines, whatever PULLWAKE_LOG_FORMAT says
         )
         return ChildSpec(
             rid,
