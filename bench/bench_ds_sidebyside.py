@@ -103,6 +103,7 @@ class Results:
 
 def rows(a: argparse.Namespace) -> list[Row]:
     c, r, i = a.clients, f"{a.readers:,}", f"{a.idle_readers:,}"
+    b = f"{a.connect_budget:g} s"
     return [
         Row("latency_p99", "append -> SSE delivery p99, 1 reader", "ms", True, "writes"),
         Row("sequential_rate", "sequential appends/s, 1 stream", "/s", False, "writes"),
@@ -111,6 +112,7 @@ def rows(a: argparse.Namespace) -> list[Row]:
         Row("fanout_p99", f"{r} readers on {r} streams: delivery p99", "ms", True, "fanout"),
         Row("fanout_round", f"{r} readers: time to deliver a round", "s", True, "fanout"),
         Row("fanout_idle_cpu", f"{r} idle readers: server CPU", "%", True, "fanout"),
+        Row("idle_connected", f"{i} idle SSE readers: connected in {b}", "", False, "idle"),
         Row("idle_rss", f"{i} idle SSE readers: server RSS", "MiB", True, "idle"),
         Row("idle_cpu", f"{i} idle SSE readers: server CPU", "%", True, "idle"),
         Row("idle_bytes", f"{i} idle SSE readers: keepalive bytes/s", "B/s", True, "idle"),
@@ -280,13 +282,16 @@ async def phase_fanout(
     await c.create_many(paths)
     arrivals = Arrivals()
     readers = [lean(srv, p, arrivals, k) for k, p in enumerate(paths)]
-    tasks = await open_readers(readers)
+    t_connect = time.perf_counter()
+    tasks = await open_readers(readers, budget=a.connect_budget)
     try:
-        broken = [
-            r.failed or "not connected" for r in readers if r.failed or not r.connected.is_set()
-        ]
+        broken = [r.failed or "not connected" for r in readers if r.failed]
         if broken:
-            raise RuntimeError(f"{srv.name}: {len(broken)} readers failed to connect: {broken[0]}")
+            raise RuntimeError(f"{len(broken)} of {a.readers} readers failed: {broken[0]}")
+        res.notes.append(
+            f"{srv.name}: {a.readers:,} fanout readers connected in "
+            f"{time.perf_counter() - t_connect:.1f} s"
+        )
         delivery: list[float] = []
         rounds: list[float] = []
         for rnd in range(a.rounds):
@@ -341,15 +346,25 @@ async def phase_idle(
     child = await asyncio.create_subprocess_exec(
         sys.executable, str(HERE / "ds_sse_client.py"),
         "--port", str(srv.port), "--prefix", prefix, "--count", str(a.idle_readers),
+        "--connect-budget", f"{a.connect_budget:g}",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert child.stdin is not None and child.stdout is not None
     try:
-        ready = json.loads(await asyncio.wait_for(child.stdout.readline(), 300))
+        t_connect = time.perf_counter()
+        line = await asyncio.wait_for(child.stdout.readline(), a.connect_budget + 60)
+        ready = json.loads(line)
+        res.put("idle_connected", srv.name, ready["ready"])
         if ready["failed"]:
-            raise RuntimeError(
-                f"{srv.name}: {ready['failed']} of {a.idle_readers} idle readers failed: "
-                f"{ready['first_error']}"
+            res.notes.append(
+                f"{srv.name}: {ready['failed']:,} of {a.idle_readers:,} idle readers not "
+                f"connected ({ready['first_error']}); RSS/CPU/bytes measured with the "
+                f"{ready['ready']:,} connected"
+            )
+        else:
+            res.notes.append(
+                f"{srv.name}: {a.idle_readers:,} idle readers connected in "
+                f"{time.perf_counter() - t_connect:.1f} s"
             )
         await asyncio.sleep(2.0)
         child.stdin.write(b"window\n")
@@ -365,10 +380,13 @@ async def phase_idle(
         res.put("idle_rss", srv.name, rss)
         res.put("idle_cpu", srv.name, 100 * cpu / wall)
         res.put("idle_bytes", srv.name, rep["bytes"] / rep["seconds"])
-        if rep["alive"] != a.idle_readers:
+        if rep["alive"] != ready["ready"]:
             res.notes.append(
-                f"{srv.name}: {a.idle_readers - rep['alive']} idle readers ended in the window"
+                f"{srv.name}: {ready['ready'] - rep['alive']} idle readers ended in the window"
             )
+    except BaseException:
+        child.kill()  # interrupted or failed: do not wait for its readers to close
+        raise
     finally:
         with contextlib.suppress(Exception):
             child.stdin.close()
@@ -404,6 +422,8 @@ async def bench(a: argparse.Namespace) -> Results:
                     try:
                         async with aiohttp.ClientSession(connector=conn, timeout=timeout) as http:
                             await PHASES[phase](a, http, srv, res)
+                    except Exception as exc:  # one server failing a phase: note it, go on
+                        res.notes.append(f"{name} {phase} (repeat {rep + 1}) failed: {exc!r}")
                     finally:
                         srv.stop()
                         shutil.rmtree(srv.data_dir, ignore_errors=True)
@@ -431,6 +451,8 @@ def fmt(v: float | None, unit: str) -> str:
         return f"{v:.1f} ms"
     if unit == "MiB":
         return f"{v:.0f} MiB"
+    if unit == "":
+        return f"{v:,.0f}"
     return f"{v:,.0f}" if unit == "/s" else f"{v:,.0f} B/s"
 
 
@@ -482,6 +504,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=30.0,
         help="idle seconds measured (30: one long-poll period)",
+    )
+    p.add_argument(
+        "--connect-budget",
+        type=float,
+        default=180.0,
+        metavar="SECONDS",
+        help="time allowed to connect all fanout/idle readers (180)",
     )
     p.add_argument("--json", type=Path, help="write every run's figures here")
     p.add_argument(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
 import time
@@ -61,7 +60,7 @@ class LeanSSE:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure ends this reader; the bench counts it
-            self.failed = f"{type(exc).__name__}: {exc}"
+            self.failed = self.failed or f"{type(exc).__name__}: {exc}"
             self.connected.set()
         finally:
             self.ended = True
@@ -124,21 +123,32 @@ class LeanSSE:
 
 
 async def open_readers(
-    readers: list[LeanSSE], *, connect_concurrency: int = 200, timeout: float = 120.0
+    readers: list[LeanSSE], *, connect_concurrency: int = 200, budget: float = 180.0
 ) -> list[asyncio.Task[None]]:
     """Start every reader (at most `connect_concurrency` connecting at once) and wait until
-    each is connected or failed; returns their tasks."""
-    tasks: list[asyncio.Task[None]] = []
+    each is connected or failed, for at most `budget` seconds in all: a reader not
+    connected by then is stopped and marked failed.  Returns the tasks of the others."""
+    tasks: dict[LeanSSE, asyncio.Task[None]] = {}
     gate = asyncio.Semaphore(connect_concurrency)
+    deadline = time.monotonic() + budget
 
     async def start(r: LeanSSE) -> None:
         async with gate:
-            tasks.append(asyncio.create_task(r.run()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(r.connected.wait(), timeout)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                r.failed = f"not connected within {budget:g} s"
+                return
+            tasks[r] = asyncio.create_task(r.run())
+            try:
+                await asyncio.wait_for(r.connected.wait(), left)
+            except TimeoutError:
+                r.failed = f"not connected within {budget:g} s"
+                t = tasks.pop(r)
+                t.cancel()
+                await asyncio.gather(t, return_exceptions=True)
 
     await asyncio.gather(*(start(r) for r in readers))
-    return tasks
+    return list(tasks.values())
 
 
 async def close_readers(tasks: list[asyncio.Task[None]]) -> None:
@@ -151,7 +161,7 @@ async def _child(args: argparse.Namespace) -> None:
     readers = [
         LeanSSE(args.host, args.port, f"{args.prefix}{i}", parse=False) for i in range(args.count)
     ]
-    tasks = await open_readers(readers)
+    tasks = await open_readers(readers, budget=args.connect_budget)
     failed = [r.failed for r in readers if r.failed]
     ready = sum(1 for r in readers if r.connected.is_set() and not r.failed)
     print(json.dumps({"ready": ready, "failed": len(readers) - ready,
@@ -166,7 +176,7 @@ async def _child(args: argparse.Namespace) -> None:
         if line == b"window":
             t0, base = time.perf_counter(), total
         elif line == b"report":
-            alive = sum(1 for r in readers if not r.ended)
+            alive = sum(1 for r in readers if not r.ended and not r.failed)
             print(json.dumps({"bytes": total - base, "seconds": time.perf_counter() - t0,
                               "alive": alive, "failed": sum(1 for r in readers if r.failed)}),
                   flush=True)  # fmt: skip
@@ -179,6 +189,7 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--prefix", required=True, help="stream path prefix; reader i reads PREFIXi")
     p.add_argument("--count", type=int, required=True)
+    p.add_argument("--connect-budget", type=float, default=180.0, metavar="SECONDS")
     asyncio.run(_child(p.parse_args()))
 
 
