@@ -25,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import copy
 import dataclasses
 import email.utils
+import functools
 import json
 import logging
 import queue
@@ -996,7 +998,7 @@ MAX_BATCH = 512  # calls sharing one commit at most
 class _Job:
     """One queued `DSStore.call`: filled in by the writer, handed back after the commit."""
 
-    __slots__ = ("args", "effects", "exc", "fn", "future", "kwargs", "loop", "result")
+    __slots__ = ("args", "effects", "exc", "fn", "future", "kwargs", "listening", "loop", "result")
 
     def __init__(
         self,
@@ -1010,6 +1012,54 @@ class _Job:
         self.result: Any = None
         self.exc: BaseException | None = None
         self.effects = _Effects()
+        self.listening: asyncio.Task[None] | None = None  # listeners started before the commit
+
+
+class _Phase:
+    """A batch's pre-commit listener phase: the listeners of its appends run on the loop
+    while the batch's transaction is still open, so the writes they make at once (a
+    subscription's wake event) join the same commit.  `open` counts listener tasks not
+    yet settled (finished, or queued their first write); the writer waits for zero."""
+
+    def __init__(self, tails: dict[str, str]) -> None:
+        self.tails = tails  # path -> its tail once this batch commits
+        self.open = 0
+        self.done = threading.Event()
+
+    def settle(self) -> None:
+        self.open -= 1
+        if self.open <= 0:
+            self.done.set()
+
+
+class _Settle:
+    """One listener task's mark in its context: settles the phase once."""
+
+    __slots__ = ("phase", "settled")
+
+    def __init__(self, phase: _Phase) -> None:
+        self.phase = phase
+        self.settled = False
+
+    def settle(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self.phase.settle()
+
+
+_PHASE: contextvars.ContextVar[_Settle | None] = contextvars.ContextVar(
+    "pullwake_ds_precommit", default=None
+)
+PRECOMMIT_WAIT = 0.01  # s the writer holds a batch open for its listeners' writes
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _resolve_after(fut: asyncio.Future[None], _task: asyncio.Task[None]) -> None:
+    _resolve(fut)
 
 
 def _is_memory(db_path: str) -> bool:
@@ -1056,6 +1106,7 @@ class DSStore:
             )
         self._local = threading.local()
         self._read_dbs: list[sqlite3.Connection] = []
+        self._early: Callable[[str], bool] | None = None
 
     # --- the writer -------------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -1064,21 +1115,37 @@ class DSStore:
             first = q.get()
             if first is None:
                 return
-            jobs, stop = [first], False
-            while len(jobs) < MAX_BATCH:
-                try:
-                    nxt = q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                jobs.append(nxt)
-            self._run_batch(jobs)
-            if stop:
+            jobs = [first]
+            if not self._drain(jobs) or not self._run_batch(jobs):
+                self._flush_stop()
                 return
 
-    def _run_batch(self, jobs: list[_Job]) -> None:
+    def _drain(self, jobs: list[_Job]) -> bool:
+        """Add what is queued (up to MAX_BATCH); False if the stop mark was met."""
+        while len(jobs) < MAX_BATCH:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                return True
+            if nxt is None:
+                return False
+            jobs.append(nxt)
+        return True
+
+    def _flush_stop(self) -> None:
+        """Closing: whatever is still queued is failed, never left waiting."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job.exc = RuntimeError("the store is closed")
+                self._hand_over([job])
+
+    def _run_batch(self, jobs: list[_Job]) -> bool:
+        """Run `jobs` in one transaction and commit once; False if the stop mark was
+        drained meanwhile (the batch still completes)."""
         core = self.core
         try:
             core.begin_batch()
@@ -1087,15 +1154,23 @@ class DSStore:
             for job in jobs:
                 job.exc = exc
             self._hand_over(jobs)
-            return
+            return True
         written: list[tuple[str, int, Message]] = []
-        for job in jobs:
+        self._run_jobs(jobs, written)
+        going = True
+        early = [j for j in jobs if self._wants_precommit(j.effects)]
+        if early:
+            tails = {a.path: a.tail for j in early for a in j.effects.appended}
+            phase = _Phase(tails)
             try:
-                job.result = job.fn(core, *job.args, **job.kwargs)
-            except BaseException as exc:
-                job.exc = exc
-            job.effects = core.take_effects()
-            written.extend(job.effects.written)
+                early[0].loop.call_soon_threadsafe(self._precommit, phase, early)
+            except RuntimeError:
+                phase.done.set()
+            phase.done.wait(PRECOMMIT_WAIT)
+            more: list[_Job] = []
+            going = self._drain(more)
+            self._run_jobs(more, written)
+            jobs.extend(more)
         try:
             core.commit_batch(written)
         except BaseException as exc:
@@ -1105,6 +1180,56 @@ class DSStore:
         self.commits += 1
         self.committed_calls += len(jobs)
         self._hand_over(jobs)
+        return going
+
+    def _run_jobs(self, jobs: list[_Job], written: list[tuple[str, int, Message]]) -> None:
+        core = self.core
+        for job in jobs:
+            try:
+                job.result = job.fn(core, *job.args, **job.kwargs)
+            except BaseException as exc:
+                job.exc = exc
+            job.effects = core.take_effects()
+            written.extend(job.effects.written)
+
+    def _wants_precommit(self, eff: _Effects) -> bool:
+        """Appends some early listener cares about (writer thread: a quick look only)."""
+        want = self._early
+        if want is None or not eff.appended or eff.deleted:
+            return False
+        if any(a.internal for a in eff.appended):
+            return False
+        return any(want(a.path) for a in eff.appended)
+
+    def _precommit(self, phase: _Phase, jobs: list[_Job]) -> None:
+        """On the loop, transaction still open: start the listeners of `jobs`, each in a
+        task whose context marks the phase (their first store call settles it, and
+        `tail()` shows them the batch's tails)."""
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            settle = _Settle(phase)
+            phase.open += 1
+            ctx = contextvars.copy_context()
+            ctx.run(_PHASE.set, settle)
+            pending = ctx.run(self._listen, job.effects)
+            job.listening = loop.create_task(self._run_listeners(pending, settle), context=ctx)
+            _RUNNING.add(job.listening)
+            job.listening.add_done_callback(_RUNNING.discard)
+        if phase.open <= 0:
+            phase.done.set()
+
+    async def _run_listeners(
+        self, pending: list[tuple[Awaitable[None], str]], settle: _Settle | None = None
+    ) -> None:
+        try:
+            for aw, path in pending:
+                try:
+                    await aw
+                except Exception:
+                    log.exception("listener failed for %s", path)
+        finally:
+            if settle is not None:
+                settle.settle()
 
     def _hand_over(self, jobs: list[_Job]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
@@ -1125,13 +1250,17 @@ class DSStore:
         for path in paths:
             self.notifier.notify(path)
         for job in jobs:
-            pending = self._listen(job.effects)
-            if pending:
-                task = asyncio.ensure_future(self._finish(job, pending))
-                _RUNNING.add(task)
-                task.add_done_callback(_RUNNING.discard)
-            elif not job.future.done():
-                job.future.set_result(None)
+            task = job.listening
+            if task is None:
+                pending = self._listen(job.effects)
+                if pending:
+                    task = asyncio.ensure_future(self._run_listeners(pending))
+                    _RUNNING.add(task)
+                    task.add_done_callback(_RUNNING.discard)
+            if task is None:
+                _resolve(job.future)
+            else:
+                task.add_done_callback(functools.partial(_resolve_after, job.future))
 
     def _listen(self, eff: _Effects) -> list[tuple[Awaitable[None], str]]:
         """Call the listeners of `eff`; returns the awaitables they gave back (in order)."""
@@ -1158,15 +1287,6 @@ class DSStore:
                     pending.append((res, path))
         return pending
 
-    async def _finish(self, job: _Job, pending: list[tuple[Awaitable[None], str]]) -> None:
-        for aw, path in pending:
-            try:
-                await aw
-            except Exception:
-                log.exception("listener failed for %s", path)
-        if not job.future.done():
-            job.future.set_result(None)
-
     # --- plumbing ---------------------------------------------------------------------
     async def call(
         self, fn: Callable[Concatenate[StoreCore, P], T], *args: P.args, **kwargs: P.kwargs
@@ -1182,6 +1302,9 @@ class DSStore:
             raise RuntimeError("the store is closed")
         job = _Job(fn, args, kwargs, asyncio.get_running_loop())
         self._queue.put(job)
+        settle = _PHASE.get()
+        if settle is not None:  # a pre-commit listener: this write joins the open batch
+            settle.settle()
         await job.future
         if job.exc is not None:
             raise job.exc
@@ -1211,10 +1334,25 @@ class DSStore:
 
     # --- synchronous reads of in-memory metadata -----------------------------------------
     def tail(self, path: str) -> str | None:
-        """The tail offset, or None if there is no such stream (expiry not checked)."""
+        """The tail offset, or None if there is no such stream (expiry not checked).
+        A pre-commit listener sees its batch's tail (committed together with its write)."""
+        path = key(path)
         with self.core.lock:
-            m = self.core.metas.get(key(path))
-            return None if m is None or m.soft_deleted else m.offset
+            m = self.core.metas.get(path)
+            tail = None if m is None or m.soft_deleted else m.offset
+        settle = _PHASE.get()
+        if settle is not None and tail is not None:
+            early = settle.phase.tails.get(path)
+            if early is not None and early > tail:
+                return early
+        return tail
+
+    def on_append_early(self, wants: Callable[[str], bool]) -> None:
+        """Let the listeners see appends to paths `wants(path)` (called on the writer
+        thread: a quick, thread-safe look) BEFORE the commit, their transaction held
+        open up to PRECOMMIT_WAIT so the writes they make at once share its flush.
+        Such a write may only ever be committed together with (or after) the append."""
+        self._early = wants
 
     def exists(self, path: str) -> bool:
         return self.tail(path) is not None

@@ -175,3 +175,32 @@ def test_core_outside_a_batch_commits_each_transaction(tmp_path: Path) -> None:
         assert not core.db.in_transaction
     finally:
         core.close()
+
+
+async def test_wake_event_rides_in_the_appends_commit(store: DSStore) -> None:
+    """An append that announces a wake: the wake event and the subscription record are
+    committed with the append, one flush in all (no second commit per send)."""
+    from pullwake.server.ds.subscriptions import SubscriptionManager
+
+    subs = SubscriptionManager(store)
+    await subs.start()
+    try:
+        await store.create("w", content_type="application/json")
+        await store.create("e", content_type="application/json")
+        await subs.put("sub", {"type": "pull-wake", "streams": ["e"], "wake_stream": "w"})
+        commits = store.commits
+        await store.append_json("e", [1])
+        assert store.commits - commits == 1  # the append and its wake: one commit
+        events = json.loads(format_body((await store.read("w")).messages, True))
+        assert [(e["subscription_id"], e["generation"], e["stream"]) for e in events] == [
+            ("sub", 1, "e")
+        ]
+        st = subs.state("sub")
+        assert st is not None and st.wake_outstanding and st.generation == 1
+        # while the wake is out, further appends write no event (and no extra commit)
+        commits = store.commits
+        await store.append_json("e", [2])
+        assert store.commits - commits == 1
+        assert len((await store.read("w")).messages) == 1
+    finally:
+        subs.shutdown()
