@@ -55,7 +55,7 @@ def datasources(config: Config) -> dict[str, Any]:
                 "url": ds.tempo_url,
                 "editable": False,
                 "jsonData": {
-                    "tracesToMetrics": {"datasourceUid": ds.prometheus},
+                    "tracesToMetrics": traces_to_metrics(config),
                     "serviceMap": {"datasourceUid": ds.prometheus},
                     "nodeGraph": {"enabled": True},
                     "search": {"hide": False},
@@ -105,6 +105,29 @@ def datasources(config: Config) -> dict[str, Any]:
                 "jsonData": {"implementation": "prometheus", "handleGrafanaManagedAlerts": False},
             },
         ],
+    }
+
+
+# What Tempo's span-metrics processor writes (its `service` label is service.name).
+SPAN_CALLS = "traces_spanmetrics_calls_total"
+SPAN_LATENCY = "traces_spanmetrics_latency_bucket"
+
+
+def traces_to_metrics(config: Config) -> dict[str, Any]:
+    """A span's "Related metrics": its service's RED from Tempo's span metrics."""
+    sel = "{$__tags}"
+    err = '{$__tags, status_code="STATUS_CODE_ERROR"}'
+    queries = [
+        ("Request rate", f"sum(rate({SPAN_CALLS}{sel}[5m]))"),
+        ("Error rate", f"sum(rate({SPAN_CALLS}{err}[5m]))"),
+        ("p90 latency", f"histogram_quantile(0.9, sum by (le) (rate({SPAN_LATENCY}{sel}[5m])))"),
+    ]
+    return {
+        "datasourceUid": config.datasources.prometheus,
+        "spanStartTimeShift": "-5m",
+        "spanEndTimeShift": "5m",
+        "tags": [{"key": "service.name", "value": "service"}],
+        "queries": [{"name": name, "query": literal(q)} for name, q in queries],
     }
 
 

@@ -232,6 +232,13 @@ def test_grafana_links_traces_and_logs_both_ways() -> None:
     assert t2l["customQuery"] is True
     assert grafana_expand(t2l["query"]) == '{${__tags}} | trace_id = "${__trace.traceId}"'
     assert tempo["jsonData"]["serviceMap"] == {"datasourceUid": "prometheus"}
+    # Trace -> metrics: the span's service in Tempo's span metrics (label `service`).
+    t2m = tempo["jsonData"]["tracesToMetrics"]
+    assert t2m["datasourceUid"] == "prometheus"
+    assert t2m["tags"] == [{"key": "service.name", "value": "service"}]
+    for q in t2m["queries"]:
+        expr = grafana_expand(q["query"])
+        assert "traces_spanmetrics_" in expr and "{$__tags" in expr, q
     assert tempo["jsonData"]["lokiSearch"] == {"datasourceUid": "loki"}
     # Nothing else in the file is lost to Grafana's expansion.
     text = (DEPLOY / "grafana" / "provisioning" / "datasources" / "datasources.yml").read_text()
