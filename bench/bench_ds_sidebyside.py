@@ -415,6 +415,7 @@ async def bench(a: argparse.Namespace) -> Results:
             for phase in a.phases:
                 for name in order:
                     srv = ServerProc(name, tmp / f"{name}-{rep}-{phase}", source=source)
+                    srv.keepalive_s = a.pullwake_keepalive
                     t0 = time.monotonic()
                     srv.start()
                     conn = aiohttp.TCPConnector(limit=64)
@@ -512,6 +513,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SECONDS",
         help="time allowed to connect all fanout/idle readers (180)",
     )
+    p.add_argument(
+        "--pullwake-keepalive",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="pullwake's SSE keepalive comment interval (its default 15; 0 = none, like the "
+        "reference, which sends only the control event at each 30 s long-poll timeout)",
+    )
     p.add_argument("--json", type=Path, help="write every run's figures here")
     p.add_argument(
         "--pullwake-rev",
@@ -552,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{os.cpu_count()} cores, load average {before}; servers: {', '.join(a.servers)}; "
         f"{a.repeats} repeat(s), phases {', '.join(a.phases)}; client on this machine; "
-        f"pullwake from {rev_label(a.pullwake_rev)}",
+        f"pullwake from {rev_label(a.pullwake_rev)}, SSE keepalive comments every "
+        f"{a.pullwake_keepalive:g} s (0 = none); long-poll timeout 30 s on both",
         flush=True,
     )
     try:
