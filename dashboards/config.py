@@ -87,6 +87,12 @@ class Thresholds:
     # PullWakeCompletionsFenced: a refused (fenced/rejected) completion within this
     # window, at every evaluation for the alert's `for:` (one stray fence stays silent).
     completions_fenced_window: str = "5m"
+    # A runner whose newest sample is older than this is not alerted on: its alerts
+    # resolve and PullWakeRunnerTelemetryAbsent takes over.  Pushed (OTLP) series get
+    # no staleness marker, so a dead runner's last values would otherwise keep firing
+    # for the 5 m lookback.  Longer than the OTLP export interval
+    # (OTEL_METRIC_EXPORT_INTERVAL: 60 s by default, 10 s in compose) and the scrape's.
+    runner_stale_after: str = "90s"
 
 
 @dataclass(frozen=True)
@@ -222,6 +228,7 @@ class Config:
             ("thresholds.reconnect_storm_window", self.thresholds.reconnect_storm_window),
             ("thresholds.telemetry_absent_lookback", self.thresholds.telemetry_absent_lookback),
             ("thresholds.completions_fenced_window", self.thresholds.completions_fenced_window),
+            ("thresholds.runner_stale_after", self.thresholds.runner_stale_after),
         ]
         durations += [(f"for_.{f.name}", getattr(self.for_, f.name)) for f in _fields(self.for_)]
         durations += [

@@ -187,26 +187,18 @@ def build(config: Config) -> db.Dashboard:
                 (config.thresholds.wake_latency_p99_seconds, "red"),
             )
         )
+        .with_row(db.Row("Wakes and claims"))
         .with_panel(
             timeseries_panel(
                 config,
-                "Backoff waits p50 / p99",
-                "Backoff drawn before each reconnect attempt, across the fleet.",
-                [target(config, rec["backoff_quantile"], "p{{quantile}}")],
-                unit="s",
-            )
-        )
-        .with_row(db.Row("Claims and completions"))
-        .with_panel(
-            timeseries_panel(
-                config,
-                "Completions by outcome",
-                f"Done callbacks per second across the fleet, by outcome ({w} rate).  "
-                "fenced/rejected: the claim was lost, the work is announced again.",
+                "Wakes by outcome",
+                f"Wakes per second across the fleet, by final outcome ({w} rate).  "
+                "fenced: the claim was lost (completion or lease heartbeat refused), the "
+                "work is announced again.",
                 [
                     target(
                         config,
-                        q.rate_by(config, c.COMPLETIONS, w, (q.OUTCOME,)),
+                        q.rate_by(config, c.WAKES, w, (q.OUTCOME,)),
                         "{{" + q.OUTCOME + "}}",
                     )
                 ],
@@ -216,12 +208,16 @@ def build(config: Config) -> db.Dashboard:
         .with_panel(
             runner_list(
                 config,
-                "Runners with refused completions",
-                "Runners whose completions were refused as fenced or rejected within "
-                f"{config.thresholds.completions_fenced_window} (PullWakeCompletionsFenced "
-                "once sustained): their handlers outlive the claim lease.  Empty when healthy.",
-                f"{q.completions_refused(config, config.thresholds.completions_fenced_window)} > 0",
-                "none: every completion accepted",
+                "Runners losing claims",
+                "Runners whose claims were lost (completion or lease heartbeat refused as "
+                f"fenced or rejected) within {config.thresholds.completions_fenced_window} "
+                "(PullWakeCompletionsFenced once sustained): their handlers outlive the "
+                "claim lease.  Empty when healthy.",
+                q.guarded(
+                    config,
+                    f"{q.claims_lost(config, config.thresholds.completions_fenced_window)} > 0",
+                ),
+                "none: every claim held",
                 height=8,
                 span=12,
             )

@@ -8,13 +8,20 @@ this file: every series comes from `pullwake.catalog` (`prom_name`,
 Per-runner expressions aggregate `by (runner_id)`: the Prometheus reader, the
 collector and a compose scrape add different `job`/`instance`/scope labels,
 and the alert labels must not depend on the path the metric took.
+
+Two paths, two shapes: scraped `/metrics` has classic histograms (`_bucket`)
+and staleness markers; OTLP pushes exponential histograms (native: one series)
+and no staleness - a dead runner's last samples stay visible for the lookback
+(5 m), longer behind a collector's `prometheus` exporter.  Histogram queries
+take the union of both shapes; per-runner alerts are guarded by `fresh`.
 """
 
 from __future__ import annotations
 
 from pullwake.core import catalog as c
-from pullwake.core.protocol import CallbackOutcome, EndReason, RunnerState
-from pullwake.dashboards.config import Config
+from pullwake.core import http_semconv as hs
+from pullwake.core.protocol import EndReason, RunnerState, WakeOutcome
+from pullwake.dashboards.config import Config, parse_duration
 
 RUNNER: str = c.prom_label(c.RUNNER_ID)
 REASON: str = c.prom_label("reason")
@@ -22,14 +29,10 @@ STATE: str = c.prom_label("state")
 ERROR_TYPE: str = c.prom_label("error.type")
 OUTCOME: str = c.prom_label("outcome")
 LIVE_MODE: str = c.prom_label("live.mode")
+METHOD: str = c.prom_label(hs.HTTP_REQUEST_METHOD)
+STATUS: str = c.prom_label(hs.HTTP_RESPONSE_STATUS_CODE)
 
 FAILURE_REASONS: tuple[str, ...] = tuple(r.value for r in EndReason if r.is_failure)
-# Completions the server refused for good: the claim was lost (fenced) or the callback
-# was not accepted (rejected).  `failed` (no answer) is retried within the lease.
-REFUSED_COMPLETIONS: tuple[str, ...] = (
-    CallbackOutcome.FENCED.value,
-    CallbackOutcome.REJECTED.value,
-)
 NOT_STREAMING_STATES: tuple[str, ...] = (
     RunnerState.CONNECTING.value,
     RunnerState.RECONNECTING.value,
@@ -56,6 +59,25 @@ def series(config: Config, metric: c.Metric, *matchers: str, suffix: str = "") -
 
 def per_runner(config: Config, metric: c.Metric, *matchers: str, agg: str = "max") -> str:
     return f"{agg} by ({RUNNER}) ({series(config, metric, *matchers)})"
+
+
+def fresh(config: Config, *m: str) -> str:
+    """Runners whose newest sample is younger than `runner_stale_after` (its timestamp).
+
+    Scraped series end with a staleness marker when the runner goes; pushed
+    ones (OTLP) just stop, and their last value would answer every query for
+    the 5 m lookback.  A sample's timestamp is its export time on the push
+    path (and its scrape time when scraped), so `and on (runner_id) fresh`
+    lets a dead runner's alerts resolve within `runner_stale_after` on both.
+    """
+    age = config.thresholds.runner_stale_after
+    newest = f"max by ({RUNNER}) (timestamp({series(config, c.STREAM_CONNECTED, *m)}))"
+    return f"{newest} > time() - {parse_duration(age):g}"
+
+
+def guarded(config: Config, expr: str, *m: str) -> str:
+    """`expr` (labelled by runner) for fresh runners only."""
+    return f"({expr}) and on ({RUNNER}) ({fresh(config, *m)})"
 
 
 # --- runner gauges -----------------------------------------------------------------
@@ -138,29 +160,43 @@ def failure_reconnects(config: Config, window: str, *m: str) -> str:
     return f"sum by ({RUNNER}) (increase({reconnects}[{window}]))"
 
 
-def completions_refused(config: Config, window: str, *m: str) -> str:
-    """Done callbacks refused as fenced/rejected per runner: the work is announced again."""
-    matcher = f'{OUTCOME}=~"{_regex(REFUSED_COMPLETIONS)}"'
-    refused = series(config, c.COMPLETIONS, matcher, *m)
-    return f"sum by ({RUNNER}) (increase({refused}[{window}]))"
+def claims_lost(config: Config, window: str, *m: str) -> str:
+    """Wakes whose claim was lost per runner (completion or lease heartbeat refused:
+    fenced or rejected): the server announces the work again."""
+    matcher = f'{OUTCOME}="{WakeOutcome.FENCED.value}"'
+    fenced = series(config, c.WAKES, matcher, *m)
+    return f"sum by ({RUNNER}) (increase({fenced}[{window}]))"
 
 
 def telemetry_absent(config: Config) -> str:
-    """Runners seen within the lookback that report nothing now."""
+    """Runners seen within the lookback that report nothing fresh now.
+
+    Scraped: the series went stale.  Pushed: the newest sample is older than
+    `runner_stale_after` (it would stay visible for the lookback otherwise).
+    """
     lookback = config.thresholds.telemetry_absent_lookback
-    state = series(config, c.RUNNER_STATE)
+    seen = series(config, c.STREAM_CONNECTED)
     return (
-        f"max by ({RUNNER}) (max_over_time({state}[{lookback}]))"
-        f" unless on ({RUNNER}) max by ({RUNNER}) ({state})"
+        f"max by ({RUNNER}) (max_over_time({seen}[{lookback}]))"
+        f" unless on ({RUNNER}) ({fresh(config)})"
     )
+
+
+def _sum_by(by: tuple[str, ...], expr: str) -> str:
+    return f"sum by ({', '.join(by)}) ({expr})" if by else f"sum({expr})"
 
 
 def quantile(
     config: Config, q: float, metric: c.Metric, window: str, *m: str, by: tuple[str, ...] = ()
 ) -> str:
-    labels = ", ".join(("le", *by))
+    """A quantile of a histogram, classic (`/metrics`) or native (OTLP exponential).
+
+    Each path has only one of the two shapes, so the union is the one there is.
+    """
     buckets = series(config, metric, *m, suffix="bucket")
-    return f"histogram_quantile({q:g}, sum by ({labels}) (rate({buckets}[{window}])))"
+    native = series(config, metric, *m)
+    classic = _sum_by(("le", *by), f"rate({buckets}[{window}])")
+    return f"histogram_quantile({q:g}, {classic} or {_sum_by(by, f'rate({native}[{window}])')})"
 
 
 def wake_latency_p99_by_runner(config: Config) -> str:
@@ -177,12 +213,28 @@ def increase_by(config: Config, metric: c.Metric, window: str, by: tuple[str, ..
     return f"sum by ({labels}) (increase({series(config, metric, *m)}[{window}]))"
 
 
-def mean_by(config: Config, metric: c.Metric, window: str, by: tuple[str, ...], *m: str) -> str:
-    """Mean of a histogram over the window: rate(_sum) / rate(_count)."""
-    labels = ", ".join(by)
-    total, count = (series(config, metric, *m, suffix=s) for s in ("sum", "count"))
+def count_rate_by(
+    config: Config, metric: c.Metric, window: str, by: tuple[str, ...], *m: str
+) -> str:
+    """Observations per second of a histogram (requests of a duration), classic or native."""
+    count = series(config, metric, *m, suffix="count")
+    native = series(config, metric, *m)
     return (
-        f"sum by ({labels}) (rate({total}[{window}])) / sum by ({labels}) (rate({count}[{window}]))"
+        f"{_sum_by(by, f'rate({count}[{window}])')}"
+        f" or {_sum_by(by, f'histogram_count(rate({native}[{window}]))')}"
+    )
+
+
+def mean_by(config: Config, metric: c.Metric, window: str, by: tuple[str, ...], *m: str) -> str:
+    """Mean of a histogram over the window: rate(_sum) / rate(_count), classic or native."""
+    total, count = (series(config, metric, *m, suffix=s) for s in ("sum", "count"))
+    native = f"rate({series(config, metric, *m)}[{window}])"
+    classic = (
+        f"{_sum_by(by, f'rate({total}[{window}])')} / {_sum_by(by, f'rate({count}[{window}])')}"
+    )
+    return (
+        f"{classic} or {_sum_by(by, f'histogram_sum({native})')}"
+        f" / {_sum_by(by, f'histogram_count({native})')}"
     )
 
 

@@ -57,11 +57,21 @@ def humanize(value: float) -> str:
 
 
 def alerts(config: Config) -> tuple[Alert, ...]:
+    """Every alert; the per-runner ones only while the runner's samples are fresh.
+
+    `q.guarded`: pushed (OTLP) series carry no staleness marker, so without it a
+    dead runner's last values would keep its alerts firing for the lookback;
+    PullWakeRunnerTelemetryAbsent is the alert for a runner gone silent.
+    """
     t = config.thresholds
+
+    def g(expr: str) -> str:
+        return q.guarded(config, expr)
+
     return (
         Alert(
             "PullWakeStreamConnectedWhileHeartbeatsFailing",
-            q.connected_while_heartbeats_failing(config),
+            g(q.connected_while_heartbeats_failing(config)),
             "critical",
             "stream_connected_while_heartbeats_failing",
             "A runner reports its wake stream connected while its heartbeats fail.",
@@ -72,7 +82,7 @@ def alerts(config: Config) -> tuple[Alert, ...]:
         ),
         Alert(
             "PullWakeHeartbeatsFailing",
-            q.heartbeats_failing(config),
+            g(q.heartbeats_failing(config)),
             "warning",
             "heartbeats_failing",
             "A runner's heartbeats are failing.",
@@ -81,7 +91,7 @@ def alerts(config: Config) -> tuple[Alert, ...]:
         ),
         Alert(
             "PullWakeRunnerNotStreaming",
-            q.not_streaming(config),
+            g(q.not_streaming(config)),
             "warning",
             "runner_not_streaming",
             "A runner is stuck connecting or reconnecting.",
@@ -90,8 +100,10 @@ def alerts(config: Config) -> tuple[Alert, ...]:
         ),
         Alert(
             "PullWakeReconnectStorm",
-            f"{q.failure_reconnects(config, t.reconnect_storm_window)}"
-            f" >= {t.reconnect_storm_count}",
+            g(
+                f"{q.failure_reconnects(config, t.reconnect_storm_window)}"
+                f" >= {t.reconnect_storm_count}"
+            ),
             "warning",
             "reconnect_storm",
             "A runner's wake stream keeps failing and reconnecting.",
@@ -100,7 +112,7 @@ def alerts(config: Config) -> tuple[Alert, ...]:
         ),
         Alert(
             "PullWakeStreamStale",
-            q.stream_stale(config),
+            g(q.stream_stale(config)),
             "warning",
             "stream_stale",
             "A runner's connected wake stream has gone silent.",
@@ -118,7 +130,7 @@ def alerts(config: Config) -> tuple[Alert, ...]:
         ),
         Alert(
             "PullWakeWakeLatencyHigh",
-            f"{q.wake_latency_p99_by_runner(config)} > {t.wake_latency_p99_seconds:g}",
+            g(f"{q.wake_latency_p99_by_runner(config)} > {t.wake_latency_p99_seconds:g}"),
             "warning",
             "wake_latency_high",
             "Wakes take too long to reach their runner's handler.",
@@ -136,13 +148,14 @@ def alerts(config: Config) -> tuple[Alert, ...]:
         ),
         Alert(
             "PullWakeCompletionsFenced",
-            f"{q.completions_refused(config, t.completions_fenced_window)} > 0",
+            g(f"{q.claims_lost(config, t.completions_fenced_window)} > 0"),
             "warning",
             "completions_fenced",
-            "A runner's completions keep being refused as fenced or rejected.",
-            "Runner {runner} had {value} completions refused (fenced or rejected) in the last "
-            f"{t.completions_fenced_window}, and has for a while: its handlers outlive their "
-            "30 s claim lease, so the server announces the work again and it is done twice.",
+            "A runner keeps losing its claims: completions or lease heartbeats refused.",
+            "Runner {runner} lost {value} claims (completion or lease heartbeat refused as "
+            f"fenced or rejected) in the last {t.completions_fenced_window}, and has for a "
+            "while: its handlers outlive their 30 s claim lease, so the server announces the "
+            "work again and it is done twice.",
         ),
     )
 
@@ -174,7 +187,6 @@ def recording_names(config: Config) -> dict[str, str]:
         "reconnects_1h": _rec(q.RUNNER, c.STREAM_RECONNECTS, "increase1h"),
         "heartbeat_failure_rate": _rec(q.ERROR_TYPE, c.HEARTBEAT_FAILURES, f"rate{w}"),
         "wake_latency_quantile": _rec("quantile", c.WAKE_LATENCY, f"histogram_quantile{w}"),
-        "backoff_quantile": _rec("quantile", c.RECONNECT_BACKOFF, f"histogram_quantile{w}"),
         "heartbeat_age": _rec(q.RUNNER, c.HEARTBEAT_LAST_SUCCESS, "age"),
         "connected_while_failing": _rec(q.RUNNER, c.STREAM_CONNECTED, "heartbeats_failing"),
     }
@@ -199,13 +211,11 @@ def recording_rules(config: Config) -> list[dict[str, Any]]:
         {"record": n["heartbeat_age"], "expr": q.seconds_since_heartbeat_success(config)},
         {
             "record": n["connected_while_failing"],
-            "expr": q.connected_while_heartbeats_failing(config),
+            # the critical alert's condition, freshness guard included
+            "expr": q.guarded(config, q.connected_while_heartbeats_failing(config)),
         },
     ]
-    for key, metric in (
-        ("wake_latency_quantile", c.WAKE_LATENCY),
-        ("backoff_quantile", c.RECONNECT_BACKOFF),
-    ):
+    for key, metric in (("wake_latency_quantile", c.WAKE_LATENCY),):
         for quant in (0.5, 0.99):
             rules.append(
                 {

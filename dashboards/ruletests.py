@@ -7,6 +7,12 @@ healthy default-profile runner whose SSE session the server rotates (every
 minute as by default, and every 2 minutes with a longer reconnect gap): a
 session ending `rotated`, a reconnect at once.
 
+Both export paths: each per-runner alert's positive case is run again with
+the runner dying while the alert fires - scraped (its series end with a
+staleness marker) and pushed over OTLP (they just stop: the last values stay
+visible for the 5 m lookback).  In both the alert resolves within
+`runner_stale_after`, and PullWakeRunnerTelemetryAbsent takes over.
+
 Series carry `job`/`instance` labels on purpose: the alerts aggregate
 `by (runner_id)`, and the expected labels prove nothing else leaks through.
 Eval times and rendered values are derived from the config, so the cases
@@ -15,10 +21,12 @@ follow a change of threshold or `for:`.
 
 from __future__ import annotations
 
+import copy
+import re
 from typing import Any
 
 from pullwake.core import catalog as c
-from pullwake.core.protocol import CallbackOutcome, EndReason, RunnerState
+from pullwake.core.protocol import EndReason, RunnerState, WakeOutcome
 from pullwake.dashboards import queries as q
 from pullwake.dashboards.config import Config, format_duration, parse_duration
 from pullwake.dashboards.rules import Alert, alerts
@@ -39,7 +47,11 @@ HEALTHY_EVALS = (
     "11m45s",
     "29m",
 )
+# Alerts without the freshness guard: the one for a silent runner, and the server's view.
+UNGUARDED = ("PullWakeRunnerTelemetryAbsent", "PullWakeServerSeesNoStream")
 ROTATE_S = 60  # the server's default --sse-rotate-seconds (a test keeps them equal)
+# The states the runner exports (the state gauge covers the running phases only).
+RUNNING_STATES = tuple(RunnerState(v) for v in c.RUNNER_STATE.allowed_values("state") or ())
 
 
 def _series(metric: c.Metric, runner: str, suffix: str = "", **labels: str) -> str:
@@ -75,13 +87,14 @@ def healthy_runner(runner: str) -> dict[str, str]:
         _series(c.HEARTBEAT_LAST_SUCCESS, runner): f"-10+{STEP}x{SAMPLES}",
         _series(c.STREAM_RECONNECTS, runner, reason=EndReason.ROTATED.value): _const(3),
         _series(c.WAKE_LATENCY, runner, "bucket", le="0.1"): f"0+1x{SAMPLES}",
+        _series(c.WAKE_LATENCY, runner, "bucket", le="1"): f"0+1x{SAMPLES}",
         _series(c.WAKE_LATENCY, runner, "bucket", le="5"): f"0+1x{SAMPLES}",
         _series(c.WAKE_LATENCY, runner, "bucket", le="10"): f"0+1x{SAMPLES}",
         _series(c.WAKE_LATENCY, runner, "bucket", le="+Inf"): f"0+1x{SAMPLES}",
         _series(c.SERVER_STREAM_MISMATCH, runner): _const(0),
-        _series(c.COMPLETIONS, runner, outcome=CallbackOutcome.OK.value): f"0+1x{SAMPLES}",
+        _series(c.WAKES, runner, outcome=WakeOutcome.HANDLED.value): f"0+1x{SAMPLES}",
     }
-    for state in RunnerState:
+    for state in RUNNING_STATES:
         value = 1 if state is RunnerState.STREAMING else 0
         s[_series(c.RUNNER_STATE, runner, state=state.value)] = _const(value)
     return s
@@ -164,8 +177,64 @@ def _failing_heartbeats(s: dict[str, str], runner: str, onset_i: int) -> None:
     )
 
 
+def _expand(values: str) -> list[str]:
+    """promtool's series notation (`a+bxn`, numbers, `stale`) as one value per sample."""
+    out: list[str] = []
+    for token in values.split():
+        m = re.fullmatch(r"(-?[\d.]+)([+-][\d.]+)x(\d+)", token)
+        if m is None:
+            out.append(token)
+            continue
+        start, step, n = float(m[1]), float(m[2]), int(m[3])
+        out += [f"{start + i * step:g}" for i in range(n + 1)]
+    return out
+
+
+def _die(s: dict[str, str], runner: str, last_i: int, *, pushed: bool) -> None:
+    """The runner's own series end after sample `last_i`.
+
+    Scraped: a staleness marker follows.  Pushed (OTLP): nothing follows - the
+    last sample stays visible for the lookback, as when an OTLP sender dies.
+    """
+    for key, values in s.items():
+        if f'{q.RUNNER}="{runner}"' in key and 'job="pullwake-runner"' in key:
+            kept = _expand(values)[: last_i + 1]
+            s[key] = " ".join(kept if pushed else [*kept, "stale"])
+
+
+def _dies_while_firing(
+    config: Config, case: dict[str, Any], alert: Alert, *, pushed: bool
+) -> dict[str, Any]:
+    """`case` again with r1 dying at the sample its alert is seen firing.
+
+    Scraped, the alert is gone at the next evaluation; pushed, within
+    `runner_stale_after` - well inside the lookback that would otherwise keep
+    the dead runner's last values (and the alert) for 5 m.
+    """
+    firing = case["alert_rule_test"][1]
+    fired_s = int(parse_duration(firing["eval_time"]))
+    series = {x["series"]: x["values"] for x in case["input_series"]}
+    _die(series, "r1", fired_s // STEP, pushed=pushed)
+    stale_s = int(parse_duration(config.thresholds.runner_stale_after))
+    gone_s = fired_s + (stale_s // STEP * STEP + STEP if pushed else STEP)
+    how = "pushed over OTLP, no staleness marker" if pushed else "scraped, staleness marker"
+    return {
+        "name": f"{case['name']}: the runner dies while it fires ({how})",
+        "interval": f"{STEP}s",
+        "input_series": [{"series": k, "values": v} for k, v in series.items()],
+        "alert_rule_test": [
+            {
+                "eval_time": firing["eval_time"],
+                "alertname": alert.name,
+                "exp_alerts": copy.deepcopy(firing["exp_alerts"]),
+            },
+            {"eval_time": format_duration(gone_s), "alertname": alert.name, "exp_alerts": []},
+        ],
+    }
+
+
 def _state_from(s: dict[str, str], runner: str, onset_i: int, state: RunnerState) -> None:
-    for st in RunnerState:
+    for st in RUNNING_STATES:
         before = 1 if st is RunnerState.STREAMING else 0
         after = 1 if st is state else 0
         s[_series(c.RUNNER_STATE, runner, state=st.value)] = _then(
@@ -247,19 +316,22 @@ def cases(config: Config) -> list[dict[str, Any]]:
         firing = parse_duration(_when(config, stale, onset)[1])
         out.append(_case(config, f"stream stale ({label})", stale, s, onset, value=firing))
 
-    # r1 stops reporting after 10 samples.
+    # r1 stops reporting after 10 samples (scraped: its series go stale).
     s = {**fleet, **healthy_runner("r1")}
-    for key, values in list(s.items()):
-        if f'{q.RUNNER}="r1"' in key and c.RUNNER_STATE.prom_name in key:
-            s[key] = values.split("+")[0] + "+0x10 stale"
-    out.append(
-        _case(config, "runner telemetry absent", a["PullWakeRunnerTelemetryAbsent"], s, STEP * 11)
-    )
+    _die(s, "r1", 10, pushed=False)
+    absent = a["PullWakeRunnerTelemetryAbsent"]
+    out.append(_case(config, "runner telemetry absent (scraped)", absent, s, STEP * 11))
+    # Pushed: the series just stop; the runner counts as gone once its newest sample
+    # is older than runner_stale_after.
+    s = {**fleet, **healthy_runner("r1")}
+    _die(s, "r1", 10, pushed=True)
+    gone = STEP * 10 + int(parse_duration(t.runner_stale_after)) // STEP * STEP + STEP
+    out.append(_case(config, "runner telemetry absent (pushed over OTLP)", absent, s, gone))
 
     # Every wake lands between 5 s and 10 s: p99 interpolates to 9.95 s.
     s = {**fleet, **healthy_runner("r1")}
-    s[_series(c.WAKE_LATENCY, "r1", "bucket", le="0.1")] = _const(0)
-    s[_series(c.WAKE_LATENCY, "r1", "bucket", le="5")] = _const(0)
+    for le in ("0.1", "1", "5"):
+        s[_series(c.WAKE_LATENCY, "r1", "bucket", le=le)] = _const(0)
     out.append(
         _case(config, "wake latency high", a["PullWakeWakeLatencyHigh"], s, 2 * STEP, value=9.95)
     )
@@ -269,38 +341,48 @@ def cases(config: Config) -> list[dict[str, Any]]:
     s[_series(c.SERVER_STREAM_MISMATCH, "r1")] = _then([0] * 4, _const(1, SAMPLES - 4))
     out.append(_case(config, "server sees no stream", a["PullWakeServerSeesNoStream"], s, 4 * STEP))
 
-    # Every completion of r1 refused from sample 4 on: handlers outlive their lease.
+    # Every claim of r1 lost from sample 4 on (completion or lease heartbeat refused,
+    # fenced or rejected: the wake ends `fenced`): handlers outlive their lease.
     fenced = a["PullWakeCompletionsFenced"]
     fenced_window = parse_duration(t.completions_fenced_window)
-    for outcome in (CallbackOutcome.FENCED, CallbackOutcome.REJECTED):
-        s = {**fleet, **healthy_runner("r1")}
-        s[_series(c.COMPLETIONS, "r1", outcome=outcome.value)] = _then(
-            [0] * 4, f"1+1x{SAMPLES - 4}"
-        )
-        case = _case(config, f"completions {outcome.value}", fenced, s, 4 * STEP)
-        # Evaluate once the window holds only refusals, so the value is exactly window / STEP.
-        firing = max(
-            4 * STEP + fenced_window + 2 * STEP,
-            parse_duration(case["alert_rule_test"][1]["eval_time"]),
-        )
-        case["alert_rule_test"][1]["eval_time"] = format_duration(firing)
-        case["alert_rule_test"][1]["exp_alerts"][0]["exp_annotations"] = fenced.rendered(
-            config, "r1", fenced_window / STEP
-        )
-        out.append(case)
+    s = {**fleet, **healthy_runner("r1")}
+    s[_series(c.WAKES, "r1", outcome=WakeOutcome.FENCED.value)] = _then(
+        [0] * 4, f"1+1x{SAMPLES - 4}"
+    )
+    case = _case(
+        config, "claims lost (completions or lease heartbeats refused)", fenced, s, 4 * STEP
+    )
+    # Evaluate once the window holds only refusals, so the value is exactly window / STEP.
+    firing = max(
+        4 * STEP + fenced_window + 2 * STEP,
+        parse_duration(case["alert_rule_test"][1]["eval_time"]),
+    )
+    case["alert_rule_test"][1]["eval_time"] = format_duration(firing)
+    case["alert_rule_test"][1]["exp_alerts"][0]["exp_annotations"] = fenced.rendered(
+        config, "r1", fenced_window / STEP
+    )
+    out.append(case)
 
-    # Completions that fail (no answer, retried within the lease) all along, and - when
+    # Handlers that fail (nothing acked, the lease runs out) all along, and - when
     # the alert's `for:` outlasts its window, as by default - a stray fence every two
-    # windows: no sustained refusal.
+    # windows: no sustained loss.
     stray = {**fleet, **healthy_runner("r1")}
-    stray[_series(c.COMPLETIONS, "r1", outcome=CallbackOutcome.FAILED.value)] = f"0+1x{SAMPLES}"
-    stray_name = "failed completions all along: no alert"
+    stray[_series(c.WAKES, "r1", outcome=WakeOutcome.FAILED.value)] = f"0+1x{SAMPLES}"
+    stray_name = "failed handlers all along: no alert"
     if parse_duration(getattr(config.for_, fenced.for_field)) > fenced_window + STEP:
         every = int(2 * fenced_window) // STEP
-        stray[_series(c.COMPLETIONS, "r1", outcome=CallbackOutcome.FENCED.value)] = " ".join(
+        stray[_series(c.WAKES, "r1", outcome=WakeOutcome.FENCED.value)] = " ".join(
             f"{(i + every - 4) // every}" for i in range(SAMPLES + 1)
         )
         stray_name = f"a stray fence every {format_duration(2 * fenced_window)}, " + stray_name
+
+    # Both paths: each per-runner alert's first case, the runner dying while it fires.
+    for al in alerts(config):
+        if al.name in UNGUARDED:
+            continue
+        first = next(x for x in out if x["alert_rule_test"][1]["alertname"] == al.name)
+        for pushed in (False, True):
+            out.append(_dies_while_firing(config, first, al, pushed=pushed))
 
     # Negatives: every alert silent on a healthy fleet and through SSE rotations.
     for name, series in (

@@ -9,7 +9,7 @@ exemplars (Prometheus datasource -> Tempo) and a TraceQL table.
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import common, statetimeline, table, timeseries
+from grafana_foundation_sdk.builders import common, statetimeline, table
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
@@ -40,6 +40,7 @@ STATE_COLORS = {
 }
 VAR = q.RUNNER
 RATE = "$__rate_interval"
+METHOD, STATUS = q.METHOD, q.STATUS
 
 
 def _m() -> str:
@@ -170,15 +171,18 @@ def build(config: Config) -> db.Dashboard:
         .with_panel(
             timeseries_panel(
                 config,
-                "Session duration by end reason (exemplars -> traces)",
-                "Mean lifetime of ended sessions; exemplar dots open the session's trace.",
+                "Wake latency p50 / p99 (exemplars -> traces)",
+                "From a wake's publication to its handler starting; exemplar dots open the "
+                "wake's trace.  Session lifetimes and end reasons: the sessions table.",
                 [
                     target(
                         config,
-                        q.mean_by(config, c.STREAM_SESSION_DURATION, RATE, (q.REASON,), m),
-                        "{{" + q.REASON + "}}",
+                        q.quantile(config, quant, c.WAKE_LATENCY, RATE, m),
+                        f"p{quant:g}",
+                        ref=ref,
                         exemplar=True,
                     )
+                    for ref, quant in (("A", 0.5), ("B", 0.99))
                 ],
                 unit="s",
             )
@@ -188,13 +192,14 @@ def build(config: Config) -> db.Dashboard:
         .with_panel(
             timeseries_panel(
                 config,
-                "Heartbeat duration p50 / p99",
-                "Heartbeat request duration by outcome.",
+                "HTTP request duration p50 / p99 (OTLP)",
+                "The runner's requests (stream connect, heartbeats, claims, callbacks) by "
+                "method, from http.client.request.duration - exported over OTLP only.",
                 [
                     target(
                         config,
-                        q.quantile(config, quant, c.HEARTBEAT_DURATION, RATE, m, by=(q.OUTCOME,)),
-                        f"p{quant:g} {{{{{q.OUTCOME}}}}}",
+                        q.quantile(config, quant, c.HTTP_CLIENT_DURATION, RATE, m, by=(METHOD,)),
+                        f"p{quant:g} {{{{{METHOD}}}}}",
                         ref=ref,
                         exemplar=True,
                     )
@@ -207,9 +212,9 @@ def build(config: Config) -> db.Dashboard:
             timeseries_panel(
                 config,
                 "Wakes by outcome",
-                "Wakes seen by this runner per second, by outcome (deferred: its "
-                "subscription's claim was in flight, claimed after it; fenced: the claim "
-                "was lost and the server announces the work again).",
+                "Wakes of this runner per second, by final outcome (skipped: the claim "
+                "found nothing for us; fenced: the claim was lost - completion or lease "
+                "heartbeat refused - and the server announces the work again).",
                 [
                     target(
                         config,
@@ -220,53 +225,23 @@ def build(config: Config) -> db.Dashboard:
                 unit="ops",
             )
         )
-        .with_row(db.Row("Claims and completions"))
         .with_panel(
-            _outcome_rate(
+            timeseries_panel(
                 config,
-                c.CLAIMS,
-                "Claims by outcome",
-                "Claim requests per second by answer: claimed, done (entity paused or "
-                "stopped), skipped (nothing for us), not_running and failed (both retried).",
+                "HTTP requests by status (OTLP)",
+                "The runner's requests per second by answer (status code, or the error "
+                "when none came): claims (200/204/409), callbacks (502 = refused), "
+                "heartbeats.  Exported over OTLP only.",
+                [
+                    target(
+                        config,
+                        q.count_rate_by(
+                            config, c.HTTP_CLIENT_DURATION, RATE, (STATUS, q.ERROR_TYPE), m
+                        ),
+                        f"{{{{{STATUS}}}}} {{{{{q.ERROR_TYPE}}}}}",
+                    )
+                ],
+                unit="reqps",
             )
         )
-        .with_panel(
-            _outcome_rate(
-                config,
-                c.COMPLETIONS,
-                "Completions by outcome",
-                "Done callbacks per second by outcome.  Sustained fenced or rejected means "
-                "handlers outlive their 30 s claim lease and work is done twice "
-                "(PullWakeCompletionsFenced).",
-            )
-        )
-        .with_panel(
-            _outcome_rate(
-                config,
-                c.CALLBACK_HEARTBEATS,
-                "Callback heartbeats by outcome",
-                "Claim lease heartbeats per second while handlers run, by outcome; "
-                "fenced here means the lease was already lost.",
-            )
-        )
-    )
-
-
-def _outcome_rate(
-    config: Config, metric: c.Metric, title: str, description: str
-) -> timeseries.Panel:
-    """One third of a row: the runner's `metric` per second by outcome."""
-    return timeseries_panel(
-        config,
-        title,
-        description,
-        [
-            target(
-                config,
-                q.rate_by(config, metric, RATE, (q.OUTCOME,), _m()),
-                "{{" + q.OUTCOME + "}}",
-            )
-        ],
-        unit="ops",
-        span=8,
     )

@@ -59,6 +59,19 @@ ATTRIBUTE_VALUES: Final[Mapping[str, tuple[str, ...]]] = {
     "error.type": tuple(e.value for e in HeartbeatErrorType),
     "state": tuple(s.value for s in RunnerState),
     "live.mode": tuple(m.value for m in LiveMode),
+    # Narrower sets of what a runner metric exports (see `Metric.budget`):
+    # a reconnect never follows a stop; the state gauge covers the running
+    # phases only (stopping/stopped are the process's last moments: all 0);
+    # `pullwake.wakes` counts each wake's final outcome (received, claimed and
+    # deferred are steps on the wake's span).
+    "reason.reconnect": tuple(r.value for r in EndReason if r is not EndReason.STOPPED),
+    "state.running": tuple(s.value for s in RunnerState if s.value.startswith("running.")),
+    "outcome.wake.final": (
+        WakeOutcome.SKIPPED.value,
+        WakeOutcome.HANDLED.value,
+        WakeOutcome.FAILED.value,
+        WakeOutcome.FENCED.value,
+    ),
     hs.HTTP_REQUEST_METHOD: hs.METHODS,
     hs.URL_SCHEME: ("http", "https"),
 }
@@ -77,6 +90,36 @@ BOUNDED_ATTRIBUTES: Final[Mapping[str, str]] = {
 }
 
 _UNIT_SUFFIX: Final = {"s": "seconds", "By": "bytes", "ms": "milliseconds"}
+
+
+# --- the series budget ----------------------------------------------------------
+# Per runner, on each export path, worst case (every label value realised):
+# 10,000 runners stay under half a million series.  `target_info` (the
+# resource, one series per process on both paths) counts too.
+SERIES_BUDGET: Final = 40
+TARGET_INFO_SERIES: Final = 1
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Most series one runner may put into Prometheus for a metric, per path.
+
+    `scrape`: on `/metrics` (a classic histogram costs one series per bucket
+    plus `+Inf`, `_sum` and `_count` per attribute set).  `otlp`: through
+    OTLP (histograms are exported base2-exponential: one native histogram
+    series per attribute set).  0 on both: not exported at all (a View drops
+    it; the instrument stays so recording code needs no branch).
+    """
+
+    scrape: int
+    otlp: int
+
+    @property
+    def exported(self) -> bool:
+        return self.scrape > 0 or self.otlp > 0
+
+
+DROPPED: Final = Budget(0, 0)
 
 
 def prom_label(attribute: str) -> str:
@@ -99,6 +142,11 @@ class Metric:
     # Attributes present only when they apply (semconv "conditionally required":
     # `http.response.status_code` when an answer came, `error.type` on errors).
     optional: tuple[str, ...] = ()
+    # Runner metrics: the most series per runner on each path (test-enforced).
+    budget: Budget | None = None
+    # Attribute sets kept per runner when they are bounded but not a closed
+    # enum (a View's cardinality limit; the rest add up in one overflow point).
+    cardinality_limit: int | None = None
 
     @property
     def prom_name(self) -> str:
@@ -119,9 +167,14 @@ class Metric:
 
     @property
     def prom_series(self) -> tuple[str, ...]:
-        """Every series name this metric produces in Prometheus."""
+        """Every series name this metric produces in Prometheus.
+
+        A histogram: classic `_bucket`/`_sum`/`_count` (scraped `/metrics`) and
+        the bare name, a native histogram (OTLP exponential).
+        """
         if self.kind is Kind.HISTOGRAM:
-            return tuple(f"{self.prom_name}_{s}" for s in ("bucket", "sum", "count"))
+            classic = tuple(f"{self.prom_name}_{s}" for s in ("bucket", "sum", "count"))
+            return (*classic, self.prom_name)
         return (self.prom_name,)
 
     @property
@@ -134,6 +187,36 @@ class Metric:
         if key in BOUNDED_ATTRIBUTES:
             return None
         return ATTRIBUTE_VALUES[key]
+
+    @property
+    def exported(self) -> bool:
+        return self.budget is None or self.budget.exported
+
+    @property
+    def scraped(self) -> bool:
+        """On `/metrics` (an OTLP-only metric is left out of the scrape)."""
+        return self.budget is None or self.budget.scrape > 0
+
+    def attribute_sets(self) -> int:
+        """Worst-case attribute sets per runner: the product of the value sets,
+        or the cardinality limit plus its overflow point."""
+        if self.cardinality_limit is not None:
+            return self.cardinality_limit + 1
+        n = 1
+        for a in self.attributes:
+            values = self.allowed_values(a)
+            if values is None and a != RUNNER_ID:
+                raise ValueError(f"{self.name}: {a} is unbounded and there is no limit")
+            n *= len(values or (None,))
+        return n
+
+    def worst_case(self) -> Budget:
+        """Series per runner with every label value realised, on each path."""
+        if self.budget is not None and not self.budget.exported:
+            return DROPPED
+        sets = self.attribute_sets()
+        per_set = len(self.buckets or ()) + 3 if self.kind is Kind.HISTOGRAM else 1
+        return Budget(sets * per_set if self.scraped else 0, sets)
 
 
 _LATENCY_BUCKETS: Final = (
@@ -153,6 +236,7 @@ _LATENCY_BUCKETS: Final = (
     30.0,
     60.0,
 )
+_WAKE_LATENCY_BUCKETS: Final = (0.1, 1.0, 5.0, 10.0)
 _REQUEST_BUCKETS: Final = (
     0.001,
     0.0025,
@@ -185,6 +269,7 @@ STREAM_CONNECTED = Metric(
     "1 while the runner believes its wake stream is connected, else 0.",
     R,
     (RUNNER_ID,),
+    budget=Budget(1, 1),
 )
 STREAM_AGE = Metric(
     "pullwake.stream.age",
@@ -193,6 +278,7 @@ STREAM_AGE = Metric(
     "Seconds since stream_connected_since; 0 when not connected.",
     R,
     (RUNNER_ID,),
+    budget=Budget(1, 1),
 )
 STREAM_IDLE = Metric(
     "pullwake.stream.idle",
@@ -201,6 +287,7 @@ STREAM_IDLE = Metric(
     "Seconds since the last byte was read from the wake stream.",
     R,
     (RUNNER_ID,),
+    budget=Budget(1, 1),
 )
 STREAM_IDLE_TIMEOUT = Metric(
     "pullwake.stream.idle_timeout",
@@ -209,6 +296,7 @@ STREAM_IDLE_TIMEOUT = Metric(
     "The read-idle watchdog's current limit (0 when the watchdog is off).",
     R,
     (RUNNER_ID,),
+    budget=Budget(1, 1),
 )
 STREAM_RECONNECTS = Metric(
     "pullwake.stream.reconnects",
@@ -217,24 +305,30 @@ STREAM_RECONNECTS = Metric(
     "Reconnect attempts, by the reason the previous session ended.",
     R,
     (RUNNER_ID, "reason"),
+    value_sets={"reason": "reason.reconnect"},
+    budget=Budget(14, 14),
 )
 STREAM_SESSION_DURATION = Metric(
     "pullwake.stream.session.duration",
     Kind.HISTOGRAM,
     "s",
-    "Lifetime of each ended stream session, by end reason.",
+    "Not exported (series budget): lifetime of each ended stream session, by end reason -"
+    " the `pullwake.stream.session` span (always sampled) carries both.",
     R,
     (RUNNER_ID, "reason"),
     buckets=_SESSION_BUCKETS,
+    budget=DROPPED,
 )
 HEARTBEATS = Metric(
     "pullwake.heartbeats",
     Kind.COUNTER,
     "",
-    "Heartbeats sent, by outcome.",
+    "Not exported (series budget): heartbeats sent, by outcome - failures are"
+    " `pullwake.heartbeat.failures`, every request is in `http.client.request.duration`.",
     R,
     (RUNNER_ID, "outcome"),
     value_sets={"outcome": "outcome.heartbeat"},
+    budget=DROPPED,
 )
 HEARTBEAT_FAILURES = Metric(
     "pullwake.heartbeat.failures",
@@ -243,6 +337,7 @@ HEARTBEAT_FAILURES = Metric(
     "Failed heartbeats, by error type.",
     R,
     (RUNNER_ID, "error.type"),
+    budget=Budget(5, 5),
 )
 HEARTBEAT_CONSECUTIVE_FAILURES = Metric(
     "pullwake.heartbeat.consecutive_failures",
@@ -251,50 +346,62 @@ HEARTBEAT_CONSECUTIVE_FAILURES = Metric(
     "Heartbeats failed in a row; 0 after a success.",
     R,
     (RUNNER_ID,),
+    budget=Budget(1, 1),
 )
 HEARTBEAT_LAST_SUCCESS = Metric(
-    "pullwake.heartbeat.last_success",
+    "pullwake.heartbeat.last_success.timestamp",
     Kind.GAUGE,
     "s",
     "Unix time of the last successful heartbeat (0 before the first).",
     R,
     (RUNNER_ID,),
+    budget=Budget(1, 1),
 )
 HEARTBEAT_DURATION = Metric(
     "pullwake.heartbeat.duration",
     Kind.HISTOGRAM,
     "s",
-    "Heartbeat request duration, successes and failures.",
+    "Not exported (series budget): heartbeat request duration - see"
+    " `http.client.request.duration` (POST) and the `pullwake.heartbeat` spans.",
     R,
     (RUNNER_ID, "outcome"),
     value_sets={"outcome": "outcome.heartbeat"},
     buckets=_REQUEST_BUCKETS,
+    budget=DROPPED,
 )
 RUNNER_STATE = Metric(
     "pullwake.runner.state",
     Kind.GAUGE,
     "",
-    "1 for the runner's current state, 0 for the others.",
+    "1 for the runner's current running phase (connecting, streaming, reconnecting), 0 for"
+    " the others; all 0 while it stops.",
     R,
     (RUNNER_ID, "state"),
+    value_sets={"state": "state.running"},
+    budget=Budget(3, 3),
 )
 RECONNECT_BACKOFF = Metric(
     "pullwake.reconnect.backoff",
     Kind.HISTOGRAM,
     "s",
-    "Each backoff wait before a reconnect attempt, as drawn (before any cut short).",
+    "Not exported (series budget): each backoff wait before a reconnect attempt - the"
+    " connect/session span carries it as `pullwake.backoff.wait_s`.",
     R,
     (RUNNER_ID,),
     buckets=_BACKOFF_BUCKETS,
+    budget=DROPPED,
 )
 WAKES = Metric(
     "pullwake.wakes",
     Kind.COUNTER,
     "",
-    "Wakes seen by the runner, by outcome.",
+    "Wakes by final outcome: skipped (the claim found nothing for us), handled, failed"
+    " (handler or claim gave up), fenced (the claim was lost: completion refused or lease"
+    " heartbeat refused; the server announces the work again).",
     R,
     (RUNNER_ID, "outcome"),
-    value_sets={"outcome": "outcome.wake"},
+    value_sets={"outcome": "outcome.wake.final"},
+    budget=Budget(4, 4),
 )
 WAKE_LATENCY = Metric(
     "pullwake.wake.latency",
@@ -303,56 +410,70 @@ WAKE_LATENCY = Metric(
     "Time from a wake's publication (its ts) to its handler starting.",
     R,
     (RUNNER_ID,),
-    buckets=_LATENCY_BUCKETS,
+    # /metrics: 0.1 / 1 / 5 / 10 s - the alert's 5 s threshold and one bound above
+    # it, so p99 > 5 s is exact; OTLP: exponential (full resolution, one series).
+    buckets=_WAKE_LATENCY_BUCKETS,
+    budget=Budget(7, 1),
 )
 CLAIM_DURATION = Metric(
     "pullwake.claim.duration",
     Kind.HISTOGRAM,
     "s",
-    "Claim request duration, by outcome.",
+    "Not exported (series budget): claim request duration - see"
+    " `http.client.request.duration` and the `pullwake.wake.claim` spans.",
     R,
     (RUNNER_ID, "outcome"),
     value_sets={"outcome": "outcome.wake"},
     buckets=_REQUEST_BUCKETS,
+    budget=DROPPED,
 )
 HANDLER_DURATION = Metric(
     "pullwake.handler.duration",
     Kind.HISTOGRAM,
     "s",
-    "Handler run time per wake, by outcome (handled/failed).",
+    "Not exported (series budget): handler run time per wake - the `pullwake.wake.handle`"
+    " spans (span metrics in Tempo).",
     R,
     (RUNNER_ID, "outcome"),
     value_sets={"outcome": "outcome.wake"},
     buckets=_LATENCY_BUCKETS,
+    budget=DROPPED,
 )
 CLAIMS = Metric(
     "pullwake.claims",
     Kind.COUNTER,
     "",
-    "Claim requests of the runner, by answer: claimed, done (entity paused/stopped),"
-    " skipped (204/409 nothing for us), not_running, failed (retried).",
+    "Not exported (series budget): claim requests by answer (claimed, done, skipped,"
+    " not_running, failed) - `http.client.request.duration` has their status codes,"
+    " `pullwake.wakes` the wake's outcome.",
     R,
     (RUNNER_ID, "outcome"),
     value_sets={"outcome": "outcome.claim_request"},
+    budget=DROPPED,
 )
 COMPLETIONS = Metric(
     "pullwake.completions",
     Kind.COUNTER,
     "",
-    "Done callbacks ({epoch, acks, done:true}) of handled claims, by outcome"
-    " (fenced: the claim was lost, the server announces the work again).",
+    "Not exported (series budget): done callbacks of handled claims, by outcome - a"
+    " refused one is `pullwake.wakes{outcome=fenced}`, every attempt a POST in"
+    " `http.client.request.duration`.",
     R,
     (RUNNER_ID, "outcome"),
     value_sets={"outcome": "outcome.callback"},
+    budget=DROPPED,
 )
 CALLBACK_HEARTBEATS = Metric(
     "pullwake.callback.heartbeats",
     Kind.COUNTER,
     "",
-    "Claim lease heartbeats ({epoch} to the callback URL) while a handler runs, by outcome.",
+    "Not exported (series budget): claim lease heartbeats while a handler runs - a refused"
+    " one is `pullwake.wakes{outcome=fenced}`, every attempt a POST in"
+    " `http.client.request.duration`.",
     R,
     (RUNNER_ID, "outcome"),
     value_sets={"outcome": "outcome.callback"},
+    budget=DROPPED,
 )
 
 HTTP_CLIENT_DURATION = Metric(
@@ -374,6 +495,10 @@ HTTP_CLIENT_DURATION = Metric(
     value_sets={hs.ERROR_TYPE: "error.type.http"},
     buckets=_HTTP_BUCKETS,
     optional=(hs.HTTP_RESPONSE_STATUS_CODE, hs.ERROR_TYPE),
+    # OTLP only (a native histogram per attribute set); statuses and error types
+    # beyond the first 5 sets of a runner add up in one overflow point.
+    budget=Budget(0, 6),
+    cardinality_limit=5,
 )
 
 # --- server --------------------------------------------------------------------

@@ -42,7 +42,6 @@ from opentelemetry.sdk.metrics.export import (
     MetricReader,
     PeriodicExportingMetricReader,
 )
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -56,8 +55,13 @@ from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
 from pullwake import __version__
-from pullwake.core.catalog import CATALOG, Component, Kind
-from pullwake.core.instruments import GaugeCallback, Instruments
+from pullwake.core.instruments import (
+    GaugeCallback,
+    Instruments,
+    catalog_views,
+    otlp_preferred_aggregation,
+    scrape_reader,
+)
 from pullwake.core.otel_logging import RateLimitFilter, install_log_rate_limit
 from pullwake.core.otel_settings import (
     TelemetryConfigError,
@@ -107,31 +111,23 @@ def _span_exporter(protocol: str) -> SpanExporter:
 
 
 def _metric_exporter(protocol: str) -> MetricExporter:
+    # histograms exponential unless OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION
+    # is set (the series budget: one native histogram series each)
+    preferred = otlp_preferred_aggregation()
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-        return OTLPMetricExporter()
+        return OTLPMetricExporter(preferred_aggregation=preferred)
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter as HttpMetricExporter,
     )
 
-    return HttpMetricExporter()
+    return HttpMetricExporter(preferred_aggregation=preferred)
 
 
 def _env_sampler() -> Sampler:
     """The sampler the SDK picks from OTEL_TRACES_SAMPLER(_ARG), by public API only."""
     return TracerProvider(resource=Resource.get_empty(), shutdown_on_exit=False).sampler
-
-
-def catalog_views(component: Component | None = None) -> list[View]:
-    """Histogram bucket Views from the catalog (the one place buckets live)."""
-    return [
-        View(instrument_name=m.name, aggregation=ExplicitBucketHistogramAggregation(m.buckets))
-        for m in CATALOG
-        if m.kind is Kind.HISTOGRAM
-        and m.buckets
-        and (component is None or m.component is component)
-    ]
 
 
 # --- sampling: the configured sampler, except for a few essential roots -----------
@@ -221,11 +217,10 @@ class Telemetry:
         if "metrics" in settings.console:
             readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
         if prometheus:
-            from opentelemetry.exporter.prometheus import PrometheusMetricReader
             from prometheus_client import CollectorRegistry
 
             self._registry = CollectorRegistry(auto_describe=False)
-            readers.append(PrometheusMetricReader(registry=self._registry))
+            readers.append(scrape_reader(self._registry))  # OTLP-only metrics left out
         self.tracer_provider = tp
         self.meter_provider = MeterProvider(
             resource=resource, metric_readers=readers, views=catalog_views(), shutdown_on_exit=False

@@ -15,6 +15,8 @@ from pullwake.core.catalog import (
     ATTRIBUTE_VALUES,
     BOUNDED_ATTRIBUTES,
     CATALOG,
+    SERIES_BUDGET,
+    TARGET_INFO_SERIES,
     Component,
     Kind,
     Metric,
@@ -33,7 +35,9 @@ as the names Prometheus shows. Both paths agree: the runner's and the server's
 exporter or Prometheus' OTLP ingest.
 
 Translation: dots become underscores; unit `s` adds `_seconds`; counters end in
-`_total`; histograms give `_bucket`, `_sum`, `_count`. 0/1 gauges carry no unit
+`_total`; histograms give `_bucket`, `_sum`, `_count` on `/metrics` and, over
+OTLP (base2 exponential by default), one native histogram series under the bare
+name. 0/1 gauges carry no unit
 on purpose (unit `1` would add `_ratio` on one path only). Resource attributes
 (`service.name`, `service.instance.id`, `service.version`) appear only on
 `target_info`; every runner metric carries `runner_id` as a label so queries
@@ -64,20 +68,58 @@ def _labels(m: Metric) -> str:
     return "<br>".join(parts) or "-"
 
 
+def _budget(m: Metric) -> str:
+    if m.budget is None:
+        return "-"
+    if not m.budget.exported:
+        return "not exported"
+    return f"{m.budget.scrape} / {m.budget.otlp}"
+
+
 def _table(component: Component) -> list[str]:
+    budgeted = component is Component.RUNNER
+    extra = " series per runner (/metrics / OTLP) |" if budgeted else ""
     rows = [
-        "| OTel name | kind | unit | Prometheus name | labels | description |",
-        "|---|---|---|---|---|---|",
+        f"| OTel name | kind | unit | Prometheus name | labels |{extra} description |",
+        "|---|---|---|---|---|---|" + ("---|" if budgeted else ""),
     ]
     for m in sorted((m for m in CATALOG if m.component is component), key=lambda m: m.name):
         kind = _KIND_TEXT[m.kind]
         if m.buckets:
             kind += "<br>buckets " + ", ".join(f"{b:g}" for b in m.buckets)
+        budget = f" {_budget(m)} |" if budgeted else ""
         rows.append(
             f"| `{m.name}` | {kind} | {f'`{m.unit}`' if m.unit else '-'} | `{m.prom_name}` "
-            f"| {_labels(m)} | {_cell(m.description)} |"
+            f"| {_labels(m)} |{budget} {_cell(m.description)} |"
         )
     return rows
+
+
+def _budget_section() -> list[str]:
+    runner = [m for m in CATALOG if m.component is Component.RUNNER and m.budget]
+    scrape = sum(m.budget.scrape for m in runner if m.budget) + TARGET_INFO_SERIES
+    otlp = sum(m.budget.otlp for m in runner if m.budget) + TARGET_INFO_SERIES
+    return [
+        "## Series budget\n",
+        f"At most {SERIES_BUDGET} series per runner on each path, with every label value"
+        " realised (every reconnect reason, error type, wake outcome): 10,000 runners stay"
+        f" under {SERIES_BUDGET * 10:,}k series. Worst case now: {scrape} on `/metrics`,"
+        f" {otlp} through OTLP (`target_info` included). The column above is each metric's"
+        " budget (`Metric.budget` in the catalog; tests/core/test_series_budget.py enforces"
+        " it, tests/runner/test_series_budget_faults.py measures a real runner through"
+        " faults). How it holds:",
+        "",
+        "- OTLP exports histograms base2-exponential (a native histogram: one series per"
+        " label set) unless `OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION` is set;"
+        " `/metrics` keeps the few explicit buckets listed above.",
+        "- `http.client.request.duration` is OTLP-only and keeps 5 label sets per runner"
+        " (method, status, error type); the rest add up in one `otel_metric_overflow` point.",
+        "- The state gauge covers the running phases; `pullwake.wakes` counts final outcomes;"
+        " a reconnect never follows a stop.",
+        "- Metrics marked *not exported* are dropped by a View: spans, the HTTP client"
+        " metric and `pullwake.wakes` carry what they said.",
+        "",
+    ]
 
 
 _CONFIG = """\
@@ -112,6 +154,7 @@ def render_metrics() -> str:
         out.append(f"## {title} (`service.name` = `pullwake-{component.value}`)\n")
         out.extend(_table(component))
         out.append("")
+    out.extend(_budget_section())
     out.append("## Attribute values\n")
     out.append("Bounded, not enumerated (labels without a value list above):\n")
     out.extend(f"- `{key}`: {text}" for key, text in BOUNDED_ATTRIBUTES.items())

@@ -13,7 +13,9 @@ PROMISED = {
     "pullwake.heartbeats": "pullwake_heartbeats_total",
     "pullwake.heartbeat.failures": "pullwake_heartbeat_failures_total",
     "pullwake.heartbeat.consecutive_failures": "pullwake_heartbeat_consecutive_failures",
-    "pullwake.heartbeat.last_success": "pullwake_heartbeat_last_success_seconds",
+    "pullwake.heartbeat.last_success.timestamp": (
+        "pullwake_heartbeat_last_success_timestamp_seconds"
+    ),
     "pullwake.heartbeat.duration": "pullwake_heartbeat_duration_seconds",
     "pullwake.runner.state": "pullwake_runner_state",
     "pullwake.reconnect.backoff": "pullwake_reconnect_backoff_seconds",

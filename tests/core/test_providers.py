@@ -94,14 +94,20 @@ def test_names_agree_on_scrape_and_otlp_paths(
     t = build_telemetry(service, "i1", env=otlp_env(receiver))
     try:
         exercise(t, component)
-        expected = {m.name: m for m in CATALOG if m.component is component}
+        mine = [m for m in CATALOG if m.component is component]
+        expected = {m.name: m for m in mine if m.exported}
         wait_until(lambda: set(expected) <= receiver.metric_names(), 10, what="OTLP metrics")
         families = scrape_families(t.prometheus_text().decode())
         for name, m in expected.items():
             # OTLP path: the collector's translation of what went over the wire
             assert collector_prom_name(receiver.metric(name)) == m.prom_name, name
-            # scrape path: the Python Prometheus reader
-            assert families.get(m.prom_name) == _PROM_TYPE[m.kind], (m.prom_name, families)
+            # scrape path: the Python Prometheus reader (OTLP-only metrics left out)
+            want = _PROM_TYPE[m.kind] if m.scraped else None
+            assert families.get(m.prom_name) == want, (m.prom_name, families)
+        # metrics the series budget does not export: on neither path
+        dropped = {m.name for m in mine if not m.exported}
+        assert not dropped & receiver.metric_names()
+        assert not {m.prom_name for m in mine if not m.exported} & set(families)
         point = receiver.points(next(iter(expected)))[0]
         assert point.resource["service.name"] == service
         assert point.resource["service.instance.id"] == "i1"
@@ -110,6 +116,7 @@ def test_names_agree_on_scrape_and_otlp_paths(
 
 
 def test_histogram_buckets_come_from_the_catalog() -> None:
+    """Explicit buckets (the scrape path's aggregation) are the catalog's advisory ones."""
     reader = InMemoryMetricReader()
     t = build_telemetry(SERVICE_RUNNER, "r1", env={}, metric_readers=[reader], prometheus=False)
     exercise(t, Component.RUNNER)
@@ -125,7 +132,9 @@ def test_histogram_buckets_come_from_the_catalog() -> None:
                     assert tuple(bounds) == m.buckets
                     seen += 1
     assert seen == sum(
-        1 for m in CATALOG if m.kind is Kind.HISTOGRAM and m.component is Component.RUNNER
+        1
+        for m in CATALOG
+        if m.kind is Kind.HISTOGRAM and m.component is Component.RUNNER and m.exported
     )
 
 
@@ -141,9 +150,9 @@ def test_exemplars_carry_the_active_trace_id() -> None:
         prometheus=False,
     )
     ins = Instruments(t.meter(), Component.RUNNER, gauge_callbacks())  # type: ignore[arg-type]
-    hb = next(m for m in CATALOG if m.name == "pullwake.heartbeat.duration")
-    with t.tracer().start_as_current_span("pullwake.heartbeat") as span:
-        ins.record(hb, 0.01, {"runner.id": "r1", "outcome": "ok"})
+    hb = next(m for m in CATALOG if m.name == "pullwake.wake.latency")
+    with t.tracer().start_as_current_span("pullwake.wake") as span:
+        ins.record(hb, 0.01, {"runner.id": "r1"})
     data = reader.get_metrics_data()
     assert data is not None
     points = [
@@ -385,7 +394,7 @@ def test_http_protobuf_path_reaches_an_http_receiver() -> None:
         for sm in rm.scope_metrics
         for m in sm.metrics
     }
-    assert {m.name for m in CATALOG if m.component is Component.RUNNER} <= names
+    assert {m.name for m in CATALOG if m.component is Component.RUNNER and m.exported} <= names
 
 
 def test_grpc_host_port_endpoint_reaches_the_collector() -> None:

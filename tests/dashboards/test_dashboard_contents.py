@@ -35,9 +35,8 @@ EXPECTED = {
         ("timeseries", "Reconnect rate by reason"),
         ("timeseries", "Heartbeat failure rate by error type"),
         ("timeseries", "Wake latency p50 / p99"),
-        ("timeseries", "Backoff waits p50 / p99"),
-        ("timeseries", "Completions by outcome"),
-        ("table", "Runners with refused completions"),
+        ("timeseries", "Wakes by outcome"),
+        ("table", "Runners losing claims"),
         ("alertGroups", "Firing pullwake alerts"),
     ],
     "runner": [
@@ -45,13 +44,11 @@ EXPECTED = {
         ("timeseries", "Stream age vs seconds since heartbeat success"),
         ("timeseries", "Idle vs idle timeout"),
         ("timeseries", "Reconnects by reason"),
-        ("timeseries", "Session duration by end reason (exemplars -> traces)"),
+        ("timeseries", "Wake latency p50 / p99 (exemplars -> traces)"),
         ("table", "Recent sessions (traces)"),
-        ("timeseries", "Heartbeat duration p50 / p99"),
+        ("timeseries", "HTTP request duration p50 / p99 (OTLP)"),
         ("timeseries", "Wakes by outcome"),
-        ("timeseries", "Claims by outcome"),
-        ("timeseries", "Completions by outcome"),
-        ("timeseries", "Callback heartbeats by outcome"),
+        ("timeseries", "HTTP requests by status (OTLP)"),
     ],
     "server": [
         ("stat", "Client says connected, server sees no stream"),
@@ -150,10 +147,7 @@ def test_fleet_rates_and_quantiles() -> None:
     for title, legend in legends.items():
         [t] = _panel("fleet", title)["targets"]
         assert t["legendFormat"] == legend, title
-    for title, key in (
-        ("Wake latency p50 / p99", "wake_latency_quantile"),
-        ("Backoff waits p50 / p99", "backoff_quantile"),
-    ):
+    for title, key in (("Wake latency p50 / p99", "wake_latency_quantile"),):
         assert _exprs(_panel("fleet", title)) == [REC[key]]
         quantiles = [
             r["labels"]["quantile"] for r in recording_rules(DEFAULT) if r["record"] == REC[key]
@@ -193,8 +187,8 @@ def test_runner_sessions_link_to_traces() -> None:
     # the wakes counter is observable and carries none.
     with_exemplars = {title for title, t in prom_targets(DASH["runner"]) if t.get("exemplar")}
     assert with_exemplars == {
-        "Session duration by end reason (exemplars -> traces)",
-        "Heartbeat duration p50 / p99",
+        "Wake latency p50 / p99 (exemplars -> traces)",
+        "HTTP request duration p50 / p99 (OTLP)",
     }
     sessions = _panel("runner", "Recent sessions (traces)")
     assert sessions["datasource"] == {"type": "tempo", "uid": "${traces_datasource}"}
@@ -212,7 +206,7 @@ def test_runner_sessions_link_to_traces() -> None:
     [
         ("fleet", "Stream connected while heartbeats fail"),
         ("server", "Runners the server sees no stream for"),
-        ("fleet", "Runners with refused completions"),
+        ("fleet", "Runners losing claims"),
     ],
 )
 def test_runner_lists_show_only_linked_runner_ids(key: str, title: str) -> None:
@@ -248,17 +242,15 @@ def test_slo_panels_read_the_slo_recording_rules() -> None:
     assert slo.record_name("runner", s.burn_windows[0].long) in expr and expr.endswith("> 1)")
 
 
-def test_claims_and_completions_panels() -> None:
-    """The runner's claim-protocol counters by outcome; the fleet list is the alert's condition."""
+def test_wake_and_claim_panels() -> None:
+    """Wakes by final outcome; claim answers as HTTP statuses (OTLP); the fleet list is
+    the lost-claims alert's condition."""
     runner = f'{q.RUNNER}="${q.RUNNER}"'
-    for title, metric in (
-        ("Claims by outcome", c.CLAIMS),
-        ("Completions by outcome", c.COMPLETIONS),
-        ("Callback heartbeats by outcome", c.CALLBACK_HEARTBEATS),
-    ):
-        p = _panel("runner", title)
-        assert _exprs(p) == [q.rate_by(DEFAULT, metric, "$__rate_interval", (q.OUTCOME,), runner)]
-        assert p["fieldConfig"]["defaults"]["unit"] == "ops"
+    p = _panel("runner", "Wakes by outcome")
+    assert _exprs(p) == [q.rate_by(DEFAULT, c.WAKES, "$__rate_interval", (q.OUTCOME,), runner)]
+    assert p["fieldConfig"]["defaults"]["unit"] == "ops"
+    [requests] = _exprs(_panel("runner", "HTTP requests by status (OTLP)"))
+    assert c.HTTP_CLIENT_DURATION.prom_name in requests and "histogram_count" in requests
     [fenced] = [a for a in alerts(DEFAULT) if a.name == "PullWakeCompletionsFenced"]
-    assert _exprs(_panel("fleet", "Runners with refused completions")) == [fenced.expr]
-    assert 'outcome=~"fenced|rejected"' in fenced.expr
+    assert _exprs(_panel("fleet", "Runners losing claims")) == [fenced.expr]
+    assert f'{c.WAKES.prom_name}{{outcome="fenced"}}' in fenced.expr

@@ -48,7 +48,7 @@ CRITICAL = "PullWakeStreamConnectedWhileHeartbeatsFailing"
 LYING_PANEL = "Stream connected while heartbeats fail"
 SERVER_SIDE = "PullWakeServerSeesNoStream"
 SERVER_PANEL = "Runners the server sees no stream for"
-FAULT_PANELS = ("Heartbeat failure rate by error type", "Backoff waits p50 / p99")
+FAULT_PANELS = ("Heartbeat failure rate by error type",)
 TRUTHFUL = ("PullWakeRunnerNotStreaming", "PullWakeHeartbeatsFailing")
 OTEL_ON = {"OTEL_SDK_DISABLED": "false"}
 

@@ -37,17 +37,17 @@ EMPTY_WHEN_HEALTHY = {
     "Stream connected while heartbeats fail",  # the seed's case only
     "Runners the server sees no stream for",  # the server-side mismatch only
     "Heartbeat failure rate by error type",  # no heartbeat fails
-    "Backoff waits p50 / p99",  # only after a failure reconnect
+    "HTTP request duration p50 / p99 (OTLP)",  # OTLP only: not on the scraped /metrics
+    "HTTP requests by status (OTLP)",  # OTLP only
     "Runners burning their error budget fast",  # only runners over their error budget
     "Claim lease expiries",  # only when a claim is never completed
-    "Callback heartbeats by outcome",  # only while a handler runs past a heartbeat interval
-    "Runners with refused completions",  # only runners whose claims were lost
+    "Runners losing claims",  # only runners whose claims were lost
 }
 # ...of which these list exactly the faulty runners: asserted empty on a healthy one.
 EXACTLY_THE_FAULTY = {
     "Stream connected while heartbeats fail",
     "Runners the server sees no stream for",
-    "Runners with refused completions",
+    "Runners losing claims",
 }
 
 

@@ -96,7 +96,7 @@ class RecordedPoint:
     resource: dict[str, Any]
     attributes: dict[str, Any]
     time_ns: int
-    value: float  # gauge/sum value, histogram count
+    value: float  # gauge/sum value, histogram count (explicit or exponential)
     exemplar_trace_ids: tuple[bytes, ...]
 
 
@@ -189,7 +189,7 @@ def _points(m: Metric, res: dict[str, Any]) -> Iterator[RecordedPoint]:
     kind = m.WhichOneof("data")
     data = getattr(m, kind)
     for dp in data.data_points:
-        if kind == "histogram":
+        if kind in ("histogram", "exponential_histogram"):
             value = float(dp.count)
         else:
             value = float(dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int)
