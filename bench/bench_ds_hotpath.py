@@ -62,6 +62,59 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def idle(base: str, pid: int, readers: int, hold: float) -> str:
+    """`readers` idle SSE readers, one per stream: server RSS and CPU while they wait."""
+    conn = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+    rss0 = rss_mib(pid)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as http:
+        sem = asyncio.Semaphore(64)
+
+        async def create(i: int) -> None:
+            async with (
+                sem,
+                http.put(
+                    f"{base}/v1/stream/bench/idle{i}", headers={"content-type": "application/json"}
+                ) as r,
+            ):
+                assert r.status in (200, 201)
+
+        await asyncio.gather(*(create(i) for i in range(readers)))
+        connected = 0
+
+        async def reader(i: int) -> None:
+            nonlocal connected
+            async with sem:
+                resp = await http.get(f"{base}/v1/stream/bench/idle{i}?offset=now&live=sse")
+            assert resp.status == 200
+            connected += 1
+            async for _ in resp.content:
+                pass
+
+        tasks = [asyncio.create_task(reader(i)) for i in range(readers)]
+        deadline = time.monotonic() + 120
+        while connected < readers and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        await asyncio.sleep(hold)
+        cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0) * 100
+        rss = rss_mib(pid)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return (
+        f"idle: {connected}/{readers} SSE readers open: server RSS {rss:.0f} MiB "
+        f"(before them {rss0:.0f} MiB), CPU {cpu:.1f} % over {hold:.0f} s"
+    )
+
+
 def pct(xs: list[float], p: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(len(s) * p / 100))] if s else float("nan")
@@ -231,6 +284,8 @@ async def main() -> None:
     ap.add_argument("--profile", metavar="FILE")
     ap.add_argument("--pythonpath", default="", help="extra PYTHONPATH for the server")
     ap.add_argument("--skip", choices=["appends", "fanout"], default=None)
+    ap.add_argument("--idle", type=int, default=0, help="then N idle SSE readers: RSS, CPU")
+    ap.add_argument("--hold", type=float, default=10.0, help="s to watch the idle readers")
     a = ap.parse_args()
     if a.quick:
         a.seconds, a.rounds = 4.0, 2
@@ -255,6 +310,8 @@ async def main() -> None:
             for line in await fanout(base, a.readers, a.writers, a.rounds):
                 print(line, flush=True)
             print(f"fan-out: server CPU {cpu_seconds(proc.pid) - cpu0:.2f} s in all", flush=True)
+        if a.idle:
+            print(await idle(base, proc.pid, a.idle, a.hold), flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
