@@ -92,7 +92,10 @@ def test_otlp_promotes_who_sent_each_series() -> None:
     promoted = compose_prometheus()["otlp"]["promote_resource_attributes"]
     assert {"service.name", "service.instance.id", "deployment.environment.name"} <= set(promoted)
     assert "deployment.environment" not in promoted  # the deprecated name
-    assert len(promoted) == len(set(promoted))
+    # Prometheus 3.14 refuses (config/config.go, OTLPConfig.UnmarshalYAML): empty or
+    # duplicated names, and a list next to promote_all_resource_attributes.
+    assert all(a.strip() for a in promoted) and len(promoted) == len(set(promoted))
+    assert not compose_prometheus()["otlp"].get("promote_all_resource_attributes")
 
 
 @pytest.mark.prometheus
