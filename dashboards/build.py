@@ -14,7 +14,17 @@ from typing import Any
 import yaml
 from grafana_foundation_sdk.builders import dashboard as db
 
-from pullwake.dashboards import fleet, provisioning, rules, ruletests, runner, server, slotests
+from pullwake.dashboards import (
+    fleet,
+    provisioning,
+    recording,
+    recordingtests,
+    rules,
+    ruletests,
+    runner,
+    server,
+    slotests,
+)
 from pullwake.dashboards.alertmanager import alertmanager_config
 from pullwake.dashboards.config import Config
 from pullwake.dashboards.panels import render
@@ -51,8 +61,10 @@ def generate(config: Config) -> dict[str, str]:
     )
     for name, content in rules.rule_files(config).items():
         files[f"prometheus/rules/{name}"] = to_yaml(content)
+    files[f"prometheus/rules/{recording.FILE}"] = to_yaml(recording.rule_file(config))
     files["prometheus/tests/pullwake-alerts.test.yml"] = to_yaml(ruletests.test_file(config))
     files["prometheus/tests/pullwake-slo.test.yml"] = to_yaml(slotests.test_file(config))
+    files["prometheus/tests/pullwake-fleet.test.yml"] = to_yaml(recordingtests.test_file(config))
     files["alertmanager/alertmanager.yml"] = to_yaml(alertmanager_config(config))
     return files
 

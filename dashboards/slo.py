@@ -16,6 +16,10 @@ runner-minute whichever runner it belongs to.
 
 Recording rules follow `level:metric:operation`, one per window the alerts
 read; the fleet level is spelt `fleet` (no label survives the aggregation).
+The raw gauge is read once per window and runner, into two disjoint counts
+(not streaming, streaming); the running counts, the ratios and the whole
+fleet level add those recorded counts up, so a fleet of 10,000 runners pays
+for its raw samples once, not four times (bench/bench_fleet.py).
 The alerts follow the SRE workbook's multi-window, multi-burn-rate table,
 taken from `Config.slo.burn_windows`, plus one condition: the long window
 must hold `Config.slo.min_history` short windows' worth of running samples,
@@ -59,7 +63,7 @@ def _by(level: Level) -> str:
 
 
 def samples(config: Config, states: tuple[RunnerState, ...], window: str, level: Level) -> str:
-    """How many scrapes within `window` found the runner(s) in one of `states`."""
+    """How many scrapes within `window` found the runner(s) in one of `states` (raw)."""
     sel = q.series(config, c.RUNNER_STATE, f'{q.STATE}=~"{_states(states)}"')
     return f"{_by(level)}(sum_over_time({sel}[{window}]))"
 
@@ -67,10 +71,10 @@ def samples(config: Config, states: tuple[RunnerState, ...], window: str, level:
 def error_ratio(config: Config, window: str, level: Level) -> str:
     """Share of running samples not streaming; no series where nothing was running.
 
-    The denominator is the recorded running-sample count of the same window
-    (recorded first in the same group, so it is this evaluation's).
+    Reads the recorded per-runner counts of the same window (recorded first in
+    the same group, so they are this evaluation's); the fleet sums them.
     """
-    bad = samples(config, BAD, window, level)
+    bad = _recorded_sum(_count_name(BAD_KIND, window), level)
     return f"{bad} / ({running_name(level, window)} > 0)"
 
 
@@ -88,9 +92,36 @@ def running_name(level: Level, window: str) -> str:
     return f"{_level(level)}:{c.RUNNER_STATE.prom_name}:running_samples{window}"
 
 
+# The raw state gauge is read once per window and runner, for two disjoint counts
+# (not streaming, streaming); everything else adds recorded counts up.  At fleet scale
+# reading the raw samples is the whole cost (runners x states x window / scrape).
+BAD_KIND: Final = "bad"
+GOOD_KIND: Final = "good"
+_KIND_STATES: Final = {BAD_KIND: BAD, GOOD_KIND: GOOD}
+
+
+def _count_name(kind: str, window: str) -> str:
+    """Per-runner count of `kind` samples (not streaming / streaming) within `window`."""
+    return f"{q.RUNNER}:{c.RUNNER_STATE.prom_name}:{kind}_samples{window}"
+
+
+def _recorded_sum(name: str, level: Level) -> str:
+    return name if level == "runner" else f"sum({name})"
+
+
+def running(config: Config, window: str, level: Level) -> str:
+    """Running samples: the runner's bad + good counts (either may be absent), or their sum."""
+    both = "|".join(_count_name(k, window) for k in _KIND_STATES)
+    per_runner = f'sum by ({q.RUNNER}) ({{__name__=~"{both}"}})'
+    return per_runner if level == "runner" else f"sum({running_name('runner', window)})"
+
+
 def recording_names(config: Config) -> dict[str, str]:
     """`<kind>_<level>_<window>` -> recorded series, e.g. "ratio_fleet_1h"."""
     out = {}
+    for w in config.slo.windows:
+        for kind in _KIND_STATES:
+            out[f"{kind}_runner_{w}"] = _count_name(kind, w)
     for level in LEVELS:
         for w in config.slo.windows:
             out[f"running_{level}_{w}"] = running_name(level, w)
@@ -99,18 +130,24 @@ def recording_names(config: Config) -> dict[str, str]:
 
 
 def recording_rules(config: Config) -> list[dict[str, Any]]:
-    """Counts first, then the ratios that divide by them."""
+    """Raw counts per runner first, then running counts, then the ratios dividing by them."""
+    windows = config.slo.windows
+    raw = [
+        {"record": _count_name(kind, w), "expr": samples(config, states, w, "runner")}
+        for w in windows
+        for kind, states in _KIND_STATES.items()
+    ]
     counts = [
-        {"record": running_name(level, w), "expr": samples(config, ELIGIBLE, w, level)}
+        {"record": running_name(level, w), "expr": running(config, w, level)}
         for level in LEVELS
-        for w in config.slo.windows
+        for w in windows
     ]
     ratios = [
         {"record": record_name(level, w), "expr": error_ratio(config, w, level)}
         for level in LEVELS
-        for w in config.slo.windows
+        for w in windows
     ]
-    return counts + ratios
+    return raw + counts + ratios
 
 
 def threshold(config: Config, factor: float) -> str:

@@ -79,10 +79,17 @@ def test_one_recording_rule_per_window_and_level() -> None:
         for w in DEFAULT.slo.windows:
             assert f"{level}:{RS}:error_ratio{w}" in records
             assert f"{level}:{RS}:running_samples{w}" in records
-    assert len(records) == len(set(records)) == 4 * len(DEFAULT.slo.windows)
-    # Counts come before the ratios that divide by them (same group, same evaluation).
-    first_ratio = next(i for i, r in enumerate(records) if ":error_ratio" in r)
-    assert all(":running_samples" in r for r in records[:first_ratio])
+        # The raw gauge is read once per runner and window, into two disjoint counts.
+        assert f"runner_id:{RS}:bad_samples{w}" in records
+        assert f"runner_id:{RS}:good_samples{w}" in records
+    assert len(records) == len(set(records)) == 6 * len(DEFAULT.slo.windows)
+    # Counts come before the rules that add them up or divide by them (same group, same
+    # evaluation): raw counts, then running counts, then ratios.
+    kinds = [r.split(":")[2].rstrip("0123456789mhd") for r in records]
+    order = {"bad_samples": 0, "good_samples": 0, "running_samples": 1, "error_ratio": 2}
+    assert [order[k] for k in kinds] == sorted(order[k] for k in kinds)
+    raw = [r["expr"] for r in slo.recording_rules(DEFAULT) if "sum_over_time" in r["expr"]]
+    assert len(raw) == 2 * len(DEFAULT.slo.windows)
 
 
 def test_burn_alert_labels_and_expression() -> None:
@@ -240,6 +247,7 @@ def test_promtool_runs_the_slo_cases() -> None:
 
 
 BAD_SELECTOR = 'running\\\\.connecting|running\\\\.reconnecting"'
+GOOD_SELECTOR = 'state=~"running\\\\.streaming"'
 MIN_HISTORY = (
     f" and on (runner_id) runner_id:{RS}:running_samples1h >= 2 * runner_id:{RS}:running_samples5m"
 )
@@ -256,7 +264,7 @@ SHORT_WINDOW = f" and on (runner_id) runner_id:{RS}:error_ratio5m > 14.4 * (1 - 
         # A page on the long window alone keeps paging after the outage ended.
         (SHORT_WINDOW, "", "full outage"),
         # Streaming samples left out of the running count: every recorded value moves.
-        ('|running\\\\.streaming"', '"', "SSE rotation every 60s, reconnected in 0.25s"),
+        (GOOD_SELECTOR, 'state=~"none"', "SSE rotation every 60s, reconnected in 0.25s"),
     ],
     ids=["stopping-counts", "no-min-history", "no-short-window", "streaming-not-counted"],
 )
