@@ -1,8 +1,14 @@
 """Durable Streams storage: any stream path, any content type, on SQLite.
 
-One connection, one writer thread (`DSStore` runs every core call there, in
-submission order), WAL with `synchronous=FULL`: when an awaited write returns,
-its transaction is on disk, so an acknowledged append survives `kill -9`.
+Writes: one connection, one writer thread (`groupcommit.Writer`: every write
+call in submission order), WAL with `synchronous=FULL`.  Concurrent calls share
+one transaction and one flush (group commit); when an awaited write returns, its
+transaction is on disk, so an acknowledged append survives `kill -9`.
+
+Reads never wait for the writer: metadata comes from memory (committed state
+only), a live reader at the tail gets new messages handed over by the writer
+(`livecache`), and catch-up reads use read-only connections of their own (WAL:
+they see the last commit, never a write in progress).
 
 Paths are DS-relative (`runners/r1/wake`; a leading slash is dropped).  Offsets follow
 the reference server: `<16 digits>_<16 digits>`, the first part always 0, the
@@ -23,7 +29,6 @@ needs is here: TTL/expiry (lazy, as upstream), closure, idempotent producers,
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import contextvars
 import copy
@@ -32,7 +37,6 @@ import email.utils
 import functools
 import json
 import logging
-import queue
 import re
 import sqlite3
 import threading
@@ -42,6 +46,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+
+from pullwake.server.ds.groupcommit import (
+    PHASE,
+    Job,
+    Phase,
+    Settle,
+    Writer,
+    resolve,
+    resolve_after,
+)
+from pullwake.server.ds.livecache import Recent
 
 log = logging.getLogger("pullwake.server.ds.store")
 
@@ -248,7 +263,7 @@ class _Effects:
     closed: set[str] = field(default_factory=set)
     deleted: set[str] = field(default_factory=set)
     # (path, incarnation, message) of every message written: the writer hands them to
-    # the live readers' caches (`_Recent`) after the commit
+    # the live readers' caches (`Recent`) after the commit
     written: list[tuple[str, int, Message]] = field(default_factory=list)
 
     def merge(self, other: _Effects) -> None:
@@ -259,57 +274,6 @@ class _Effects:
 
     def paths(self) -> set[str]:
         return {a.path for a in self.appended} | self.closed | self.deleted
-
-
-RECENT_MAX_MESSAGES = 64  # per followed path
-RECENT_MAX_BYTES = 256 * 1024
-
-
-class _Recent:
-    """The newest committed messages of a path that live readers follow.
-
-    The writer appends to it right after each commit (under `StoreCore.lock`, with
-    the metadata), so a reader waiting at the tail gets new data from memory instead
-    of querying SQLite.  It covers every message after `start` of `incarnation`;
-    older offsets (or an evicted range) are read from SQLite as before.
-    """
-
-    __slots__ = ("followers", "incarnation", "msgs", "size", "start")
-
-    def __init__(self, meta: StreamMeta | None) -> None:
-        self.followers = 0
-        self.msgs: collections.deque[Message] = collections.deque()
-        self.size = 0
-        self.incarnation = -1
-        self.start = 0
-        self.reset(meta)
-
-    def reset(self, meta: StreamMeta | None) -> None:
-        self.msgs.clear()
-        self.size = 0
-        self.incarnation = -1 if meta is None else meta.incarnation
-        self.start = 0 if meta is None else meta.tail
-
-    def end(self) -> int:
-        return self.msgs[-1].end if self.msgs else self.start
-
-    def add(self, msg: Message) -> None:
-        if msg.end <= self.end():
-            return
-        self.msgs.append(msg)
-        self.size += len(msg.data)
-        while len(self.msgs) > 1 and (
-            len(self.msgs) > RECENT_MAX_MESSAGES or self.size > RECENT_MAX_BYTES
-        ):
-            old = self.msgs.popleft()
-            self.size -= len(old.data)
-            self.start = old.end
-
-    def after(self, meta: StreamMeta, pos: int) -> list[Message] | None:
-        """Messages after `pos` up to the tail, or None if this cache cannot tell."""
-        if meta.incarnation != self.incarnation or pos < self.start or self.end() != meta.tail:
-            return None
-        return [m for m in self.msgs if m.end > pos]
 
 
 # --- JSON processing -----------------------------------------------------------------
@@ -411,7 +375,7 @@ class StoreCore:
         self.metas: dict[str, StreamMeta] = {}
         for path, raw in self.db.execute("SELECT path, meta FROM ds_streams"):
             self.metas[str(path)] = StreamMeta(**json.loads(raw))
-        self.recent: dict[str, _Recent] = {}  # paths live readers follow
+        self.recent: dict[str, Recent] = {}  # paths live readers follow
         self._dirty: dict[str, StreamMeta | None] | None = None  # the open tx
         self._batch: dict[str, StreamMeta | None] | None = None  # released txs of the batch
         self._effects = _Effects()
@@ -897,7 +861,7 @@ class StoreCore:
         with self.lock:
             rec = self.recent.get(path)
             if rec is None:
-                rec = self.recent[path] = _Recent(self.metas.get(path))
+                rec = self.recent[path] = Recent(self.metas.get(path))
             rec.followers += 1
 
     def unfollow(self, path: str) -> None:
@@ -992,76 +956,6 @@ async def wait_future(fut: asyncio.Future[None], timeout: float) -> bool:
         fut.remove_done_callback(done)
 
 
-MAX_BATCH = 512  # calls sharing one commit at most
-
-
-class _Job:
-    """One queued `DSStore.call`: filled in by the writer, handed back after the commit."""
-
-    __slots__ = ("args", "effects", "exc", "fn", "future", "kwargs", "listening", "loop", "result")
-
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.fn, self.args, self.kwargs, self.loop = fn, args, kwargs, loop
-        self.future: asyncio.Future[None] = loop.create_future()
-        self.result: Any = None
-        self.exc: BaseException | None = None
-        self.effects = _Effects()
-        self.listening: asyncio.Task[None] | None = None  # listeners started before the commit
-
-
-class _Phase:
-    """A batch's pre-commit listener phase: the listeners of its appends run on the loop
-    while the batch's transaction is still open, so the writes they make at once (a
-    subscription's wake event) join the same commit.  `open` counts listener tasks not
-    yet settled (finished, or queued their first write); the writer waits for zero."""
-
-    def __init__(self, tails: dict[str, str]) -> None:
-        self.tails = tails  # path -> its tail once this batch commits
-        self.open = 0
-        self.done = threading.Event()
-
-    def settle(self) -> None:
-        self.open -= 1
-        if self.open <= 0:
-            self.done.set()
-
-
-class _Settle:
-    """One listener task's mark in its context: settles the phase once."""
-
-    __slots__ = ("phase", "settled")
-
-    def __init__(self, phase: _Phase) -> None:
-        self.phase = phase
-        self.settled = False
-
-    def settle(self) -> None:
-        if not self.settled:
-            self.settled = True
-            self.phase.settle()
-
-
-_PHASE: contextvars.ContextVar[_Settle | None] = contextvars.ContextVar(
-    "pullwake_ds_precommit", default=None
-)
-PRECOMMIT_WAIT = 0.01  # s the writer holds a batch open for its listeners' writes
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-def _resolve_after(fut: asyncio.Future[None], _task: asyncio.Task[None]) -> None:
-    _resolve(fut)
-
-
 def _is_memory(db_path: str) -> bool:
     return db_path == ":memory:" or db_path.startswith("file::memory") or "mode=memory" in db_path
 
@@ -1092,13 +986,10 @@ class DSStore:
         self._listeners: list[AppendListener] = []
         self._delete_listeners: list[DeleteListener] = []
         self._closed = False
-        self.commits = 0  # group commits done (tests and benchmarks look)
-        self.committed_calls = 0  # calls they carried
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._writer = threading.Thread(
-            target=self._write_loop, name="pullwake-ds-writer", daemon=True
+        self._early: Callable[[str], bool] | None = None
+        self._writer = Writer(
+            self.core, deliver=self._deliver, early=self._wants_precommit, precommit=self._precommit
         )
-        self._writer.start()
         self._readers: ThreadPoolExecutor | None = None
         if not _is_memory(db_path):
             self._readers = ThreadPoolExecutor(
@@ -1106,91 +997,18 @@ class DSStore:
             )
         self._local = threading.local()
         self._read_dbs: list[sqlite3.Connection] = []
-        self._early: Callable[[str], bool] | None = None
 
-    # --- the writer -------------------------------------------------------------------
-    def _write_loop(self) -> None:
-        q = self._queue
-        while True:
-            first = q.get()
-            if first is None:
-                return
-            jobs = [first]
-            if not self._drain(jobs) or not self._run_batch(jobs):
-                self._flush_stop()
-                return
+    @property
+    def commits(self) -> int:
+        """Group commits done so far (tests and benchmarks look)."""
+        return self._writer.commits
 
-    def _drain(self, jobs: list[_Job]) -> bool:
-        """Add what is queued (up to MAX_BATCH); False if the stop mark was met."""
-        while len(jobs) < MAX_BATCH:
-            try:
-                nxt = self._queue.get_nowait()
-            except queue.Empty:
-                return True
-            if nxt is None:
-                return False
-            jobs.append(nxt)
-        return True
+    @property
+    def committed_calls(self) -> int:
+        """Calls those commits carried."""
+        return self._writer.committed_calls
 
-    def _flush_stop(self) -> None:
-        """Closing: whatever is still queued is failed, never left waiting."""
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                job.exc = RuntimeError("the store is closed")
-                self._hand_over([job])
-
-    def _run_batch(self, jobs: list[_Job]) -> bool:
-        """Run `jobs` in one transaction and commit once; False if the stop mark was
-        drained meanwhile (the batch still completes)."""
-        core = self.core
-        try:
-            core.begin_batch()
-        except BaseException as exc:
-            log.exception("could not begin a write batch")
-            for job in jobs:
-                job.exc = exc
-            self._hand_over(jobs)
-            return True
-        written: list[tuple[str, int, Message]] = []
-        self._run_jobs(jobs, written)
-        going = True
-        early = [j for j in jobs if self._wants_precommit(j.effects)]
-        if early:
-            tails = {a.path: a.tail for j in early for a in j.effects.appended}
-            phase = _Phase(tails)
-            try:
-                early[0].loop.call_soon_threadsafe(self._precommit, phase, early)
-            except RuntimeError:
-                phase.done.set()
-            phase.done.wait(PRECOMMIT_WAIT)
-            more: list[_Job] = []
-            going = self._drain(more)
-            self._run_jobs(more, written)
-            jobs.extend(more)
-        try:
-            core.commit_batch(written)
-        except BaseException as exc:
-            log.exception("a write batch failed to commit")
-            for job in jobs:
-                job.result, job.exc, job.effects = None, exc, _Effects()
-        self.commits += 1
-        self.committed_calls += len(jobs)
-        self._hand_over(jobs)
-        return going
-
-    def _run_jobs(self, jobs: list[_Job], written: list[tuple[str, int, Message]]) -> None:
-        core = self.core
-        for job in jobs:
-            try:
-                job.result = job.fn(core, *job.args, **job.kwargs)
-            except BaseException as exc:
-                job.exc = exc
-            job.effects = core.take_effects()
-            written.extend(job.effects.written)
+    # --- the writer's hooks (groupcommit.Writer) ----------------------------------------
 
     def _wants_precommit(self, eff: _Effects) -> bool:
         """Appends some early listener cares about (writer thread: a quick look only)."""
@@ -1201,16 +1019,16 @@ class DSStore:
             return False
         return any(want(a.path) for a in eff.appended)
 
-    def _precommit(self, phase: _Phase, jobs: list[_Job]) -> None:
+    def _precommit(self, phase: Phase, jobs: list[Job]) -> None:
         """On the loop, transaction still open: start the listeners of `jobs`, each in a
         task whose context marks the phase (their first store call settles it, and
         `tail()` shows them the batch's tails)."""
         loop = asyncio.get_running_loop()
         for job in jobs:
-            settle = _Settle(phase)
+            settle = Settle(phase)
             phase.open += 1
             ctx = contextvars.copy_context()
-            ctx.run(_PHASE.set, settle)
+            ctx.run(PHASE.set, settle)
             pending = ctx.run(self._listen, job.effects)
             job.listening = loop.create_task(self._run_listeners(pending, settle), context=ctx)
             _RUNNING.add(job.listening)
@@ -1219,7 +1037,7 @@ class DSStore:
             phase.done.set()
 
     async def _run_listeners(
-        self, pending: list[tuple[Awaitable[None], str]], settle: _Settle | None = None
+        self, pending: list[tuple[Awaitable[None], str]], settle: Settle | None = None
     ) -> None:
         try:
             for aw, path in pending:
@@ -1231,15 +1049,7 @@ class DSStore:
             if settle is not None:
                 settle.settle()
 
-    def _hand_over(self, jobs: list[_Job]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
-        for job in jobs:
-            by_loop.setdefault(job.loop, []).append(job)
-        for loop, group in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                loop.call_soon_threadsafe(self._deliver, group)
-
-    def _deliver(self, jobs: list[_Job]) -> None:
+    def _deliver(self, jobs: list[Job]) -> None:
         """On the loop, after a commit: wake the live readers, call the listeners, resume
         the callers.  The listeners run even if a caller was cancelled meanwhile (a
         client gone): a committed append always wakes its readers and announces its
@@ -1258,9 +1068,9 @@ class DSStore:
                     _RUNNING.add(task)
                     task.add_done_callback(_RUNNING.discard)
             if task is None:
-                _resolve(job.future)
+                resolve(job.future)
             else:
-                task.add_done_callback(functools.partial(_resolve_after, job.future))
+                task.add_done_callback(functools.partial(resolve_after, job.future))
 
     def _listen(self, eff: _Effects) -> list[tuple[Awaitable[None], str]]:
         """Call the listeners of `eff`; returns the awaitables they gave back (in order)."""
@@ -1300,9 +1110,9 @@ class DSStore:
         """
         if self._closed:
             raise RuntimeError("the store is closed")
-        job = _Job(fn, args, kwargs, asyncio.get_running_loop())
-        self._queue.put(job)
-        settle = _PHASE.get()
+        job = Job(fn, args, kwargs, asyncio.get_running_loop(), _Effects())
+        self._writer.submit(job)
+        settle = PHASE.get()
         if settle is not None:  # a pre-commit listener: this write joins the open batch
             settle.settle()
         await job.future
@@ -1340,7 +1150,7 @@ class DSStore:
         with self.core.lock:
             m = self.core.metas.get(path)
             tail = None if m is None or m.soft_deleted else m.offset
-        settle = _PHASE.get()
+        settle = PHASE.get()
         if settle is not None and tail is not None:
             early = settle.phase.tails.get(path)
             if early is not None and early > tail:
@@ -1449,8 +1259,7 @@ class DSStore:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
-        self._writer.join()
+        self._writer.stop()
         if self._readers is not None:
             self._readers.shutdown(wait=True)
         for db in self._read_dbs:
