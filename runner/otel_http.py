@@ -18,9 +18,9 @@ status ERROR from 400 on or on an exception.  The span ends and the duration
 is measured at the response headers: a stream's span is its connect, the
 session span covers its life.
 
-A request cancelled by the deadline it runs under is a timeout when the caller
-passes its `asyncio.timeout` as `trace_request_ctx` (`runner.api` does);
-any other cancellation (a stop) ends the span without a measurement.
+A request cancelled by a deadline (an `asyncio.timeout` around it, which
+absorbs the cancel) is a `TimeoutError`; any other cancellation (a stop, a
+reconnect) ends the span without a measurement (`pullwake.cancelled`).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ _MAX_ATTR_SETS: Final = 256  # cached metric attribute sets (statuses x errors: 
 
 # (method, address, port, status, error.type) -> metric attributes, catalog-checked
 _Key = tuple[str, str, int, int | None, str | None]
+_Ended = tuple[float, int]  # (perf_counter, unix ns) when the request ended
 
 
 class HttpClientTelemetry:
@@ -136,26 +137,56 @@ class HttpClientTelemetry:
         self._finish(req, status, error)
 
     def failed(self, req: _Request, exc: BaseException, deadline: object = None) -> None:
-        """No answer: the exception's class is the error (a cancel past its deadline a timeout)."""
+        """No answer: the exception's class is the error.
+
+        A cancellation is decided once the cancel has run its course: absorbed by an
+        `asyncio.timeout` around the request (the task goes on: a timeout, whichever
+        of the nested deadlines fired) or not (a stop: no outcome).  A `deadline`
+        hint (`trace_request_ctx`) that has expired settles it at once.
+        """
+        ended = (time.perf_counter(), time.time_ns())
+        if not isinstance(exc, asyncio.CancelledError):
+            self._failed(req, exc, ended)
+        elif isinstance(deadline, asyncio.Timeout) and deadline.expired():
+            self._failed(req, TimeoutError("the request's deadline passed"), ended)
+        else:
+            task = asyncio.current_task()
+            if task is None:
+                self._cancelled(req, ended)
+            else:  # after this task step: the cancel has reached whatever absorbs it
+                task.get_loop().call_soon(self._settle_cancel, req, task, ended)
+
+    def _settle_cancel(self, req: _Request, task: asyncio.Task[object], ended: _Ended) -> None:
+        try:
+            stopped = task.cancelled() if task.done() else task.cancelling() > 0
+            if stopped:
+                self._cancelled(req, ended)
+            else:
+                self._failed(req, TimeoutError("the request was cancelled by a deadline"), ended)
+        except Exception:  # telemetry never hurts the runner
+            log.warning("HTTP client span not ended", exc_info=True)
+
+    def _cancelled(self, req: _Request, ended: _Ended) -> None:
+        req.span.set_attribute("pullwake.cancelled", True)  # a stop: not an outcome
+        req.span.end(end_time=ended[1])
+
+    def _failed(self, req: _Request, exc: BaseException, ended: _Ended) -> None:
         span = req.span
-        if isinstance(exc, asyncio.CancelledError):
-            if not (isinstance(deadline, asyncio.Timeout) and deadline.expired()):
-                span.set_attribute("pullwake.cancelled", True)  # a stop: not an outcome
-                span.end()
-                return
-            exc = TimeoutError("the request's deadline passed")
         error = hs.exception_type(exc)
         span.set_attribute(hs.ERROR_TYPE, error)
         span.record_exception(exc)
         span.set_status(Status(StatusCode.ERROR, f"{error}: {exc}"[:200]))
-        self._finish(req, None, error)
+        self._finish(req, None, error, ended)
 
-    def _finish(self, req: _Request, status: int | None, error: str | None) -> None:
-        duration = time.perf_counter() - req.started
+    def _finish(
+        self, req: _Request, status: int | None, error: str | None, ended: _Ended | None = None
+    ) -> None:
+        ended = ended or (time.perf_counter(), time.time_ns())
         method, address, port = req.key
         attrs = self._attributes((method, address, port, status, error))
-        self._histogram.record(duration, attrs, context=trace.set_span_in_context(req.span))
-        req.span.end()
+        ctx = trace.set_span_in_context(req.span)
+        self._histogram.record(ended[0] - req.started, attrs, context=ctx)
+        req.span.end(end_time=ended[1])
 
     # --- aiohttp ---
     def trace_config(self) -> aiohttp.TraceConfig:

@@ -265,18 +265,68 @@ async def test_a_request_past_its_deadline_is_a_timeout_a_stopped_one_is_no_outc
         (timed_out,) = rig.clients()
         assert attrs(timed_out)["error.type"] == "TimeoutError"
         assert timed_out.status.status_code is StatusCode.ERROR
+        # an outer deadline (the heartbeat loop's) firing first is a timeout too
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await api.claim({"subscription_id": "s0"})  # its own deadline: 10 s
+        # (settled once the cancel has run its course: after this task step)
+        outer = await until(lambda: [s for s in rig.clients() if s is not timed_out])
+        assert [attrs(s).get("error.type") for s in outer] == ["TimeoutError"]
 
         stopped = asyncio.create_task(api.claim({"subscription_id": "s1"}))
-        await until(lambda: len(arrived) == 2, what="the claim at the server")
+        await until(lambda: len(arrived) == 3, what="the claim at the server")
         stopped.cancel()
         with pytest.raises(asyncio.CancelledError):
             await stopped
-    cancelled = [s for s in rig.clients() if s is not timed_out and s.name == "POST"]
+    cancelled = [s for s in rig.clients() if attrs(s).get("pullwake.cancelled")]
     assert len(cancelled) == 1
     assert attrs(cancelled[0])["pullwake.cancelled"] is True
     assert cancelled[0].status.status_code is StatusCode.UNSET
-    ((a, count),) = rig.points()  # only the timeout was measured
-    assert count == 1 and a["error.type"] == "TimeoutError"
+    ((a, count),) = rig.points()  # only the timeouts were measured
+    assert count == 2 and a["error.type"] == "TimeoutError"
+
+
+async def test_a_hung_heartbeat_is_a_timeout_whichever_deadline_fires(rig: Rig) -> None:
+    """The heartbeat loop's own deadline (around register + request) fires before the
+    request's: the cancel it absorbs still makes the request a TimeoutError."""
+    fake = FakeServer(one_wake_then_keepalives)
+    fake.hang_heartbeats = True
+    app_runner, base = await fake.start()
+    r = Runner(
+        server=base,
+        runner_id="r1",
+        observer=rig.obs,
+        heartbeat_interval=0.2,
+        heartbeat_timeout=0.3,
+        backoff_max=0.2,
+    )
+    r.trace_configs.append(rig.obs.trace_config())
+    task = asyncio.create_task(r.run())
+
+    def timed_out() -> list[ReadableSpan]:
+        return [
+            s
+            for s in rig.clients()
+            if attrs(s)["url.full"].endswith("/heartbeat")
+            and attrs(s).get("error.type") == "TimeoutError"
+        ]
+
+    try:
+        await until(lambda: len(timed_out()) >= 2, what="two timed-out heartbeat requests")
+    finally:
+        r.stop()
+        async with asyncio.timeout(10):
+            await task
+        await app_runner.cleanup()
+    hb_requests = [s for s in rig.clients() if attrs(s)["url.full"].endswith("/heartbeat")]
+    # at most the one the stop cancelled is no outcome; every other one timed out
+    assert len([s for s in hb_requests if attrs(s).get("pullwake.cancelled")]) <= 1
+    for s in timed_out():
+        assert s.status.status_code is StatusCode.ERROR
+        assert "http.response.status_code" not in attrs(s)
+        assert "pullwake.cancelled" not in attrs(s)
+    timeouts = [a for a, _ in rig.points() if a.get("error.type") == "TimeoutError"]
+    assert timeouts and all(a["http.request.method"] == "POST" for a in timeouts)
 
 
 async def test_traceparent_names_the_client_span_under_the_active_span(rig: Rig) -> None:
