@@ -95,7 +95,7 @@ def _callbacks(observed: bool) -> dict[str, object]:
     }
 
 
-def _scrape_counts(text: str) -> Counter[str]:
+def scrape_counts(text: str) -> Counter[str]:
     """Series per catalog metric (and `target_info`) in a Prometheus exposition."""
     names = {s: m.name for m in CATALOG for s in m.prom_series}
     out: Counter[str] = Counter()
@@ -125,7 +125,7 @@ def _otlp_counts(reader: InMemoryMetricReader) -> tuple[Counter[str], set[str]]:
     return points, exponential
 
 
-def _report(scrape: Mapping[str, int], otlp: Mapping[str, int]) -> str:
+def report_table(scrape: Mapping[str, int], otlp: Mapping[str, int]) -> str:
     rows = [f"{'metric':48} {'/metrics':>8} {'OTLP':>5} {'budget':>9}"]
     for m in RUNNER:
         b = m.budget or Budget(0, 0)
@@ -154,11 +154,11 @@ def test_every_label_value_realised_stays_within_budget(observed: bool) -> None:
                         ins.record(m, value, attrs)
                     else:
                         ins.add(m, 1, attrs)
-        scrape = _scrape_counts(t.prometheus_text().decode())
+        scrape = scrape_counts(t.prometheus_text().decode())
         otlp, exponential = _otlp_counts(otlp_reader)
     finally:
         t.shutdown(5)
-    report = _report(scrape, otlp)
+    report = report_table(scrape, otlp)
     print(report)  # the table, for the record (pytest -s)
     for m in RUNNER:
         b = m.budget
