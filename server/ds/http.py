@@ -94,6 +94,8 @@ PROXY_CORS = {
     "access-control-expose-headers": "*",
 }
 SECURITY = {"x-content-type-options": "nosniff", "cross-origin-resource-policy": "cross-origin"}
+_DS_COMMON = {**DS_CORS, **SECURITY}  # on every answer (unless the handler set one)
+_PROXY_COMMON = {**PROXY_CORS, **SECURITY}
 _TTL_RE = re.compile(r"^(0|[1-9]\d*)$")
 _INT_RE = re.compile(r"^\d+$")
 _CT_RE = re.compile(r"^[\w-]+/[\w-]+")
@@ -263,14 +265,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
     t = target_of(request)
     if ds.base_url is None:
         ds.subs.base_url = f"{request.scheme}://{request.host}"
-    common = dict(DS_CORS if t.ds_origin else PROXY_CORS)
-    common.update(SECURITY)
     resp = await _dispatch(ds, request, t)
     if resp.prepared:  # SSE: headers went out with the first bytes
         return resp
-    for k, v in common.items():
-        if k not in resp.headers:
-            resp.headers[k] = v
+    h = resp.headers
+    for k, v in (_DS_COMMON if t.ds_origin else _PROXY_COMMON).items():
+        if k not in h:
+            h[k] = v
     return resp
 
 

@@ -491,7 +491,7 @@ class StoreCore:
         if cur is None:
             raise not_found()
         if self._dirty.get(path) is not cur:
-            cur = dataclasses.replace(cur)
+            cur = copy.copy(cur)  # fields are replaced, never mutated in place
             self._dirty[path] = cur
         return cur
 

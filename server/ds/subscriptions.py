@@ -821,12 +821,13 @@ class SubscriptionManager:
             return False
         return bool(self._patterned) or normalize_path(path) in self._by_stream
 
-    async def _on_append(self, ev: Appended) -> None:
+    def _on_append(self, ev: Appended) -> Awaitable[None] | None:
+        """Sync when nothing is to do (the append hot path: no task, no coroutine)."""
         if ev.internal:
-            return  # our own wake events never wake anyone (as upstream)
+            return None  # our own wake events never wake anyone (as upstream)
         if self._started and not self._patterned and normalize_path(ev.path) not in self._by_stream:
-            return  # no subscription can care: spare the task (the append hot path)
-        await self.on_stream_append(ev.path)
+            return None  # no subscription can care
+        return self.on_stream_append(ev.path)
 
     @_whole
     async def on_stream_append(self, path: str) -> None:
