@@ -13,9 +13,8 @@ runner through real faults: tests/runner/test_series_budget_faults.py.
 from __future__ import annotations
 
 import itertools
-import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import pytest
 from opentelemetry.sdk.metrics.export import (
@@ -25,10 +24,11 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from pullwake.core import catalog as c
-from pullwake.core.catalog import CATALOG, RUNNER_ID, Budget, Component, Kind, Metric
+from pullwake.core.catalog import CATALOG, RUNNER_ID, Component, Kind, Metric
 from pullwake.core.instruments import Instruments, otlp_preferred_aggregation
 from pullwake.core.protocol import RunnerState, WakeOutcome
 from pullwake.core.telemetry import SERVICE_RUNNER, build_telemetry
+from tests.support.series import report_table, scrape_counts
 
 RUNNER = [m for m in CATALOG if m.component is Component.RUNNER]
 # What the runner's observable callbacks really report: every state, every wake step.
@@ -95,18 +95,6 @@ def _callbacks(observed: bool) -> dict[str, object]:
     }
 
 
-def scrape_counts(text: str) -> Counter[str]:
-    """Series per catalog metric (and `target_info`) in a Prometheus exposition."""
-    names = {s: m.name for m in CATALOG for s in m.prom_series}
-    out: Counter[str] = Counter()
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name = re.split(r"[{ ]", line, maxsplit=1)[0]
-        out[names.get(name, name)] += 1
-    return out
-
-
 def _otlp_counts(reader: InMemoryMetricReader) -> tuple[Counter[str], set[str]]:
     """Data points per metric (one series each in Prometheus), exponential histograms."""
     data = reader.get_metrics_data()
@@ -123,17 +111,6 @@ def _otlp_counts(reader: InMemoryMetricReader) -> tuple[Counter[str], set[str]]:
                     isinstance(p, HistogramDataPoint) for p in metric.data.data_points
                 ), (metric.name, "explicit buckets over OTLP")
     return points, exponential
-
-
-def report_table(scrape: Mapping[str, int], otlp: Mapping[str, int]) -> str:
-    rows = [f"{'metric':48} {'/metrics':>8} {'OTLP':>5} {'budget':>9}"]
-    for m in RUNNER:
-        b = m.budget or Budget(0, 0)
-        rows.append(
-            f"{m.name:48} {scrape.get(m.name, 0):>8} {otlp.get(m.name, 0):>5}"
-            f" {b.scrape:>4}/{b.otlp:<4}"
-        )
-    return "\n".join(rows)
 
 
 @pytest.mark.parametrize("observed", [False, True], ids=["exported-values", "runner-observes-all"])

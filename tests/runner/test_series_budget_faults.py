@@ -26,11 +26,11 @@ import pytest
 from pullwake.core import catalog as c
 from pullwake.core.catalog import CATALOG, Component
 from pullwake.tools.faultproxy import ThreadedFaultProxy
-from tests.core.test_series_budget import report_table, scrape_counts
 from tests.runner.harness import Handled, publish, start_runner, wait_state, wait_streaming
 from tests.support.fakeserver import FakeServer, answering
 from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.procs import RunnerProcess, ServerProcess, http_json, running, wait_until
+from tests.support.series import report_table, scrape_counts
 
 pytestmark = pytest.mark.slow
 
