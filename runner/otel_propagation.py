@@ -1,9 +1,9 @@
-"""W3C `traceparent` on the runner's HTTP requests.
+"""W3C `traceparent` on HTTP requests, without a span of their own.
 
-Split from `runner.otel`: the one piece that touches aiohttp.  The header
-carries the active span (a heartbeat, a wake's claim/complete step), else the
-current stream session's span - so the stream GET itself continues the
-session's trace on the server.
+The runner's sessions use `runner.otel_http` (a CLIENT span per request, which
+its `traceparent` names); this bare injection stays for sessions built
+elsewhere.  The header carries the active span (a heartbeat, a wake's
+claim/complete step), else the current stream session's span.
 """
 
 from __future__ import annotations
