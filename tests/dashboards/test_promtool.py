@@ -9,6 +9,7 @@ fail, so the cases cannot pass vacuously.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -75,6 +76,32 @@ def test_promtool_catches_a_wrong_expectation(tmp_path: Path, old: str, new: str
     res = _run(PROMTOOL, "test", "rules", str(tmp_path / "tests/t.yml"))
     assert res.returncode != 0
     assert "FAILED" in res.stdout + res.stderr
+
+
+@needs_prometheus
+def test_pushed_series_need_the_freshness_guard(tmp_path: Path) -> None:
+    """Without `q.fresh` a dead runner's pushed (OTLP) series keep its alerts firing.
+
+    The same rules and cases with the guard cut out: every "dies while it fires
+    (pushed over OTLP ...)" case must fail, so those cases prove the guard.
+    """
+    assert PROMTOOL is not None
+    guard = f" and on ({q.RUNNER}) ({q.fresh(DEFAULT)})"
+    (tmp_path / "rules").mkdir()
+    for f in RULES.glob("*.yml"):
+        (tmp_path / "rules" / f.name).write_text(f.read_text().replace(guard, ""))
+    assert guard not in (tmp_path / "rules/pullwake-alerts.yml").read_text()
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests/t.yml").write_text(TESTS.read_text())
+    res = _run(PROMTOOL, "test", "rules", str(tmp_path / "tests/t.yml"))
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    guarded = [a for a in alerts(DEFAULT) if a.name not in ruletests.UNGUARDED]
+    for a in guarded:
+        failed = re.search(
+            rf"dies while it fires \(pushed over OTLP[^\n]*\n\s*alertname: {a.name},", out
+        )
+        assert failed, (a.name, out[-3000:])
 
 
 @needs_alertmanager
