@@ -204,7 +204,10 @@ class OtelRunnerObserver:
         span = self._tracer.start_span(
             SESSION_SPAN,
             context=otel_context.Context(),  # a root: one trace per session
-            kind=SpanKind.CLIENT,
+            # INTERNAL: the HTTP request inside is its own CLIENT span (runner.otel_http);
+            # a CLIENT session span around it would nest client spans and leave the
+            # server's span unpaired for service graphs
+            kind=SpanKind.INTERNAL,
             attributes=attributes,
             start_time=_ns(s.started_at),
         )
