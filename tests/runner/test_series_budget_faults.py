@@ -44,7 +44,7 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 def _otlp_sets(rx: OtlpReceiver) -> Counter[str]:
-    """Distinct attribute sets per metric over every export of the runner (= series)."""
+    """Distinct attribute sets per metric over every export of the runner so far (= series)."""
     seen: dict[str, set[frozenset[tuple[str, Any]]]] = {}
     for m in CATALOG:
         if m.component is not Component.RUNNER:
@@ -102,6 +102,9 @@ def test_a_fault_run_stays_within_the_series_budget(tmp_path: Path, receiver: Ot
                 )
                 ok = publish(server, RID, 2)
                 handled.wait_for(ok, 20)
+                last = receiver.requests
+                wait_until(lambda: receiver.requests >= last + 2, 10, what="two more exports")
+                steady = (scrape_counts(_metrics(r, "")), _otlp_sets(receiver))
                 fail_flag.touch()  # a failing handler: the wake ends `failed`
                 publish(server, RID, 1)
                 wait_until(
@@ -159,7 +162,8 @@ def test_a_fault_run_stays_within_the_series_budget(tmp_path: Path, receiver: Ot
     otlp = _otlp_sets(receiver)
     report = report_table(scrape, otlp)
     reasons = sorted({e["reason"] for e in status["reconnects"]})
-    print(f"\nreconnect reasons realised: {reasons}\n{report}")
+    print(f"\nsteady state (healthy, wakes handled):\n{report_table(*steady)}")
+    print(f"\nafter the faults, reconnect reasons realised: {reasons}\n{report}")
     failures = _lines(text, c.HEARTBEAT_FAILURES.prom_name)
     errors = {m[1] for x in failures if (m := re.search(r'error_type="([^"]+)"', x))}
     print("\n".join(failures))
@@ -171,7 +175,9 @@ def test_a_fault_run_stays_within_the_series_budget(tmp_path: Path, receiver: Ot
             assert m.budget is not None
             assert scrape.get(m.name, 0) <= m.budget.scrape, report
             assert otlp.get(m.name, 0) <= m.budget.otlp, report
-    assert sum(scrape.values()) <= c.SERIES_BUDGET, report  # target_info included
+    for counts in (steady[0], scrape):
+        assert sum(counts.values()) <= c.SERIES_BUDGET, report  # target_info included
+    assert sum(steady[1].values()) + c.TARGET_INFO_SERIES <= c.SERIES_BUDGET
     assert sum(otlp.values()) + c.TARGET_INFO_SERIES <= c.SERIES_BUDGET, report
 
 
@@ -180,5 +186,6 @@ def _lines(text: str, part: str) -> list[str]:
 
 
 def _metrics(r: RunnerProcess, name: str) -> str:
+    """The runner's `/metrics` sample lines containing `name` (all of them for "")."""
     body = http_json("GET", r.status_url + "/metrics")[2]
     return "\n".join(_lines(str(body), name))
