@@ -198,6 +198,7 @@ def http_middleware(telemetry: Telemetry, instruments: Instruments | None = None
         }
         if method == hs.OTHER:
             attributes[hs.HTTP_REQUEST_METHOD_ORIGINAL] = request.method
+        _recommended(request, attributes)
         if request.query_string:
             attributes[hs.URL_QUERY] = hs.redacted_query(request.rel_url)
         if route is not None:
@@ -240,6 +241,21 @@ def http_middleware(telemetry: Telemetry, instruments: Instruments | None = None
             return response
 
     return middleware
+
+
+def _recommended(request: web.Request, attributes: dict[str, str | int]) -> None:
+    """The conventions' recommended SERVER span attributes (spans only, never metrics)."""
+    url = request.url
+    if url.host:
+        attributes[hs.SERVER_ADDRESS] = url.host
+    if url.port:
+        attributes[hs.SERVER_PORT] = url.port
+    if request.remote:
+        attributes[hs.CLIENT_ADDRESS] = request.remote
+    attributes[hs.NETWORK_PROTOCOL_VERSION] = f"{request.version.major}.{request.version.minor}"
+    agent = request.headers.get("User-Agent")
+    if agent:
+        attributes[hs.USER_AGENT_ORIGINAL] = agent[:256]
 
 
 def _measure(

@@ -18,6 +18,7 @@ from typing import Final
 from urllib.parse import unquote_plus
 
 import yarl
+from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.http_attributes import (
     HTTP_REQUEST_METHOD,
@@ -26,6 +27,7 @@ from opentelemetry.semconv.attributes.http_attributes import (
     HTTP_ROUTE,
     HttpRequestMethodValues,
 )
+from opentelemetry.semconv.attributes.network_attributes import NETWORK_PROTOCOL_VERSION
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
 from opentelemetry.semconv.attributes.url_attributes import (
     URL_FULL,
@@ -33,12 +35,14 @@ from opentelemetry.semconv.attributes.url_attributes import (
     URL_QUERY,
     URL_SCHEME,
 )
+from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_ORIGINAL
 from opentelemetry.semconv.metrics.http_metrics import (
     HTTP_CLIENT_REQUEST_DURATION,
     HTTP_SERVER_REQUEST_DURATION,
 )
 
 __all__ = [
+    "CLIENT_ADDRESS",
     "ERROR_TYPE",
     "HTTP_CLIENT_REQUEST_DURATION",
     "HTTP_REQUEST_METHOD",
@@ -47,6 +51,7 @@ __all__ = [
     "HTTP_ROUTE",
     "HTTP_SERVER_REQUEST_DURATION",
     "METHODS",
+    "NETWORK_PROTOCOL_VERSION",
     "OTHER",
     "REDACTED",
     "SERVER_ADDRESS",
@@ -55,6 +60,7 @@ __all__ = [
     "URL_PATH",
     "URL_QUERY",
     "URL_SCHEME",
+    "USER_AGENT_ORIGINAL",
     "client_error_type",
     "exception_type",
     "method_of",

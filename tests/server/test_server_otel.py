@@ -183,6 +183,9 @@ async def test_spans_and_durations_name_the_route_template_never_the_path(rig: R
     )
     assert a["http.response.status_code"] == 200 and "error.type" not in a
     assert hb.status.status_code is StatusCode.UNSET
+    assert a["server.address"] == "127.0.0.1" and a["server.port"] == rig.server.port
+    assert a["client.address"] == "127.0.0.1" and a["network.protocol.version"] == "1.1"
+    assert str(a["user_agent.original"]).startswith("Python/")
     stream = spans["/v1/stream/{tail}"]
     assert stream.name == "GET /v1/stream/{tail}"
     assert dict(stream.attributes or {})["url.query"] == "offset=-1&token=REDACTED"
