@@ -25,10 +25,16 @@ from opentelemetry.sdk.metrics.export import (
 
 from pullwake.core import catalog as c
 from pullwake.core.catalog import CATALOG, RUNNER_ID, Component, Kind, Metric
-from pullwake.core.instruments import Instruments, otlp_preferred_aggregation
+from pullwake.core.instruments import (
+    HISTOGRAM_AGGREGATION_ENV,
+    Instruments,
+    otlp_preferred_aggregation,
+)
 from pullwake.core.protocol import RunnerState, WakeOutcome
 from pullwake.core.telemetry import SERVICE_RUNNER, build_telemetry
+from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.series import report_table, scrape_counts
+from tests.support.waits import wait_until
 
 RUNNER = [m for m in CATALOG if m.component is Component.RUNNER]
 # What the runner's observable callbacks really report: every state, every wake step.
@@ -149,3 +155,39 @@ def test_every_label_value_realised_stays_within_budget(observed: bool) -> None:
     assert sum(otlp.values()) + c.TARGET_INFO_SERIES <= 40, report
     # the worst case is reached: the budget is what a runner can really cost
     assert sum(scrape.values()) == 40 and sum(otlp.values()) + 1 == 40, report
+
+
+@pytest.mark.parametrize(
+    ("choice", "kind"),
+    [(None, "exponential_histogram"), ("explicit_bucket_histogram", "histogram")],
+    ids=["default-exponential", "env-explicit"],
+)
+def test_otlp_histograms_are_exponential_unless_the_variable_says(
+    choice: str | None, kind: str
+) -> None:
+    """Over real OTLP/gRPC: exponential by default (one native series in Prometheus);
+    `OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION` still decides when set
+    (explicit: the catalog's advisory buckets, as on /metrics)."""
+    with OtlpReceiver() as rx:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_METRIC_EXPORT_INTERVAL": "100",
+        }
+        if choice is not None:
+            env["OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION"] = choice
+        t = build_telemetry(SERVICE_RUNNER, "r1", env=env)
+        try:
+            ins = Instruments(t.meter(), Component.RUNNER, _callbacks(False))  # type: ignore[arg-type]
+            ins.record(c.WAKE_LATENCY, 0.3, {RUNNER_ID: "r1"})
+            wait_until(lambda: c.WAKE_LATENCY.name in rx.metric_names(), 10, what="export")
+            metric = rx.metric(c.WAKE_LATENCY.name)
+        finally:
+            t.shutdown(5)
+    assert metric.WhichOneof("data") == kind
+    if kind == "histogram":
+        assert tuple(metric.histogram.data_points[0].explicit_bounds) == c.WAKE_LATENCY.buckets
+    assert otlp_preferred_aggregation({}) is not None
+    assert (
+        otlp_preferred_aggregation({HISTOGRAM_AGGREGATION_ENV: "explicit_bucket_histogram"}) is None
+    )
