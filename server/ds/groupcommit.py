@@ -189,7 +189,9 @@ class Writer:
         written: list[Any] = []
         self._run_jobs(jobs, written)
         going = True
+        phase: Phase | None = None
         early = [j for j in jobs if j.exc is None and self._early(j.effects)]
+        early = [j for j in early if j.loop is early[0].loop]  # one loop runs the phase
         if early:
             tails = {a.path: a.tail for j in early for a in j.effects.appended}
             phase = Phase(tails)
@@ -208,6 +210,10 @@ class Writer:
             log.exception("a write batch failed to commit")
             for job in jobs:
                 job.result, job.exc, job.effects = None, exc, core.take_effects()
+        if phase is not None:
+            # committed (or failed): contexts that outlive the phase (timers armed by a
+            # listener) must see committed tails from now on
+            phase.tails = {}
         self.commits += 1
         self.committed_calls += len(jobs)
         self._hand_over(jobs)
