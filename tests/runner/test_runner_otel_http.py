@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -27,12 +28,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from pullwake.core.protocol import HeartbeatOutcome
+from pullwake.core.protocol import H_NEXT_OFFSET, HeartbeatOutcome, LiveMode
 from pullwake.core.telemetry import SERVICE_RUNNER, Telemetry, build_telemetry
 from pullwake.runner import Runner
 from pullwake.runner.api import ServerAPI
 from pullwake.runner.config import RunnerConfig
+from pullwake.runner.observe import SessionInfo
 from pullwake.runner.otel import HEARTBEAT_SPAN, SESSION_SPAN, OtelRunnerObserver
+from pullwake.runner.tailprobe import TailProbe
 from tests.support.fakeserver import FakeServer, forever, serving, sse_headers
 from tests.support.procs import refused_port
 from tests.support.waits import until
@@ -89,6 +92,10 @@ def rig() -> Iterator[Rig]:
 
 def attrs(span: ReadableSpan) -> dict[str, Any]:
     return dict(span.attributes or {})
+
+
+def session_info() -> SessionInfo:
+    return SessionInfo(number=1, mode=LiveMode.SSE, start_offset="-1", started_at=time.time())
 
 
 @contextlib.asynccontextmanager
@@ -324,6 +331,22 @@ async def test_a_hung_heartbeat_is_a_timeout_whichever_deadline_fires(rig: Rig) 
         assert "pullwake.cancelled" not in attrs(s)
     timeouts = [a for a, _ in rig.points() if a.get("error.type") == "TimeoutError"]
     assert timeouts and all(a["http.request.method"] == "POST" for a in timeouts)
+
+
+async def test_a_tail_probe_is_a_head_client_span_under_the_session(rig: Rig) -> None:
+    async def tail(request: web.Request) -> web.Response:
+        return web.Response(headers={H_NEXT_OFFSET: "0000000000000001_0000000000000007"})
+
+    rig.obs.session_started(session_info())
+    async with serving(tail) as base, traced(rig) as http:
+        probe = TailProbe(http, f"{base}/runners/r1/wake", 2.0)
+        assert await probe.tail() == "0000000000000001_0000000000000007"
+    (span,) = rig.clients()
+    current = rig.obs._current
+    assert current is not None and span.parent is not None
+    assert span.parent.span_id == current.get_span_context().span_id
+    assert span.name == "HEAD" and attrs(span)["http.response.status_code"] == 200
+    assert attrs(span)["url.full"] == f"{base}/runners/r1/wake"
 
 
 async def test_traceparent_names_the_client_span_under_the_active_span(rig: Rig) -> None:
