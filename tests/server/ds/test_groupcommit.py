@@ -204,3 +204,34 @@ async def test_wake_event_rides_in_the_appends_commit(store: DSStore) -> None:
         assert len((await store.read("w")).messages) == 1
     finally:
         subs.shutdown()
+
+
+def test_readers_never_see_an_open_batch(tmp_path: Path) -> None:
+    """Inside a batch nothing is visible to other connections or in `metas` (so no reader
+    is ever given data before it is durable); after the COMMIT all of it is."""
+    import sqlite3
+
+    path = str(tmp_path / "c.db")
+    core = StoreCore(path)
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        core.create("c", content_type="text/plain")
+        core.follow("c")
+        core.begin_batch()
+        core.append("c", b"one")
+        core.append("c", b"two")
+        m = core.metas["c"]
+        assert m.tail == 0  # committed metadata unchanged
+        assert core.read_committed(reader, m, -1) == []
+        assert reader.execute("SELECT COUNT(*) FROM ds_messages").fetchone()[0] == 0
+        assert core.snapshot("c", format_offset(0)) == (m, [])  # at the committed tail
+        written = [x for e in [core.take_effects()] for x in e.written]
+        core.commit_batch(written)
+        m = core.metas["c"]
+        assert m.tail == 2 * FRAME_OVERHEAD + 6
+        assert [x.data for x in core.read_committed(reader, m, -1)] == [b"one", b"two"]
+        _, cached = core.snapshot("c", format_offset(0))
+        assert cached is not None and [x.data for x in cached] == [b"one", b"two"]
+    finally:
+        reader.close()
+        core.close()
