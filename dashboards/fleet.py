@@ -16,7 +16,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 
 from pullwake.core import catalog as c
 from pullwake.dashboards import queries as q
-from pullwake.dashboards import slopanels
+from pullwake.dashboards import recording, slopanels
 from pullwake.dashboards.config import Config
 from pullwake.dashboards.panels import (
     REF_IDS,
@@ -134,6 +134,7 @@ def _lying_runners(config: Config) -> table.Panel:
 
 def build(config: Config) -> db.Dashboard:
     rec = recording_names(config)
+    fleet_rec = recording.recording_names(config)
     w = config.rate_window
     return (
         db.Dashboard(TITLE)
@@ -195,13 +196,7 @@ def build(config: Config) -> db.Dashboard:
                 f"Wakes per second across the fleet, by final outcome ({w} rate).  "
                 "fenced: the claim was lost (completion or lease heartbeat refused), the "
                 "work is announced again.",
-                [
-                    target(
-                        config,
-                        q.rate_by(config, c.WAKES, w, (q.OUTCOME,)),
-                        "{{" + q.OUTCOME + "}}",
-                    )
-                ],
+                [target(config, fleet_rec["wake_rate"], "{{" + q.OUTCOME + "}}")],
                 unit="ops",
             )
         )

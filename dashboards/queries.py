@@ -25,7 +25,8 @@ from pullwake.dashboards.config import Config, parse_duration
 
 RUNNER: str = c.prom_label(c.RUNNER_ID)
 REASON: str = c.prom_label("reason")
-STATE: str = c.prom_label("state")
+STATE_ATTRIBUTE = "state"
+STATE: str = c.prom_label(STATE_ATTRIBUTE)
 ERROR_TYPE: str = c.prom_label("error.type")
 OUTCOME: str = c.prom_label("outcome")
 LIVE_MODE: str = c.prom_label("live.mode")
@@ -130,9 +131,16 @@ STATE_CODES: dict[str, int] = {s.value: i for i, s in enumerate(RunnerState, sta
 
 
 def state_code(config: Config, *m: str) -> str:
-    """The runner's current state as its `STATE_CODES` number (one-hot gauge -> code)."""
+    """The runner's current state as its `STATE_CODES` number (one-hot gauge -> code).
+
+    Only the states the gauge exports (the running phases): a term on a series
+    that does not exist would empty the whole sum.
+    """
+    exported = c.RUNNER_STATE.allowed_values(STATE_ATTRIBUTE) or ()
     terms = []
     for state, code in STATE_CODES.items():
+        if state not in exported:
+            continue
         matcher = f'{STATE}="{state}"'
         terms.append(f"{code} * {per_runner(config, c.RUNNER_STATE, matcher, *m)}")
     return " + ".join(terms)

@@ -16,7 +16,7 @@ from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from pullwake.core import catalog
-from pullwake.dashboards import rules, slo
+from pullwake.dashboards import recording, rules, slo
 from pullwake.dashboards.alertmanager import alertmanager_config
 from pullwake.dashboards.build import generate, stale
 from pullwake.dashboards.config import (
@@ -196,6 +196,7 @@ def test_every_metric_name_comes_from_the_catalog() -> None:
     known = {s for m in catalog.CATALOG for s in m.prom_series}
     known |= set(rules.recording_names(DEFAULT).values())
     known |= set(slo.recording_names(DEFAULT).values())
+    known |= set(recording.recording_names(DEFAULT).values())
     exprs = [r["expr"] for r in _all_rules(DEFAULT)]
     for data in load(DEPLOY, DEFAULT).values():
         exprs += [t["expr"] for _, t in prom_targets(data)]
