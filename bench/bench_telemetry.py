@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import os
 import sys
@@ -35,10 +34,12 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pullwake.server.publish import Publisher as WakePublisher
 from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.procs import RunnerProcess, ServerProcess, wait_until
 
@@ -80,8 +81,10 @@ class Publisher(threading.Thread):
         self.sent = 0
 
     def run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        headers = {"electric-principal": "system:dev-local", "Content-Type": "application/json"}
+        # One fresh entity per wake (spawn + send), so every publish is its own
+        # wake, as `pullwake publish` does it.
+        pub = WakePublisher(f"http://127.0.0.1:{self.port}", principal="system:dev-local")
+        prefix = uuid.uuid4().hex[:8]
         start = time.monotonic()
         while self.rate > 0 and not self.stop.is_set():
             due = start + self.sent / self.rate
@@ -89,11 +92,8 @@ class Publisher(threading.Thread):
             if delay > 0:
                 self.stop.wait(delay)
                 continue
-            conn.request("POST", f"/_electric/runners/{self.runner_id}/wakes", b"{}", headers)
-            resp = conn.getresponse()
-            resp.read()
+            pub.send(self.runner_id, f"/pullwake/{prefix}-{self.sent}", {"seq": self.sent})
             self.sent += 1
-        conn.close()
 
 
 def measure(pid: int, seconds: float, scrape: str | None) -> tuple[float, float]:
