@@ -14,8 +14,9 @@ stream `<path>`.
 Idle SSE: upstream writes nothing while idle except a pair of control events
 every long-poll timeout.  pullwake by default adds an SSE comment every
 `keepalive_interval` and a `Stream-Keepalive-Interval` header (the runner's
-watchdog uses them); `DSConfig(compat_upstream=True)` turns both off so the
-idle behaviour is exactly upstream's.  Live reads are reported to a
+watchdog uses them) and sends one control event per timeout instead of the pair;
+`DSConfig(compat_upstream=True)` turns all that off so the idle behaviour is
+exactly upstream's.  Live reads are reported to a
 `LiveObserver` (opened/closed/touched per path) for the server's own view.
 """
 
@@ -728,7 +729,10 @@ async def _sse(
             if rotate_at is not None and time.monotonic() >= rotate_at:
                 await resp.write(b": rotate\n\n")  # planned end: the runner says `rotated`
                 break
-            if not changed:
+            if not changed and not paired:
+                # upstream: a control event at the timeout, then another after the re-read
+                # below (a pair); pullwake mode sends only the re-read's one (its idle
+                # bytes are the keepalive comments plus one control per timeout)
                 try:
                     closed = (await store.head(t.rel)).closed
                 except StoreError:

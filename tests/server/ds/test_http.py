@@ -196,6 +196,21 @@ async def test_sse_pullwake_keepalive(make: Factory) -> None:
     assert '"upToDate":true' in events[3]
 
 
+async def test_sse_pullwake_idle_sends_one_control_per_timeout(make: Factory) -> None:
+    """Idle in pullwake mode: keepalive comments, and ONE control event per long-poll
+    timeout (upstream's pair halves the idle bytes' biggest part)."""
+    e = await make(long_poll_timeout=0.6, keepalive_interval=0.25)
+    async with e.http.put(f"{e.url}/idle", headers={"content-type": "application/json"}):
+        pass
+    async with e.http.get(f"{e.url}/idle?offset=now&live=sse") as r:
+        blocks = await read_sse(r, 12, 10)
+    assert blocks[0].startswith("event: control")  # the initial up-to-date control
+    kinds = ["c" if b.startswith("event: control") else b for b in blocks[1:]]
+    assert set(kinds) <= {"c", ": keepalive"}, kinds
+    assert "c,c" not in ",".join(kinds), kinds  # never two controls in a row: no pair
+    assert kinds.count("c") >= 2 and kinds.count(": keepalive") >= 2, kinds
+
+
 async def test_subscription_routes_and_wake_event(make: Factory) -> None:
     e = await make()
     h = {"content-type": "application/json"}
