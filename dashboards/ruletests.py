@@ -233,6 +233,47 @@ def _dies_while_firing(
     }
 
 
+def _pushed_sparsely(config: Config, alert: Alert, every_s: int = 60) -> dict[str, Any]:
+    """The seed's case (connected while heartbeats fail) with samples only every `every_s`."""
+    t = config.thresholds
+    n = SAMPLES * STEP // every_s
+    series: dict[str, str] = {}
+    for runner, failing in (("r1", True), ("r2", False)):
+        series[_series(c.STREAM_CONNECTED, runner)] = f"1+0x{n}"
+        failures = f"0 0 {t.heartbeat_failures}+1x{n - 2}" if failing else f"0+0x{n}"
+        series[_series(c.HEARTBEAT_CONSECUTIVE_FAILURES, runner)] = failures
+        last = f"-10 {every_s - 10} {every_s - 10}+0x{n - 2}" if failing else f"-10+{every_s}x{n}"
+        series[_series(c.HEARTBEAT_LAST_SUCCESS, runner)] = last
+    hold = parse_duration(getattr(config.for_, alert.for_field))
+    onset = 2 * every_s
+    pending = onset + max(hold / 2, STEP)
+    firing = onset + hold + every_s + 45  # 45 s after a sample: between two of them
+    fired = {
+        "exp_labels": {q.RUNNER: "r1", "severity": alert.severity},
+        "exp_annotations": alert.rendered(config, "r1"),
+    }
+    return {
+        "name": f"seed, pushed every {every_s}s (the SDK's default export interval)",
+        "interval": f"{every_s}s",
+        "input_series": [{"series": k, "values": v} for k, v in series.items()],
+        "alert_rule_test": [
+            {
+                "eval_time": format_duration(pending - pending % STEP),
+                "alertname": alert.name,
+                "exp_alerts": [],
+            },
+            *(
+                {
+                    "eval_time": format_duration(when),
+                    "alertname": alert.name,
+                    "exp_alerts": [copy.deepcopy(fired)],
+                }
+                for when in (firing, firing + 2 * every_s)
+            ),
+        ],
+    }
+
+
 def _state_from(s: dict[str, str], runner: str, onset_i: int, state: RunnerState) -> None:
     for st in RUNNING_STATES:
         before = 1 if st is RunnerState.STREAMING else 0
@@ -375,6 +416,11 @@ def cases(config: Config) -> list[dict[str, Any]]:
             f"{(i + every - 4) // every}" for i in range(SAMPLES + 1)
         )
         stray_name = f"a stray fence every {format_duration(2 * fenced_window)}, " + stray_name
+
+    # Pushed at the SDK's default export interval (60 s): sparse samples stay fresh
+    # (runner_stale_after outlasts the interval), so the seed's alert fires and holds
+    # between samples; the healthy neighbour, pushed alike, stays silent.
+    out.append(_pushed_sparsely(config, crit))
 
     # Both paths: each per-runner alert's first case, the runner dying while it fires.
     for al in alerts(config):

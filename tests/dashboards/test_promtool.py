@@ -104,6 +104,20 @@ def test_pushed_series_need_the_freshness_guard(tmp_path: Path) -> None:
         assert failed, (a.name, out[-3000:])
 
 
+@needs_prometheus
+def test_a_freshness_window_shorter_than_the_export_interval_fails(tmp_path: Path) -> None:
+    """Pushed every 60 s (the SDK default), a 45 s `runner_stale_after` would drop a live
+    runner between samples: the sparse case says so."""
+    assert PROMTOOL is not None
+    short = dataclasses.replace(
+        DEFAULT, thresholds=dataclasses.replace(DEFAULT.thresholds, runner_stale_after="45s")
+    )
+    out = write_deploy(tmp_path, short)
+    res = _run(PROMTOOL, "test", "rules", str(out / "prometheus/tests/pullwake-alerts.test.yml"))
+    assert res.returncode != 0
+    assert "name: seed, pushed every 60s" in res.stdout + res.stderr
+
+
 @needs_alertmanager
 def test_amtool_check_config() -> None:
     assert AMTOOL is not None
