@@ -819,7 +819,13 @@ class SubscriptionManager:
         (one fsync per send instead of two)."""
         if not self._started or self._shutting_down:
             return False
-        return bool(self._patterned) or normalize_path(path) in self._by_stream
+        if self._patterned:
+            return True
+        for sub_id in list(self._by_stream.get(normalize_path(path), ())):
+            sub = self._subs.get(sub_id)  # committed records are never changed in place
+            if sub is not None and sub.wake_id is None and sub.holder is None:
+                return True  # idle: this append may announce a wake
+        return False  # wakes out or claimed: the append coalesces, nothing to write early
 
     def _on_append(self, ev: Appended) -> Awaitable[None] | None:
         """Sync when nothing is to do (the append hot path: no task, no coroutine)."""
