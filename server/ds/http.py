@@ -305,9 +305,15 @@ async def _dispatch(ds: DSServer, request: web.Request, t: Target) -> web.Stream
 
 
 async def _body(ds: DSServer, request: web.Request) -> bytes:
+    content = request.content
+    if content.is_eof():  # a small body usually arrived with the headers: no iteration
+        data = content.read_nowait()
+        if len(data) > ds.config.max_body_bytes:
+            raise StoreError(413, "Payload too large")
+        return data
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
+    async for chunk in content.iter_any():
         size += len(chunk)
         if size > ds.config.max_body_bytes:
             raise StoreError(413, "Payload too large")
