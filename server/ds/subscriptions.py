@@ -13,7 +13,10 @@ in flight stays valid.  `start()` re-arms lease timers and announces pending
 work that has no wake.
 
 All operations run on the event loop, one at a time per subscription (an
-asyncio.Lock each); SQLite work goes through the store's writer thread.
+asyncio.Lock each); SQLite work goes through the store's writer thread.  An
+append to a stream an idle subscription links is seen before its commit
+(`DSStore.on_append_early`): the wake event it announces joins the append's
+transaction, one flush for both.
 The clock is injected (unix ms) so lease tests need no sleeping:
 `expire_due()` applies every lease that has run out by the clock.
 """
