@@ -76,9 +76,18 @@ def fresh(config: Config, *m: str) -> str:
     return f"{newest} > time() - {parse_duration(age):g}"
 
 
+# `fresh` recorded once per evaluation, first in the alerts group (`dashboards.recording`):
+# every per-runner alert reads it instead of taking 10,000 runners' timestamps again.
+FRESH_RECORD: str = f"{RUNNER}:{c.STREAM_CONNECTED.prom_name}:fresh"
+
+
 def guarded(config: Config, expr: str, *m: str) -> str:
-    """`expr` (labelled by runner) for fresh runners only."""
-    return f"({expr}) and on ({RUNNER}) ({fresh(config, *m)})"
+    """`expr` (labelled by runner) for fresh runners only.
+
+    Without matchers it reads the recorded freshness (`FRESH_RECORD`, same
+    series as `fresh`); a one-runner panel passes its matcher and computes it.
+    """
+    return f"({expr}) and on ({RUNNER}) ({fresh(config, *m) if m else FRESH_RECORD})"
 
 
 # --- runner gauges -----------------------------------------------------------------
@@ -185,8 +194,7 @@ def telemetry_absent(config: Config) -> str:
     lookback = config.thresholds.telemetry_absent_lookback
     seen = series(config, c.STREAM_CONNECTED)
     return (
-        f"max by ({RUNNER}) (max_over_time({seen}[{lookback}]))"
-        f" unless on ({RUNNER}) ({fresh(config)})"
+        f"max by ({RUNNER}) (max_over_time({seen}[{lookback}])) unless on ({RUNNER}) {FRESH_RECORD}"
     )
 
 
@@ -195,16 +203,31 @@ def _sum_by(by: tuple[str, ...], expr: str) -> str:
 
 
 def quantile(
-    config: Config, q: float, metric: c.Metric, window: str, *m: str, by: tuple[str, ...] = ()
+    config: Config,
+    q: float,
+    metric: c.Metric,
+    window: str,
+    *m: str,
+    by: tuple[str, ...] = (),
+    classic_rate: str = "",
 ) -> str:
     """A quantile of a histogram, classic (`/metrics`) or native (OTLP exponential).
 
     Each path has only one of the two shapes, so the union is the one there is.
+    `classic_rate`: a recorded `sum by (le, *by) (rate(_bucket[window]))` to read
+    instead of the raw buckets (several quantiles of one histogram share it).
     """
-    buckets = series(config, metric, *m, suffix="bucket")
     native = series(config, metric, *m)
-    classic = _sum_by(("le", *by), f"rate({buckets}[{window}])")
+    classic = classic_rate or bucket_rate(config, metric, window, *m, by=by)
     return f"histogram_quantile({q:g}, {classic} or {_sum_by(by, f'rate({native}[{window}])')})"
+
+
+def bucket_rate(
+    config: Config, metric: c.Metric, window: str, *m: str, by: tuple[str, ...] = ()
+) -> str:
+    """Per-bucket rate of a classic histogram, summed by `le` (and `by`)."""
+    buckets = series(config, metric, *m, suffix="bucket")
+    return _sum_by(("le", *by), f"rate({buckets}[{window}])")
 
 
 def wake_latency_p99_by_runner(config: Config) -> str:

@@ -53,9 +53,37 @@ def recordings(config: Config) -> tuple[Recording, ...]:
     )
 
 
+# --- rules other groups evaluate first, for their own expressions --------------------
+def alert_recordings(config: Config) -> list[dict[str, Any]]:
+    """First in the alerts group: what several alerts read, computed once per evaluation.
+
+    In the same group, so every alert reads this evaluation's value (the
+    promtool cases see exactly what they saw before): the freshness guard of the
+    per-runner alerts, which took all runners' timestamps in each of them.
+    """
+    return [{"record": q.FRESH_RECORD, "expr": q.fresh(config)}]
+
+
+def bucket_rate_name(config: Config, metric: c.Metric) -> str:
+    """The fleet's per-bucket rate of a classic histogram: `le:<metric>_bucket:rate5m`."""
+    return f"le:{metric.prom_name}_bucket:rate{config.rate_window}"
+
+
+def bucket_rate_rule(config: Config, metric: c.Metric) -> dict[str, Any]:
+    """Recorded before the quantiles that read it (p50 and p99 read every bucket once)."""
+    return {
+        "record": bucket_rate_name(config, metric),
+        "expr": q.bucket_rate(config, metric, config.rate_window),
+    }
+
+
 def recording_names(config: Config) -> dict[str, str]:
-    """Key -> recorded series name, for the dashboards."""
-    return {r.key: r.record for r in recordings(config)}
+    """Key -> every recorded series name defined here (the fleet group's, for the
+    dashboards, and the ones the alerts and recording groups evaluate first)."""
+    out = {r.key: r.record for r in recordings(config)}
+    out["fresh"] = q.FRESH_RECORD
+    out["wake_latency_bucket_rate"] = bucket_rate_name(config, c.WAKE_LATENCY)
+    return out
 
 
 def recording_rules(config: Config) -> list[dict[str, Any]]:

@@ -15,7 +15,10 @@ from pullwake.core import catalog as c
 from pullwake.core.protocol import WakeOutcome
 from pullwake.dashboards import queries as q
 from pullwake.dashboards.config import Config, parse_duration
-from pullwake.dashboards.recording import FILE, Recording, recordings
+from pullwake.dashboards.recording import FILE, Recording, bucket_rate_name, recordings
+
+RECORDING_FILE = "pullwake-recording.yml"
+ALERTS_FILE = "pullwake-alerts.yml"
 
 STEP = 15  # seconds between input samples
 SAMPLES = 60  # 15 minutes per case
@@ -49,16 +52,60 @@ CASES: dict[str, Callable[[Config, Recording], dict[str, Any]]] = {
 }
 
 
+def _bucket_rate(config: Config) -> dict[str, Any]:
+    """The fleet's per-bucket rate the wake latency quantiles read (first in the
+    recording group): the same le summed over runners, job and instance gone."""
+    m = c.WAKE_LATENCY
+    per_runner = (("r1", {"0.1": 1, "+Inf": 2}), ("r2", {"0.1": 3, "+Inf": 3}))
+    inputs = {
+        _series(m, r, le=le).replace(m.prom_name, m.prom_name + "_bucket", 1): _counter(n)
+        for r, per_le in per_runner
+        for le, n in per_le.items()
+    }
+    name = bucket_rate_name(config, m)
+
+    def rate(le: str) -> float:  # each runner's rate (increase / window), added in order
+        window = parse_duration(config.rate_window)
+        return sum(per_le[le] * window / STEP / window for _, per_le in per_runner)
+
+    expected = [({"le": "+Inf"}, rate("+Inf")), ({"le": "0.1"}, rate("0.1"))]
+    return _expr_case(name, "the recording group's shared bucket rate", inputs, expected, config)
+
+
+def _fresh(config: Config) -> dict[str, Any]:
+    """The alerts' freshness guard (first in the alerts group): a runner whose
+    samples stopped 5 minutes before is not fresh, a reporting one is, with the
+    newest sample's timestamp as its value."""
+    last_s = 10 * 60
+    inputs = {
+        _series(c.STREAM_CONNECTED, "r1"): _counter(0),
+        _series(c.STREAM_CONNECTED, "r2"): f"1x{(last_s - 5 * 60) // STEP}",
+    }
+    expected = [({q.RUNNER: "r1"}, float(last_s))]
+    return _expr_case(q.FRESH_RECORD, "the alerts' freshness guard", inputs, expected, config)
+
+
 def _case(
     r: Recording,
     inputs: dict[str, str],
     expected: list[tuple[dict[str, str], float]],
     config: Config,
 ) -> dict[str, Any]:
+    return _expr_case(r.record, r.key, inputs, expected, config)
+
+
+def _expr_case(
+    record: str,
+    what: str,
+    inputs: dict[str, str],
+    expected: list[tuple[dict[str, str], float]],
+    config: Config,
+) -> dict[str, Any]:
     # The windows read at EVAL must lie inside the input series.
     assert parse_duration(config.rate_window) < parse_duration(EVAL) < SAMPLES * STEP
+    r = _Named(record)
     return {
-        "name": f"{r.record} ({r.key})",
+        "name": f"{record} ({what})",
         "interval": f"{STEP}s",
         "input_series": [{"series": k, "values": v} for k, v in inputs.items()],
         "promql_expr_test": [
@@ -74,6 +121,11 @@ def _case(
     }
 
 
+class _Named:
+    def __init__(self, record: str) -> None:
+        self.record = record
+
+
 def _labels(labels: dict[str, str]) -> str:
     if not labels:
         return ""
@@ -85,8 +137,11 @@ def test_file(config: Config) -> dict[str, Any]:
     missing = [r.key for r in recordings(config) if r.key not in CASES]
     if missing:
         raise KeyError(f"recording rules without a promtool case: {missing}")
+    tests = [CASES[r.key](config, r) for r in recordings(config)]
+    tests += [_bucket_rate(config), _fresh(config)]
     return {
-        "rule_files": [f"../rules/{FILE}"],
+        # the groups holding the rules tested here (the others read them first)
+        "rule_files": [f"../rules/{f}" for f in (FILE, RECORDING_FILE, ALERTS_FILE)],
         "evaluation_interval": f"{STEP}s",
-        "tests": [CASES[r.key](config, r) for r in recordings(config)],
+        "tests": tests,
     }

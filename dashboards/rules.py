@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pullwake.core import catalog as c
 from pullwake.dashboards import queries as q
-from pullwake.dashboards import slo
+from pullwake.dashboards import recording, slo
 from pullwake.dashboards.config import Config
 
 Severity = Literal["critical", "warning"]
@@ -216,11 +216,14 @@ def recording_rules(config: Config) -> list[dict[str, Any]]:
         },
     ]
     for key, metric in (("wake_latency_quantile", c.WAKE_LATENCY),):
+        # every bucket's rate once, then the quantiles from it (dashboards.recording)
+        rules.append(recording.bucket_rate_rule(config, metric))
         for quant in (0.5, 0.99):
+            rate = recording.bucket_rate_name(config, metric)
             rules.append(
                 {
                     "record": n[key],
-                    "expr": q.quantile(config, quant, metric, w),
+                    "expr": q.quantile(config, quant, metric, w, classic_rate=rate),
                     "labels": {"quantile": f"{quant:g}"},
                 }
             )
@@ -233,7 +236,11 @@ def rule_files(config: Config) -> dict[str, dict[str, Any]]:
     return {
         "pullwake-alerts.yml": {
             "groups": [
-                {"name": "pullwake-alerts", "interval": interval, "rules": alert_rules(config)}
+                {
+                    "name": "pullwake-alerts",
+                    "interval": interval,
+                    "rules": recording.alert_recordings(config) + alert_rules(config),
+                }
             ]
         },
         "pullwake-recording.yml": {
