@@ -50,6 +50,15 @@ def recordings(config: Config) -> tuple[Recording, ...]:
             "fleet 'Wakes by outcome': the range query read every runner's wake counters "
             "(one per outcome seen) over the hour at every step",
         ),
+        Recording(
+            "server_mismatch_runners",
+            "fleet",
+            c.SERVER_STREAM_MISMATCH,
+            "runners",
+            f"count({q.server_sees_no_stream(config)}) or vector(0)",
+            "server 'Client says connected, server sees no stream': a stat whose range query "
+            "counted every runner's mismatch gauge at every step of the hour",
+        ),
     )
 
 

@@ -26,7 +26,9 @@ EVAL = "10m"
 
 
 def _series(metric: c.Metric, runner: str, **labels: str) -> str:
-    all_labels = {q.RUNNER: runner, **labels, "job": "pullwake-runner", "instance": runner}
+    component = metric.component.value
+    instance = runner if metric.component is c.Component.RUNNER else "server:4437"
+    all_labels = {q.RUNNER: runner, **labels, "job": f"pullwake-{component}", "instance": instance}
     inner = ", ".join(f'{k}="{v}"' for k, v in all_labels.items())
     return f"{metric.prom_name}{{{inner}}}"
 
@@ -47,8 +49,18 @@ def _wake_rate(config: Config, r: Recording) -> dict[str, Any]:
     return _case(r, inputs, expected, config)
 
 
+def _server_mismatch_runners(config: Config, r: Recording) -> dict[str, Any]:
+    """Two runners the server sees no stream for, one it does: 2 (0 when none)."""
+    inputs = {
+        _series(c.SERVER_STREAM_MISMATCH, runner): f"{v}x{SAMPLES}"
+        for runner, v in (("r1", 1), ("r2", 1), ("r3", 0))
+    }
+    return _case(r, inputs, [({}, 2.0)], config)
+
+
 CASES: dict[str, Callable[[Config, Recording], dict[str, Any]]] = {
     "wake_rate": _wake_rate,
+    "server_mismatch_runners": _server_mismatch_runners,
 }
 
 

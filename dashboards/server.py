@@ -14,6 +14,7 @@ from grafana_foundation_sdk.models import common as cm
 from pullwake.core import catalog as c
 from pullwake.core import http_semconv as hs
 from pullwake.dashboards import queries as q
+from pullwake.dashboards import recording
 from pullwake.dashboards.config import Config
 from pullwake.dashboards.panels import (
     nav_links,
@@ -40,7 +41,7 @@ def _mismatch_stat(config: Config) -> stat.Panel:
             "read of their wake stream (PullWakeServerSeesNoStream).  0 when healthy."
         )
         .datasource(prom_ds(config))
-        .with_target(target(config, f"count({q.server_sees_no_stream(config)}) or vector(0)"))
+        .with_target(target(config, recording.recording_names(config)["server_mismatch_runners"]))
         .thresholds(thresholds((None, "green"), (1, "red")))
         .color_mode(cm.BigValueColorMode.BACKGROUND)
         .graph_mode(cm.BigValueGraphMode.AREA)
