@@ -552,24 +552,28 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def rev_label(rev: str | None) -> str:
-    """`REV (sha)` or `the working tree (HEAD sha + uncommitted edits)`."""
+def resolve_rev(rev: str | None) -> tuple[str | None, str]:
+    """(full sha of `rev` or None for the working tree, a label for the header): resolved
+    once, before the run, as HEAD may move under it."""
     sha = subprocess.run(
-        ["git", "-C", str(HERE.parent), "rev-parse", "--short", rev or "HEAD"],
+        ["git", "-C", str(HERE.parent), "rev-parse", rev or "HEAD"],
         capture_output=True,
         text=True,
     ).stdout.strip()
-    return f"{rev} ({sha})" if rev else f"the working tree (HEAD {sha} + uncommitted edits)"
+    if rev:
+        return sha, f"{rev} ({sha[:7]})"
+    return None, f"the working tree (HEAD {sha[:7]} + uncommitted edits)"
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     install_cleanup()
     before = load()
+    a.pullwake_rev, source_label = resolve_rev(a.pullwake_rev)
     print(
         f"{os.cpu_count()} cores, load average {before}; servers: {', '.join(a.servers)}; "
         f"{a.repeats} repeat(s), phases {', '.join(a.phases)}; client on this machine; "
-        f"pullwake from {rev_label(a.pullwake_rev)}, SSE keepalive comments every "
+        f"pullwake from {source_label}, SSE keepalive comments every "
         f"{a.pullwake_keepalive:g} s (0 = none); long-poll timeout 30 s on both",
         flush=True,
     )
@@ -593,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
-                    "pullwake_from": rev_label(a.pullwake_rev),
+                    "pullwake_from": source_label,
                     "load_before": before,
                     "load_after": after,
                     "rows": [asdict(r) for r in rows(a)],
