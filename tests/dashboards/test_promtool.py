@@ -227,8 +227,9 @@ def test_server_mismatch_stat_counts_runners_not_series(tmp_path: Path) -> None:
         if title == "Client says connected, server sees no stream"
     ]
     name = catalog.SERVER_STREAM_MISMATCH.prom_name
+    # the stat reads fleet:...:runners, recorded by the fleet group (dashboards.recording)
     case = {
-        "rule_files": [],
+        "rule_files": [str(RULES / recording.FILE)],
         "evaluation_interval": "15s",
         "tests": [
             {
@@ -242,7 +243,7 @@ def test_server_mismatch_stat_counts_runners_not_series(tmp_path: Path) -> None:
                     {
                         "expr": expr,
                         "eval_time": "30s",
-                        "exp_samples": [{"labels": "{}", "value": 1}],
+                        "exp_samples": [{"labels": f'{{__name__="{expr}"}}', "value": 1}],
                     }
                 ],
             }
