@@ -217,14 +217,6 @@ class Model:
             if r.profile == "flapping":
                 add(flaps + b // 500, reason="error")
                 add(flaps // 2 + 1, reason="connect_error")
-        elif role == "STREAM_SESSION_DURATION":
-            hist(b // 60 + rotations, 60.0, reason="rotated")
-            if r.profile == "flapping":
-                hist(flaps + b // 500, 20.0, reason="error")
-        elif role == "HEARTBEATS":
-            add(b + hb_ok_count, outcome="ok")
-            if r.profile in ("flapping", "seed_bug"):
-                add(hb_failed_count, outcome="failed")
         elif role == "HEARTBEAT_FAILURES":
             if r.profile == "flapping":
                 add(hb_failed_count, error_type="connect")
@@ -236,10 +228,6 @@ class Model:
             now = self.times + float(self.extra["start"])
             last = now - (t % HEARTBEAT_S)
             add(np.where(seed, float(self.extra["start"]) + r.onset, last))
-        elif role == "HEARTBEAT_DURATION":
-            hist(b + hb_ok_count, 0.008, outcome="ok")
-            if r.profile in ("flapping", "seed_bug"):
-                hist(hb_failed_count, 5.0 if r.profile == "seed_bug" else 0.02, outcome="failed")
         elif role == "RUNNER_STATE":
             codes = {
                 RunnerState.STREAMING.value: "s",
@@ -248,24 +236,12 @@ class Model:
             }
             for state in metric.allowed_values("state") or ():  # what the gauge exports
                 add(np.where(states == codes.get(state), 1, 0), state=state)
-        elif role == "RECONNECT_BACKOFF":
-            hist(1 + flaps, 1.0)
         elif role == "WAKES":
             add(b // 10 + wakes, outcome=WakeOutcome.HANDLED.value)
             if r.profile == "flapping":  # handlers outliving their claim lease
                 add(b // 1000 + flaps // 3, outcome=WakeOutcome.FENCED.value)
         elif role == "WAKE_LATENCY":
             hist(b // 10 + wakes, 0.05 if r.profile != "flapping" else 0.4)
-        elif role == "CLAIM_DURATION":
-            hist(b // 10 + wakes, 0.01, outcome="claimed")
-        elif role == "HANDLER_DURATION":
-            hist(b // 10 + wakes, 2.0, outcome="handled")
-        elif role == "CLAIMS":
-            add(b // 10 + wakes, outcome="claimed")
-        elif role in ("COMPLETIONS", "CALLBACK_HEARTBEATS"):
-            add(b // 10 + wakes, outcome="ok")
-            if r.profile == "flapping" and role == "COMPLETIONS":  # handlers outliving leases
-                add(b // 1000 + flaps // 3, outcome="fenced")
         # --- the server's per-runner series
         elif role == "SERVER_STREAMS_OPEN":
             add(np.where(streaming & ~seed, 1, 0), live_mode="sse")
@@ -334,7 +310,7 @@ def _le(bound: float) -> str:
 
 def modelled(metric: c.Metric) -> bool:
     """What Prometheus stores on the scrape path: the runner metrics on `/metrics`
-    (not the ones the series budget drops or sends over OTLP only) and the
+    (not the ones the series budget sends over OTLP only) and the
     server's metrics that carry `runner.id`.
 
     The scrape path because promtool backfills OpenMetrics text, which has no
