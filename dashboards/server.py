@@ -30,6 +30,27 @@ from pullwake.dashboards.panels import (
 TITLE = "Pull-wake server"
 RATE = "$__rate_interval"
 ROUTE = c.prom_label(hs.HTTP_ROUTE)  # a route template, never a raw path
+TOP = 20  # per-runner panels draw this many runners at each step
+
+# One line per runner is unreadable past a few dozen runners, and at 10,000 runners
+# (bench/bench_fleet.py) the range queries took 3.5-4.5 s to send Grafana 10,000
+# series; grouping by runner_id first cost 1.4-2 s of engine time alone.  topk/bottomk
+# over the server's own series (one per runner; the server is one process) keeps
+# the panels under 1 s and shows the runners that matter.
+TOP_NOTE = (
+    f" At each step only the {TOP} runners with the highest values are drawn"
+    " (a runner leaves the panel when it drops out of them)."
+)
+BOTTOM_NOTE = f" At each step only the {TOP} runners with the least lease left are drawn."
+
+
+def _top_rate(config: Config, metric: c.Metric) -> str:
+    """The runners with the highest per-second rate of `metric` at each step."""
+    return f"topk({TOP}, rate({q.series(config, metric)}[{RATE}]))"
+
+
+def _top(config: Config, metric: c.Metric, k: str = "topk") -> str:
+    return f"{k}({TOP}, {q.series(config, metric)})"
 
 
 def _mismatch_stat(config: Config) -> stat.Panel:
@@ -96,16 +117,16 @@ def build(config: Config) -> db.Dashboard:
                 config,
                 "Messages and wakes",
                 "Messages sent to entities targeting each runner, and wake events announced"
-                " on its wake stream (one per subscription generation), per second.",
+                " on its wake stream (one per subscription generation), per second." + TOP_NOTE,
                 [
                     target(
                         config,
-                        q.rate_by(config, c.SERVER_MESSAGES, RATE, (q.RUNNER,)),
+                        _top_rate(config, c.SERVER_MESSAGES),
                         "messages {{" + q.RUNNER + "}}",
                     ),
                     target(
                         config,
-                        q.rate_by(config, c.SERVER_WAKES_ANNOUNCED, RATE, (q.RUNNER,)),
+                        _top_rate(config, c.SERVER_WAKES_ANNOUNCED),
                         "wakes {{" + q.RUNNER + "}}",
                     ),
                 ],
@@ -118,16 +139,16 @@ def build(config: Config) -> db.Dashboard:
                 config,
                 "Pending subscriptions, active claims",
                 "Entity subscriptions with un-acked messages, and claims health lists as"
-                " active (expired claims stay listed, as upstream), per runner.",
+                " active (expired claims stay listed, as upstream), per runner." + TOP_NOTE,
                 [
                     target(
                         config,
-                        q.per_runner(config, c.SERVER_SUBSCRIPTIONS_PENDING),
+                        _top(config, c.SERVER_SUBSCRIPTIONS_PENDING),
                         "pending {{" + q.RUNNER + "}}",
                     ),
                     target(
                         config,
-                        q.per_runner(config, c.SERVER_CLAIMS_ACTIVE),
+                        _top(config, c.SERVER_CLAIMS_ACTIVE),
                         "active claims {{" + q.RUNNER + "}}",
                     ),
                 ],
@@ -138,11 +159,11 @@ def build(config: Config) -> db.Dashboard:
             timeseries_panel(
                 config,
                 "Heartbeats received",
-                "Heartbeats accepted per second, per runner.",
+                "Heartbeats accepted per second, per runner." + TOP_NOTE,
                 [
                     target(
                         config,
-                        q.rate_by(config, c.SERVER_HEARTBEATS, RATE, (q.RUNNER,)),
+                        _top_rate(config, c.SERVER_HEARTBEATS),
                         "{{" + q.RUNNER + "}}",
                     )
                 ],
@@ -155,11 +176,12 @@ def build(config: Config) -> db.Dashboard:
                 timeseries_panel(
                     config,
                     "Lease remaining",
-                    "Seconds left on each runner's liveness lease; below 0 it has expired.",
+                    "Seconds left on each runner's liveness lease; below 0 it has expired."
+                    + BOTTOM_NOTE,
                     [
                         target(
                             config,
-                            q.per_runner(config, c.SERVER_LEASE_REMAINING, agg="min"),
+                            _top(config, c.SERVER_LEASE_REMAINING, "bottomk"),
                             "{{" + q.RUNNER + "}}",
                         )
                     ],
@@ -196,11 +218,11 @@ def build(config: Config) -> db.Dashboard:
                 "Claim lease expiries",
                 "Claims whose 30 s lease ran out without a done, per runner: the server"
                 " announced the work again as a new generation (a runner that stopped"
-                " heartbeating its claims, or never completes them).",
+                " heartbeating its claims, or never completes them)." + TOP_NOTE,
                 [
                     target(
                         config,
-                        q.rate_by(config, c.SERVER_LEASE_EXPIRIES, RATE, (q.RUNNER,)),
+                        _top_rate(config, c.SERVER_LEASE_EXPIRIES),
                         "{{" + q.RUNNER + "}}",
                     )
                 ],
