@@ -468,28 +468,21 @@ class Dispatcher:
         self._cycles += 1
         trace_id = f"{sub.key}#{self._cycles}"  # one wake trace per cycle
         body = {"subscription_id": sub.key} if sub.event.get("subscription_id") else sub.event
-        started = time.monotonic()
         with self._observer.span("claim", {"wake_id": trace_id}):
             answer, result = await self._claim_until_answered(sub.key, body)
         s = self.stats
         s.last_claim_at = time.time()
-        claim_s = time.monotonic() - started
         if result is not ClaimResult.CLAIMED:
             if result is ClaimResult.DONE:
                 s.claims_done += 1
                 log.info("claim of %s: done (entity paused or stopped)", sub.key)
             if result in (ClaimResult.DONE, ClaimResult.SKIPPED):
                 s.claims_skipped += 1
-            self._observer.claim(
-                WakeOutcome.FAILED if result is ClaimResult.FAILED else WakeOutcome.SKIPPED,
-                claim_s,
-            )
             outcome = WakeOutcome.FAILED if result is ClaimResult.FAILED else WakeOutcome.SKIPPED
             self._observer.wake(outcome, trace_id)
             return result
         claim = Claim.parse(answer.body)
         s.claims_succeeded += 1
-        self._observer.claim(WakeOutcome.CLAIMED, claim_s)
         self._observer.wake(WakeOutcome.CLAIMED, trace_id)
         event, read_at = first if first is not None else (sub.event, time.monotonic())
         await self._run_claimed(claim, trace_id, publish_latency(event, read_at))
@@ -506,7 +499,6 @@ class Dispatcher:
         delay = CLAIM_RETRY_FIRST_S
         s = self.stats
         while True:
-            started = time.monotonic()
             answer = await self._api.claim(body)
             result = claim_verdict(answer)
             self._observer.claim_result(result)
@@ -516,7 +508,6 @@ class Dispatcher:
             s.claims_failed += 1
             s.last_claim_at = time.time()
             what = _describe(answer)
-            self._observer.claim(WakeOutcome.FAILED, time.monotonic() - started)
             if gives_up(answer):
                 self._on_error(f"claim of {key}: {what}; given up")
                 log.error("claim of %s: %s; the server refuses it, given up", key, what)
@@ -546,7 +537,6 @@ class Dispatcher:
     ) -> bool:
         """Run the handler while the lease heartbeats hold the claim; True if it succeeded."""
         s = self.stats
-        h_started = time.monotonic()
         limit = asyncio.timeout(self._handler_timeout)
         run: asyncio.Future[None] | None = None
         try:
@@ -563,7 +553,6 @@ class Dispatcher:
                     await run
         except ClaimLost as exc:
             s.fenced += 1
-            self._observer.handler(WakeOutcome.FAILED, time.monotonic() - h_started)
             self._observer.wake(WakeOutcome.FENCED, trace_id)
             log.warning(
                 "claim %s lost while its handler ran (%s): handler stopped; %s",
@@ -577,20 +566,18 @@ class Dispatcher:
             why = str(exc) or type(exc).__name__
             if limit.expired():
                 why = f"still running after {self._handler_timeout:g}s: killed"
-            return self._failed(claim, trace_id, h_started, why)
+            return self._failed(claim, trace_id, why)
         finally:
             if run is not None and not run.done():  # lost, timed out or stopped: it goes too
                 run.cancel()
                 with contextlib.suppress(BaseException):
                     await run
         s.handled += 1
-        self._observer.handler(WakeOutcome.HANDLED, time.monotonic() - h_started)
         self._observer.wake(WakeOutcome.HANDLED, trace_id, latency_s)
         return True
 
-    def _failed(self, claim: Claim, trace_id: str, started: float, why: str) -> bool:
+    def _failed(self, claim: Claim, trace_id: str, why: str) -> bool:
         self.stats.handler_failures += 1
-        self._observer.handler(WakeOutcome.FAILED, time.monotonic() - started)
         self._observer.wake(WakeOutcome.FAILED, trace_id)
         log.warning(
             "handler failed for %s (wake %s): %s; nothing acked, the claim lease (%gs after"

@@ -105,8 +105,6 @@ class RunnerObserver(Protocol):
         self, outcome: WakeOutcome, wake_id: str | None, latency_s: float | None = None
     ) -> None: ...
 
-    def claim(self, outcome: WakeOutcome, duration_s: float) -> None: ...
-
     def claim_result(self, result: ClaimResult) -> None:
         """One claim request's answer (every attempt, retries included)."""
 
@@ -115,8 +113,6 @@ class RunnerObserver(Protocol):
 
     def completion(self, outcome: CallbackOutcome, duration_s: float) -> None:
         """One `{epoch, acks, done:true}` request to a claim's callback URL."""
-
-    def handler(self, outcome: WakeOutcome, duration_s: float) -> None: ...
 
     def span(
         self, name: str, attributes: Mapping[str, Any]
@@ -161,9 +157,6 @@ class NullObserver:
     ) -> None:
         pass
 
-    def claim(self, outcome: WakeOutcome, duration_s: float) -> None:
-        pass
-
     def claim_result(self, result: ClaimResult) -> None:
         pass
 
@@ -171,9 +164,6 @@ class NullObserver:
         pass
 
     def completion(self, outcome: CallbackOutcome, duration_s: float) -> None:
-        pass
-
-    def handler(self, outcome: WakeOutcome, duration_s: float) -> None:
         pass
 
     def span(
@@ -249,9 +239,6 @@ class Observers(NullObserver):
     ) -> None:
         self._each("wake", outcome, wake_id, latency_s)
 
-    def claim(self, outcome: WakeOutcome, duration_s: float) -> None:
-        self._each("claim", outcome, duration_s)
-
     def claim_result(self, result: ClaimResult) -> None:
         self._each("claim_result", result)
 
@@ -260,9 +247,6 @@ class Observers(NullObserver):
 
     def completion(self, outcome: CallbackOutcome, duration_s: float) -> None:
         self._each("completion", outcome, duration_s)
-
-    def handler(self, outcome: WakeOutcome, duration_s: float) -> None:
-        self._each("handler", outcome, duration_s)
 
     @contextlib.contextmanager
     def span(self, name: str, attributes: Mapping[str, Any]) -> Iterator[None]:

@@ -116,7 +116,6 @@ class OtelRunnerObserver:
         # events on it (False: a quarter of the span cost at high wake rates)
         self.wake_step_spans = wake_step_spans
         self.runner_id = runner_id
-        self._rid = {RUNNER_ID: runner_id}
         self._traceparent = Traceparent(lambda: self._current)
         self._attr_cache: dict[tuple[str, str], Mapping[str, str]] = {}
         self._tracer = telemetry.tracer()
@@ -228,16 +227,8 @@ class OtelRunnerObserver:
         span = self._sessions.pop(s.number, None)
         if self._current is span:
             self._current = None
-        reason = s.reason or EndReason.ERROR
-        if s.connected_at is not None and s.ended_at is not None:
-            self._ins.record(
-                c.STREAM_SESSION_DURATION,
-                max(0.0, s.ended_at - s.connected_at),
-                self._attrs("reason", reason.value),
-                None if span is None else trace.set_span_in_context(span),
-            )
         if span is not None:
-            self._end_session_span(span, s, reason)
+            self._end_session_span(span, s, s.reason or EndReason.ERROR)
 
     def _end_session_span(self, span: Span, s: SessionInfo, reason: EndReason) -> None:
         if s.connected_at is None:
@@ -266,7 +257,7 @@ class OtelRunnerObserver:
         span.add_event(f"detector.{detector}", {"pullwake.detector": detector, **attributes})
 
     def backoff_wait(self, seconds: float, tries: int, reason: EndReason | None) -> None:
-        self._ins.record(c.RECONNECT_BACKOFF, seconds, self._rid)
+        # the next session (or connect) span carries the wait: no metric of its own
         self._pending_backoff = (seconds, tries, reason)
 
     def heartbeat(
@@ -274,7 +265,8 @@ class OtelRunnerObserver:
     ) -> None:
         # The runner reports the outcome just after its heartbeat span's block:
         # that span is still open here (see `span`), so it gets the outcome and
-        # the measurements carry its trace id as exemplar.
+        # a failure's count carries its trace id as exemplar.  A heartbeat's
+        # duration is its request's (`http.client.request.duration`, the span).
         end_here = self._heartbeat_span is not None
         if self._heartbeat_span is not None:  # reported after the span's block: usual
             span: Span = self._heartbeat_span
@@ -283,14 +275,10 @@ class OtelRunnerObserver:
             span = trace.get_current_span()
             if span is self._heartbeat_open:
                 self._heartbeat_open = None  # tells `span` to end it at block exit
-        ctx = trace.set_span_in_context(span) if span.is_recording() else self._metric_context()
-        self._ins.add(c.HEARTBEATS, 1, self._attrs("outcome", outcome.value), ctx)
-        self._ins.record(
-            c.HEARTBEAT_DURATION, duration_s, self._attrs("outcome", outcome.value), ctx
-        )
         span.set_attribute("pullwake.heartbeat.outcome", outcome.value)
         if outcome is HeartbeatOutcome.FAILED:
             etype = (error_type or HeartbeatErrorType.OTHER).value
+            ctx = trace.set_span_in_context(span) if span.is_recording() else self._metric_context()
             self._ins.add(c.HEARTBEAT_FAILURES, 1, self._attrs("error.type", etype), ctx)
             span.set_attribute("error.type", etype)
             span.set_status(Status(StatusCode.ERROR, etype))
@@ -302,20 +290,17 @@ class OtelRunnerObserver:
     ) -> None:
         self._wakes.wake(outcome, wake_id, latency_s)
 
-    def claim(self, outcome: WakeOutcome, duration_s: float) -> None:
-        self._wakes.claim(outcome, duration_s)
-
-    def handler(self, outcome: WakeOutcome, duration_s: float) -> None:
-        self._wakes.handler(outcome, duration_s)
-
+    # Claim answers and callback requests export nothing of their own: each is a
+    # request in `http.client.request.duration` (status, error type) under its
+    # wake step's span, and a lost claim is `pullwake.wakes{outcome=fenced}`.
     def claim_result(self, result: ClaimResult) -> None:
-        self._wakes.count(c.CLAIMS, result.value)
+        pass
 
     def callback_heartbeat(self, outcome: CallbackOutcome, duration_s: float) -> None:
-        self._wakes.count(c.CALLBACK_HEARTBEATS, outcome.value)
+        pass
 
     def completion(self, outcome: CallbackOutcome, duration_s: float) -> None:
-        self._wakes.count(c.COMPLETIONS, outcome.value)
+        pass
 
     def span(self, name: str, attributes: Mapping[str, Any]) -> AbstractContextManager[None]:
         """A span around a unit of work; HTTP requests inside carry its traceparent."""

@@ -66,8 +66,8 @@ class WakeTraces:
             o: self._catalog_attrs(c.WAKES, {RUNNER_ID: runner_id, "outcome": o.value})
             for o in WakeOutcome
         }
-        self._bound: dict[tuple[str, str], tuple[Any, dict[str, str]]] = {}
-        self._latency = self._instrument(c.WAKE_LATENCY, None)
+        rid = {RUNNER_ID: runner_id}
+        self._latency: tuple[Any, dict[str, str]] = (self._ins.checked(c.WAKE_LATENCY, rid), rid)
 
     def _catalog_attrs(self, m: Metric, attrs: dict[str, str]) -> dict[str, str]:
         self._ins.check(m, attrs)
@@ -76,17 +76,6 @@ class WakeTraces:
     def counts(self) -> Iterable[tuple[float, Mapping[str, str]]]:
         """`pullwake.wakes` totals for its observable counter (collection time)."""
         return [(float(n), self._count_attrs[o]) for o, n in list(self._counts.items())]
-
-    def _instrument(self, m: Metric, outcome: str | None) -> tuple[Any, dict[str, str]]:
-        """The SDK instrument and its attributes, checked against the catalog once."""
-        key = (m.name, outcome or "")
-        bound = self._bound.get(key)
-        if bound is None:
-            attrs = {RUNNER_ID: self._runner_id}
-            if outcome is not None:
-                attrs["outcome"] = outcome
-            bound = self._bound[key] = (self._ins.checked(m, attrs), attrs)
-        return bound
 
     # --- metrics ---
     def wake(self, outcome: WakeOutcome, wake_id: str | None, latency_s: float | None) -> None:
@@ -112,19 +101,6 @@ class WakeTraces:
             span = self._open.get(wake_id)
             if span is not None:
                 span.set_attribute("pullwake.wake.outcome", outcome.value)
-
-    def claim(self, outcome: WakeOutcome, duration_s: float) -> None:
-        histogram, attrs = self._instrument(c.CLAIM_DURATION, outcome.value)
-        histogram.record(duration_s, attrs)
-
-    def handler(self, outcome: WakeOutcome, duration_s: float) -> None:
-        histogram, attrs = self._instrument(c.HANDLER_DURATION, outcome.value)
-        histogram.record(duration_s, attrs)
-
-    def count(self, m: Metric, outcome: str) -> None:
-        """One more on an outcome counter (claims, completions, callback heartbeats)."""
-        counter, attrs = self._instrument(m, outcome)
-        counter.add(1, attrs)
 
     # --- spans ---
     def root(self, wake_id: str) -> Span:

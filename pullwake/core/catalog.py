@@ -19,13 +19,10 @@ from typing import Final
 
 from pullwake.core import http_semconv as hs
 from pullwake.core.protocol import (
-    CallbackOutcome,
     ClaimOutcome,
-    ClaimResult,
     CompletionOutcome,
     EndReason,
     HeartbeatErrorType,
-    HeartbeatOutcome,
     LiveMode,
     RunnerState,
     WakeOutcome,
@@ -49,17 +46,11 @@ RUNNER_ID: Final = "runner.id"
 # Allowed values of every enum attribute.  `runner.id` is free-form but bounded
 # by the number of runners.
 ATTRIBUTE_VALUES: Final[Mapping[str, tuple[str, ...]]] = {
-    "reason": tuple(r.value for r in EndReason),
-    "outcome.heartbeat": tuple(o.value for o in HeartbeatOutcome),
-    "outcome.wake": tuple(o.value for o in WakeOutcome),
     "outcome.claim": tuple(o.value for o in ClaimOutcome),
     "outcome.completion": tuple(o.value for o in CompletionOutcome),
-    "outcome.claim_request": tuple(o.value for o in ClaimResult),
-    "outcome.callback": tuple(o.value for o in CallbackOutcome),
     "error.type": tuple(e.value for e in HeartbeatErrorType),
-    "state": tuple(s.value for s in RunnerState),
     "live.mode": tuple(m.value for m in LiveMode),
-    # Narrower sets of what a runner metric exports (see `Metric.budget`):
+    # Narrower than their enums (see `Metric.budget`):
     # a reconnect never follows a stop; the state gauge covers the running
     # phases only (stopping/stopped are the process's last moments: all 0);
     # `pullwake.wakes` counts each wake's final outcome (received, claimed and
@@ -107,19 +98,11 @@ class Budget:
     `scrape`: on `/metrics` (a classic histogram costs one series per bucket
     plus `+Inf`, `_sum` and `_count` per attribute set).  `otlp`: through
     OTLP (histograms are exported base2-exponential: one native histogram
-    series per attribute set).  0 on both: not exported at all (a View drops
-    it; the instrument stays so recording code needs no branch).
+    series per attribute set).
     """
 
     scrape: int
     otlp: int
-
-    @property
-    def exported(self) -> bool:
-        return self.scrape > 0 or self.otlp > 0
-
-
-DROPPED: Final = Budget(0, 0)
 
 
 def prom_label(attribute: str) -> str:
@@ -189,10 +172,6 @@ class Metric:
         return ATTRIBUTE_VALUES[key]
 
     @property
-    def exported(self) -> bool:
-        return self.budget is None or self.budget.exported
-
-    @property
     def scraped(self) -> bool:
         """On `/metrics` (an OTLP-only metric is left out of the scrape)."""
         return self.budget is None or self.budget.scrape > 0
@@ -212,30 +191,11 @@ class Metric:
 
     def worst_case(self) -> Budget:
         """Series per runner with every label value realised, on each path."""
-        if self.budget is not None and not self.budget.exported:
-            return DROPPED
         sets = self.attribute_sets()
         per_set = len(self.buckets or ()) + 3 if self.kind is Kind.HISTOGRAM else 1
         return Budget(sets * per_set if self.scraped else 0, sets)
 
 
-_LATENCY_BUCKETS: Final = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
 _WAKE_LATENCY_BUCKETS: Final = (0.1, 1.0, 5.0, 10.0)
 _REQUEST_BUCKETS: Final = (
     0.001,
@@ -255,8 +215,6 @@ _REQUEST_BUCKETS: Final = (
 # HTTP request durations (semantic conventions): a few of the conventions'
 # advisory boundaries, each series set costs len + 3 series per runner.
 _HTTP_BUCKETS: Final = (0.025, 0.1, 0.5, 2.5)
-_BACKOFF_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
-_SESSION_BUCKETS: Final = (0.1, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 
 R = Component.RUNNER
 S = Component.SERVER
@@ -308,28 +266,6 @@ STREAM_RECONNECTS = Metric(
     value_sets={"reason": "reason.reconnect"},
     budget=Budget(14, 14),
 )
-STREAM_SESSION_DURATION = Metric(
-    "pullwake.stream.session.duration",
-    Kind.HISTOGRAM,
-    "s",
-    "Not exported (series budget): lifetime of each ended stream session, by end reason -"
-    " the `pullwake.stream.session` span (always sampled) carries both.",
-    R,
-    (RUNNER_ID, "reason"),
-    buckets=_SESSION_BUCKETS,
-    budget=DROPPED,
-)
-HEARTBEATS = Metric(
-    "pullwake.heartbeats",
-    Kind.COUNTER,
-    "",
-    "Not exported (series budget): heartbeats sent, by outcome - failures are"
-    " `pullwake.heartbeat.failures`, every request is in `http.client.request.duration`.",
-    R,
-    (RUNNER_ID, "outcome"),
-    value_sets={"outcome": "outcome.heartbeat"},
-    budget=DROPPED,
-)
 HEARTBEAT_FAILURES = Metric(
     "pullwake.heartbeat.failures",
     Kind.COUNTER,
@@ -357,18 +293,6 @@ HEARTBEAT_LAST_SUCCESS = Metric(
     (RUNNER_ID,),
     budget=Budget(1, 1),
 )
-HEARTBEAT_DURATION = Metric(
-    "pullwake.heartbeat.duration",
-    Kind.HISTOGRAM,
-    "s",
-    "Not exported (series budget): heartbeat request duration - see"
-    " `http.client.request.duration` (POST) and the `pullwake.heartbeat` spans.",
-    R,
-    (RUNNER_ID, "outcome"),
-    value_sets={"outcome": "outcome.heartbeat"},
-    buckets=_REQUEST_BUCKETS,
-    budget=DROPPED,
-)
 RUNNER_STATE = Metric(
     "pullwake.runner.state",
     Kind.GAUGE,
@@ -379,17 +303,6 @@ RUNNER_STATE = Metric(
     (RUNNER_ID, "state"),
     value_sets={"state": "state.running"},
     budget=Budget(3, 3),
-)
-RECONNECT_BACKOFF = Metric(
-    "pullwake.reconnect.backoff",
-    Kind.HISTOGRAM,
-    "s",
-    "Not exported (series budget): each backoff wait before a reconnect attempt - the"
-    " connect/session span carries it as `pullwake.backoff.wait_s`.",
-    R,
-    (RUNNER_ID,),
-    buckets=_BACKOFF_BUCKETS,
-    budget=DROPPED,
 )
 WAKES = Metric(
     "pullwake.wakes",
@@ -414,66 +327,6 @@ WAKE_LATENCY = Metric(
     # it, so p99 > 5 s is exact; OTLP: exponential (full resolution, one series).
     buckets=_WAKE_LATENCY_BUCKETS,
     budget=Budget(7, 1),
-)
-CLAIM_DURATION = Metric(
-    "pullwake.claim.duration",
-    Kind.HISTOGRAM,
-    "s",
-    "Not exported (series budget): claim request duration - see"
-    " `http.client.request.duration` and the `pullwake.wake.claim` spans.",
-    R,
-    (RUNNER_ID, "outcome"),
-    value_sets={"outcome": "outcome.wake"},
-    buckets=_REQUEST_BUCKETS,
-    budget=DROPPED,
-)
-HANDLER_DURATION = Metric(
-    "pullwake.handler.duration",
-    Kind.HISTOGRAM,
-    "s",
-    "Not exported (series budget): handler run time per wake - the `pullwake.wake.handle`"
-    " spans (span metrics in Tempo).",
-    R,
-    (RUNNER_ID, "outcome"),
-    value_sets={"outcome": "outcome.wake"},
-    buckets=_LATENCY_BUCKETS,
-    budget=DROPPED,
-)
-CLAIMS = Metric(
-    "pullwake.claims",
-    Kind.COUNTER,
-    "",
-    "Not exported (series budget): claim requests by answer (claimed, done, skipped,"
-    " not_running, failed) - `http.client.request.duration` has their status codes,"
-    " `pullwake.wakes` the wake's outcome.",
-    R,
-    (RUNNER_ID, "outcome"),
-    value_sets={"outcome": "outcome.claim_request"},
-    budget=DROPPED,
-)
-COMPLETIONS = Metric(
-    "pullwake.completions",
-    Kind.COUNTER,
-    "",
-    "Not exported (series budget): done callbacks of handled claims, by outcome - a"
-    " refused one is `pullwake.wakes{outcome=fenced}`, every attempt a POST in"
-    " `http.client.request.duration`.",
-    R,
-    (RUNNER_ID, "outcome"),
-    value_sets={"outcome": "outcome.callback"},
-    budget=DROPPED,
-)
-CALLBACK_HEARTBEATS = Metric(
-    "pullwake.callback.heartbeats",
-    Kind.COUNTER,
-    "",
-    "Not exported (series budget): claim lease heartbeats while a handler runs - a refused"
-    " one is `pullwake.wakes{outcome=fenced}`, every attempt a POST in"
-    " `http.client.request.duration`.",
-    R,
-    (RUNNER_ID, "outcome"),
-    value_sets={"outcome": "outcome.callback"},
-    budget=DROPPED,
 )
 
 HTTP_CLIENT_DURATION = Metric(

@@ -5,10 +5,10 @@ and the server's observers write to.  Every measurement's attributes are
 checked against the catalog - no unlisted label, so no unbounded series.
 
 The series budget (`Metric.budget`) is applied here too, in the SDK's own
-terms: a View drops what is not exported and caps what has a cardinality
-limit, observable values outside a metric's exported value set are left
-out, the `/metrics` reader leaves out OTLP-only metrics, and OTLP exports
-histograms base2-exponential (one native histogram series each) unless
+terms: a View caps what has a cardinality limit, observable values outside
+a metric's exported value set are left out, the `/metrics` reader leaves
+out OTLP-only metrics, and OTLP exports histograms base2-exponential (one
+native histogram series each) unless
 `OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION` says otherwise.
 Histogram buckets are the instruments' advisory boundaries (`/metrics`).
 """
@@ -31,7 +31,6 @@ from opentelemetry.sdk.metrics.export import MetricsData
 from opentelemetry.sdk.metrics.view import (
     Aggregation,
     DefaultAggregation,
-    DropAggregation,
     ExponentialBucketHistogramAggregation,
     View,
 )
@@ -195,8 +194,8 @@ HISTOGRAM_AGGREGATION_ENV: Final = "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM
 def catalog_views(component: Component | None = None) -> list[View]:
     """Views that apply the catalog's budgets (every reader sees them).
 
-    A metric with budget 0 is dropped; one with a cardinality limit keeps
-    that many attribute sets per runner (then one overflow point).  Buckets
+    A metric with a cardinality limit keeps that many attribute sets per
+    runner (then one overflow point).  Buckets
     are not set here: `/metrics` uses the instruments' advisory boundaries
     and OTLP its preferred aggregation (`otlp_preferred_aggregation`).
     """
@@ -204,9 +203,7 @@ def catalog_views(component: Component | None = None) -> list[View]:
     for m in CATALOG:
         if component is not None and m.component is not component:
             continue
-        if not m.exported:
-            views.append(View(instrument_name=m.name, aggregation=DropAggregation()))
-        elif m.cardinality_limit is not None:
+        if m.cardinality_limit is not None:
             views.append(
                 View(
                     instrument_name=m.name,

@@ -71,8 +71,6 @@ def _labels(m: Metric) -> str:
 def _budget(m: Metric) -> str:
     if m.budget is None:
         return "-"
-    if not m.budget.exported:
-        return "not exported"
     return f"{m.budget.scrape} / {m.budget.otlp}"
 
 
@@ -116,8 +114,9 @@ def _budget_section() -> list[str]:
         " (method, status, error type); the rest add up in one `otel_metric_overflow` point.",
         "- The state gauge covers the running phases; `pullwake.wakes` counts final outcomes;"
         " a reconnect never follows a stop.",
-        "- Metrics marked *not exported* are dropped by a View: spans, the HTTP client"
-        " metric and `pullwake.wakes` carry what they said.",
+        "- Per-request and per-step durations and outcomes (heartbeats, claims, handlers,"
+        " callbacks, sessions, backoff waits) are on the spans listed below and in"
+        " `http.client.request.duration`, not in metrics of their own.",
         "",
     ]
 
@@ -179,7 +178,8 @@ def _span_rows() -> list[str]:
     rows = {
         SESSION_SPAN: "one per stream session, from the connect attempt to its end: `runner.id`, "
         "`pullwake.session.number`, `pullwake.live.mode`, `pullwake.offset.start` and "
-        "`.end`, `pullwake.wakes.received`, `pullwake.session.ttfb_s`, `pullwake.end.reason`; "
+        "`.end`, `pullwake.wakes.received`, `pullwake.session.ttfb_s`, `pullwake.end.reason`, "
+        "`pullwake.backoff.wait_s` and `.tries` of the reconnect wait before it; "
         "ERROR when the reason is a failure; events `detector.idle_timeout`, "
         "`detector.heartbeat_failures`",
         CONNECT_SPAN: "a connect attempt that never got a response, with "

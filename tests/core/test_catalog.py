@@ -3,22 +3,26 @@
 import pytest
 
 from pullwake.core import catalog
-from pullwake.core.catalog import BOUNDED_ATTRIBUTES, CATALOG, RUNNER_ID, Component, Kind
+from pullwake.core.catalog import (
+    ATTRIBUTE_VALUES,
+    BOUNDED_ATTRIBUTES,
+    CATALOG,
+    RUNNER_ID,
+    Component,
+    Kind,
+)
 
 PROMISED = {
     "pullwake.stream.connected": "pullwake_stream_connected",
     "pullwake.stream.age": "pullwake_stream_age_seconds",
     "pullwake.stream.idle": "pullwake_stream_idle_seconds",
     "pullwake.stream.reconnects": "pullwake_stream_reconnects_total",
-    "pullwake.heartbeats": "pullwake_heartbeats_total",
     "pullwake.heartbeat.failures": "pullwake_heartbeat_failures_total",
     "pullwake.heartbeat.consecutive_failures": "pullwake_heartbeat_consecutive_failures",
     "pullwake.heartbeat.last_success.timestamp": (
         "pullwake_heartbeat_last_success_timestamp_seconds"
     ),
-    "pullwake.heartbeat.duration": "pullwake_heartbeat_duration_seconds",
     "pullwake.runner.state": "pullwake_runner_state",
-    "pullwake.reconnect.backoff": "pullwake_reconnect_backoff_seconds",
     "pullwake.wakes": "pullwake_wakes_total",
     "pullwake.wake.latency": "pullwake_wake_latency_seconds",
 }
@@ -58,3 +62,17 @@ def test_zero_one_gauges_have_no_unit() -> None:
         assert m.unit != "1", m.name
         if m.kind is Kind.HISTOGRAM:
             assert m.buckets, m.name
+
+
+def test_every_value_set_is_some_metrics() -> None:
+    """No value set outlives the metrics that used it (docs/metrics.md lists them all)."""
+    used = {m.value_sets.get(a, a) for m in CATALOG for a in m.attributes}
+    assert set(ATTRIBUTE_VALUES) <= used
+
+
+def test_recorded_means_exported() -> None:
+    """Every runner metric counts in the series budget: nothing is recorded only to be
+    dropped (what a span or `http.client.request.duration` says has no metric of its own)."""
+    for m in CATALOG:
+        if m.budget is not None:
+            assert m.budget.scrape or m.budget.otlp, m.name

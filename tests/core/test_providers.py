@@ -95,7 +95,7 @@ def test_names_agree_on_scrape_and_otlp_paths(
     try:
         exercise(t, component)
         mine = [m for m in CATALOG if m.component is component]
-        expected = {m.name: m for m in mine if m.exported}
+        expected = {m.name: m for m in mine}
         wait_until(lambda: set(expected) <= receiver.metric_names(), 10, what="OTLP metrics")
         families = scrape_families(t.prometheus_text().decode())
         for name, m in expected.items():
@@ -104,10 +104,6 @@ def test_names_agree_on_scrape_and_otlp_paths(
             # scrape path: the Python Prometheus reader (OTLP-only metrics left out)
             want = _PROM_TYPE[m.kind] if m.scraped else None
             assert families.get(m.prom_name) == want, (m.prom_name, families)
-        # metrics the series budget does not export: on neither path
-        dropped = {m.name for m in mine if not m.exported}
-        assert not dropped & receiver.metric_names()
-        assert not {m.prom_name for m in mine if not m.exported} & set(families)
         point = receiver.points(next(iter(expected)))[0]
         assert point.resource["service.name"] == service
         assert point.resource["service.instance.id"] == "i1"
@@ -132,9 +128,7 @@ def test_histogram_buckets_come_from_the_catalog() -> None:
                     assert tuple(bounds) == m.buckets
                     seen += 1
     assert seen == sum(
-        1
-        for m in CATALOG
-        if m.kind is Kind.HISTOGRAM and m.component is Component.RUNNER and m.exported
+        1 for m in CATALOG if m.kind is Kind.HISTOGRAM and m.component is Component.RUNNER
     )
 
 
@@ -394,7 +388,7 @@ def test_http_protobuf_path_reaches_an_http_receiver() -> None:
         for sm in rm.scope_metrics
         for m in sm.metrics
     }
-    assert {m.name for m in CATALOG if m.component is Component.RUNNER and m.exported} <= names
+    assert {m.name for m in CATALOG if m.component is Component.RUNNER} <= names
 
 
 def test_grpc_host_port_endpoint_reaches_the_collector() -> None:
