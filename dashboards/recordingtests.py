@@ -14,8 +14,9 @@ from typing import Any
 from pullwake.core import catalog as c
 from pullwake.core.protocol import WakeOutcome
 from pullwake.dashboards import queries as q
+from pullwake.dashboards import rules
 from pullwake.dashboards.config import Config, parse_duration
-from pullwake.dashboards.recording import FILE, Recording, bucket_rate_name, recordings
+from pullwake.dashboards.recording import FILE, GROUP, Recording, bucket_rate_name, recordings
 
 RECORDING_FILE = "pullwake-recording.yml"
 ALERTS_FILE = "pullwake-alerts.yml"
@@ -155,5 +156,11 @@ def test_file(config: Config) -> dict[str, Any]:
         # the groups holding the rules tested here (the others read them first)
         "rule_files": [f"../rules/{f}" for f in (FILE, RECORDING_FILE, ALERTS_FILE)],
         "evaluation_interval": f"{STEP}s",
+        # what others read first: the freshness guard's group, then the recordings
+        "group_eval_order": [
+            *rules.group_order(config),
+            *rules.RECORDING_GROUPS,
+            GROUP,
+        ],
         "tests": tests,
     }

@@ -23,6 +23,23 @@ from pullwake.dashboards.config import Config
 
 Severity = Literal["critical", "warning"]
 
+# Alert groups (all in pullwake-alerts.yml).  Prometheus evaluates groups
+# concurrently; at 10,000 runners one group of every alert took 1.3-2.2 s per
+# evaluation (bench/bench_fleet.py), so the per-runner joins are spread over four,
+# each well under a second.  The freshness guard is recorded first in ALERTS; the
+# other groups read its latest value (one evaluation interval old at most, next to
+# the guard's 90 s), and promtool evaluates ALERTS first (`group_order`).
+ALERTS = "pullwake-alerts"  # the guard, heartbeats, the server's view
+STREAM_ALERTS = "pullwake-alerts-stream"  # not streaming, stale, reconnect storms
+WAKE_ALERTS = "pullwake-alerts-wakes"  # wake latency (every runner's buckets), lost claims
+ABSENT_ALERTS = "pullwake-alerts-absent"  # telemetry absent (every runner over the lookback)
+ALERT_GROUPS = (ALERTS, STREAM_ALERTS, WAKE_ALERTS, ABSENT_ALERTS)
+# The same for the recording rules (pullwake-recording.yml), by what they read.
+RECORDING = "pullwake-recording"  # heartbeats
+RECONNECT_RECORDING = "pullwake-recording-reconnects"
+LATENCY_RECORDING = "pullwake-recording-latency"  # the fleet's latency buckets, quantiles
+RECORDING_GROUPS = (RECORDING, RECONNECT_RECORDING, LATENCY_RECORDING)
+
 
 @dataclass(frozen=True)
 class Alert:
@@ -32,6 +49,7 @@ class Alert:
     for_field: str  # attribute of `ForDurations`
     summary: str
     description: str  # `{runner}` and `{value}` placeholders
+    group: str = ALERTS
 
     def annotations(self, config: Config) -> dict[str, str]:
         return {
@@ -97,6 +115,7 @@ def alerts(config: Config) -> tuple[Alert, ...]:
             "A runner is stuck connecting or reconnecting.",
             "Runner {runner} has been connecting or reconnecting to its wake stream without "
             "getting through; it receives no wakes.",
+            STREAM_ALERTS,
         ),
         Alert(
             "PullWakeReconnectStorm",
@@ -109,6 +128,7 @@ def alerts(config: Config) -> tuple[Alert, ...]:
             "A runner's wake stream keeps failing and reconnecting.",
             "Runner {runner} reconnected {value} times after failures in the last "
             f"{t.reconnect_storm_window} (planned rotations not counted).",
+            STREAM_ALERTS,
         ),
         Alert(
             "PullWakeStreamStale",
@@ -118,6 +138,7 @@ def alerts(config: Config) -> tuple[Alert, ...]:
             "A runner's connected wake stream has gone silent.",
             "Runner {runner} reports its wake stream connected but has read no byte for "
             "{value}s, longer than the keepalive allows.",
+            STREAM_ALERTS,
         ),
         Alert(
             "PullWakeRunnerTelemetryAbsent",
@@ -127,6 +148,7 @@ def alerts(config: Config) -> tuple[Alert, ...]:
             "A runner stopped reporting metrics.",
             f"Runner {{runner}} reported metrics within the last "
             f"{t.telemetry_absent_lookback} but reports none now.",
+            ABSENT_ALERTS,
         ),
         Alert(
             "PullWakeWakeLatencyHigh",
@@ -136,6 +158,7 @@ def alerts(config: Config) -> tuple[Alert, ...]:
             "Wakes take too long to reach their runner's handler.",
             "p99 wake latency of runner {runner} is {value}s "
             f"(threshold {t.wake_latency_p99_seconds:g}s).",
+            WAKE_ALERTS,
         ),
         Alert(
             "PullWakeServerSeesNoStream",
@@ -156,22 +179,41 @@ def alerts(config: Config) -> tuple[Alert, ...]:
             f"fenced or rejected) in the last {t.completions_fenced_window}, and has for a "
             "while: its handlers outlive their 30 s claim lease, so the server announces the "
             "work again and it is done twice.",
+            WAKE_ALERTS,
         ),
     )
 
 
+def _alert_rule(config: Config, a: Alert) -> dict[str, Any]:
+    return {
+        "alert": a.name,
+        "expr": a.expr,
+        "for": getattr(config.for_, a.for_field),
+        "labels": {"severity": a.severity},
+        "annotations": a.annotations(config),
+    }
+
+
 def alert_rules(config: Config) -> list[dict[str, Any]]:
     """Every alert with for/severity/annotations added in exactly one place."""
-    return [
-        {
-            "alert": a.name,
-            "expr": a.expr,
-            "for": getattr(config.for_, a.for_field),
-            "labels": {"severity": a.severity},
-            "annotations": a.annotations(config),
-        }
-        for a in alerts(config)
-    ]
+    return [_alert_rule(config, a) for a in alerts(config)]
+
+
+def alert_groups(config: Config) -> list[dict[str, Any]]:
+    """ALERTS (the freshness guard first), then the others."""
+    interval = config.rule_evaluation_interval
+    out = []
+    for name in ALERT_GROUPS:
+        first = recording.alert_recordings(config) if name == ALERTS else []
+        rules = [_alert_rule(config, a) for a in alerts(config) if a.group == name]
+        out.append({"name": name, "interval": interval, "rules": first + rules})
+    return out
+
+
+def group_order(config: Config) -> list[str]:
+    """The alert groups in the order a promtool case evaluates them (`group_eval_order`):
+    the guard's group first, so every alert sees this evaluation's guard, as in one group."""
+    return [g["name"] for g in alert_groups(config)]
 
 
 # --- recording rules (level:metric:operation) ---------------------------------------
@@ -193,9 +235,26 @@ def recording_names(config: Config) -> dict[str, str]:
 
 
 def recording_rules(config: Config) -> list[dict[str, Any]]:
+    """Every recording rule of pullwake-recording.yml (every group, in order)."""
+    return [r for g in recording_groups(config) for r in g["rules"]]
+
+
+def recording_groups(config: Config) -> list[dict[str, Any]]:
+    interval = config.rule_evaluation_interval
+    return [
+        {"name": name, "interval": interval, "rules": rules}
+        for name, rules in (
+            (RECORDING, heartbeat_recording_rules(config)),
+            (RECONNECT_RECORDING, reconnect_recording_rules(config)),
+            (LATENCY_RECORDING, latency_recording_rules(config)),
+        )
+    ]
+
+
+def reconnect_recording_rules(config: Config) -> list[dict[str, Any]]:
     w = config.rate_window
     n = recording_names(config)
-    rules: list[dict[str, Any]] = [
+    return [
         {
             "record": n["reconnect_rate"],
             "expr": q.rate_by(config, c.STREAM_RECONNECTS, w, (q.REASON,)),
@@ -204,6 +263,13 @@ def recording_rules(config: Config) -> list[dict[str, Any]]:
             "record": n["reconnects_1h"],
             "expr": q.increase_by(config, c.STREAM_RECONNECTS, "1h", (q.RUNNER,)),
         },
+    ]
+
+
+def heartbeat_recording_rules(config: Config) -> list[dict[str, Any]]:
+    w = config.rate_window
+    n = recording_names(config)
+    rules: list[dict[str, Any]] = [
         {
             "record": n["heartbeat_failure_rate"],
             "expr": q.rate_by(config, c.HEARTBEAT_FAILURES, w, (q.ERROR_TYPE,)),
@@ -215,6 +281,14 @@ def recording_rules(config: Config) -> list[dict[str, Any]]:
             "expr": q.guarded(config, q.connected_while_heartbeats_failing(config)),
         },
     ]
+    return rules
+
+
+def latency_recording_rules(config: Config) -> list[dict[str, Any]]:
+    """Every bucket of the fleet's wake latency once, then the quantiles from it."""
+    w = config.rate_window
+    n = recording_names(config)
+    rules: list[dict[str, Any]] = []
     for key, metric in (("wake_latency_quantile", c.WAKE_LATENCY),):
         # every bucket's rate once, then the quantiles from it (dashboards.recording)
         rules.append(recording.bucket_rate_rule(config, metric))
@@ -232,25 +306,8 @@ def recording_rules(config: Config) -> list[dict[str, Any]]:
 
 def rule_files(config: Config) -> dict[str, dict[str, Any]]:
     """File name -> rule file content (`deploy/prometheus/rules/`)."""
-    interval = config.rule_evaluation_interval
     return {
-        "pullwake-alerts.yml": {
-            "groups": [
-                {
-                    "name": "pullwake-alerts",
-                    "interval": interval,
-                    "rules": recording.alert_recordings(config) + alert_rules(config),
-                }
-            ]
-        },
-        "pullwake-recording.yml": {
-            "groups": [
-                {
-                    "name": "pullwake-recording",
-                    "interval": interval,
-                    "rules": recording_rules(config),
-                }
-            ]
-        },
+        "pullwake-alerts.yml": {"groups": alert_groups(config)},
+        "pullwake-recording.yml": {"groups": recording_groups(config)},
         "pullwake-slo.yml": slo.rule_file(config),
     }

@@ -29,7 +29,7 @@ from pullwake.core import catalog as c
 from pullwake.core.protocol import EndReason, RunnerState, WakeOutcome
 from pullwake.dashboards import queries as q
 from pullwake.dashboards.config import Config, format_duration, parse_duration
-from pullwake.dashboards.rules import Alert, alerts
+from pullwake.dashboards.rules import Alert, alerts, group_order
 
 STEP = 15  # seconds between input samples (and rule evaluations)
 SAMPLES = 120  # 30 minutes of data per case
@@ -462,5 +462,6 @@ def test_file(config: Config) -> dict[str, Any]:
     return {
         "rule_files": ["../rules/pullwake-alerts.yml"],
         "evaluation_interval": f"{STEP}s",
+        "group_eval_order": group_order(config),
         "tests": cases(config),
     }

@@ -387,5 +387,7 @@ def test_file(config: Config) -> dict[str, Any]:
     return {
         "rule_files": ["../rules/pullwake-slo.yml"],
         "evaluation_interval": f"{EVAL_S}s",
+        # recordings before the alerts that read them, as one group would (slo.rule_file)
+        "group_eval_order": slo.group_order(config),
         "tests": [test_group(config, case) for case in cases(config)],
     }

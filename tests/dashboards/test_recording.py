@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pullwake.dashboards import recording, recordingtests
+from pullwake.dashboards import recording, recordingtests, rules, slo
 from pullwake.dashboards.config import DEFAULT
 from tests.dashboards.dashjson import load, prom_targets
 from tests.support.prometheus import PROMTOOL, needs_prometheus
@@ -98,6 +98,8 @@ def test_bench_fleet_quick_runs_end_to_end(tmp_path: Path) -> None:
     rows = report["rows"]
     groups = {r["group"] for r in rows}
     assert {"dashboard/fleet", "dashboard/runner", "dashboard/server"} <= groups
-    assert {f"rules/{recording.GROUP}", "rules/pullwake-alerts", "rules/pullwake-slo"} <= groups
+    every = [recording.GROUP, *rules.ALERT_GROUPS, *rules.RECORDING_GROUPS]
+    every += slo.group_order(DEFAULT)
+    assert {f"rules/{g}" for g in every} <= groups
     assert not [r for r in rows if r["error"]]
     assert report["samples"] > 0 and report["series_at_end"] > 0

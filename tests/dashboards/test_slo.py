@@ -84,10 +84,18 @@ def test_one_recording_rule_per_window_and_level() -> None:
         assert f"runner_id:{RS}:good_samples{w}" in records
     assert len(records) == len(set(records)) == 6 * len(DEFAULT.slo.windows)
     # Counts come before the rules that add them up or divide by them (same group, same
-    # evaluation): raw counts, then running counts, then ratios.
-    kinds = [r.split(":")[2].rstrip("0123456789mhd") for r in records]
+    # evaluation: one group per window): raw counts, then running counts, then ratios.
     order = {"bad_samples": 0, "good_samples": 0, "running_samples": 1, "error_ratio": 2}
-    assert [order[k] for k in kinds] == sorted(order[k] for k in kinds)
+    groups = slo.rule_file(DEFAULT)["groups"]
+    for w, group in zip(DEFAULT.slo.windows, groups, strict=False):
+        assert group["name"] == slo.window_group(w)
+        names = [r["record"] for r in group["rules"]]
+        assert all(n.endswith(f"samples{w}") or n.endswith(f"ratio{w}") for n in names)
+        kinds = [n.split(":")[2].removesuffix(w) for n in names]
+        assert [order[k] for k in kinds] == sorted(order[k] for k in kinds)
+    # then one group per window pair, its runner and fleet alerts (after, in promtool)
+    assert [g["name"] for g in groups] == slo.group_order(DEFAULT)
+    assert all("alert" in r for g in groups[len(DEFAULT.slo.windows) :] for r in g["rules"])
     raw = [r["expr"] for r in slo.recording_rules(DEFAULT) if "sum_over_time" in r["expr"]]
     assert len(raw) == 2 * len(DEFAULT.slo.windows)
 

@@ -91,11 +91,13 @@ def test_slo_rules_on_three_days_of_a_fleet(tmp_path: Path) -> None:
         worst: dict[str, float] = {}
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            [group] = _groups(prom)
-            worst["group"] = max(worst.get("group", 0.0), group["evaluationTime"])
-            for r in group["rules"]:
-                key = r["name"] + ("" if r["type"] == "recording" else str(r["labels"]))
-                worst[key] = max(worst.get(key, 0.0), r["evaluationTime"])
+            groups = _groups(prom)  # one per window, one per window pair (slo.rule_file)
+            assert sorted(g["name"] for g in groups) == sorted(slo.group_order(DEFAULT))
+            for group in groups:
+                worst["group"] = max(worst.get("group", 0.0), group["evaluationTime"])
+                for r in group["rules"]:
+                    key = r["name"] + ("" if r["type"] == "recording" else str(r["labels"]))
+                    worst[key] = max(worst.get(key, 0.0), r["evaluationTime"])
             time.sleep(1.0)
         # The windows end an hour before now (the data does): values of runner r0 over
         # the 3d window are its share of bad samples, within one sample.
@@ -107,7 +109,7 @@ def test_slo_rules_on_three_days_of_a_fleet(tmp_path: Path) -> None:
         slowest = sorted(((v, k) for k, v in worst.items() if k != "group"), reverse=True)[:3]
         print(
             f"\nSLO rule group over {RUNNERS} runners x {DAYS}d of {STEP_S}s scrapes "
-            f"({samples:,} samples): group {worst['group'] * 1000:.0f} ms per evaluation; "
+            f"({samples:,} samples): slowest group {worst['group'] * 1000:.0f} ms per evaluation; "
             "slowest rules: " + ", ".join(f"{k} {v * 1000:.0f} ms" for v, k in slowest)
         )
         assert worst["group"] < 5.0  # far below the 15 s evaluation interval
