@@ -83,19 +83,20 @@ def test_one_recording_rule_per_window_and_level() -> None:
         assert f"runner_id:{RS}:bad_samples{w}" in records
         assert f"runner_id:{RS}:good_samples{w}" in records
     assert len(records) == len(set(records)) == 6 * len(DEFAULT.slo.windows)
-    # Counts come before the rules that add them up or divide by them (same group, same
-    # evaluation: one group per window): raw counts, then running counts, then ratios.
+    # Counts come before the rules that add them up or divide by them: per window a
+    # group of raw counts, then (evaluated after it in promtool) one of running counts,
+    # then ratios; then one group per window pair, its runner and fleet alerts.
     order = {"bad_samples": 0, "good_samples": 0, "running_samples": 1, "error_ratio": 2}
-    groups = slo.rule_file(DEFAULT)["groups"]
-    for w, group in zip(DEFAULT.slo.windows, groups, strict=False):
-        assert group["name"] == slo.window_group(w)
-        names = [r["record"] for r in group["rules"]]
+    groups = {g["name"]: g["rules"] for g in slo.rule_file(DEFAULT)["groups"]}
+    assert list(groups) == slo.group_order(DEFAULT)
+    for w in DEFAULT.slo.windows:
+        names = [r["record"] for r in groups[slo.window_group(w)] + groups[slo.ratio_group(w)]]
         assert all(n.endswith(f"samples{w}") or n.endswith(f"ratio{w}") for n in names)
         kinds = [n.split(":")[2].removesuffix(w) for n in names]
         assert [order[k] for k in kinds] == sorted(order[k] for k in kinds)
-    # then one group per window pair, its runner and fleet alerts (after, in promtool)
-    assert [g["name"] for g in groups] == slo.group_order(DEFAULT)
-    assert all("alert" in r for g in groups[len(DEFAULT.slo.windows) :] for r in g["rules"])
+        assert len(groups[slo.window_group(w)]) == 2  # the raw counts alone
+    for b in DEFAULT.slo.burn_windows:
+        assert all("alert" in r for r in groups[slo.burn_group(b)])
     raw = [r["expr"] for r in slo.recording_rules(DEFAULT) if "sum_over_time" in r["expr"]]
     assert len(raw) == 2 * len(DEFAULT.slo.windows)
 
