@@ -69,24 +69,26 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+async def create_streams(http: aiohttp.ClientSession, base: str, prefix: str, n: int) -> None:
+    """PUT `n` JSON streams `bench/<prefix><i>`, 64 at a time."""
+    sem = asyncio.Semaphore(64)
+
+    async def create(i: int) -> None:
+        url = f"{base}/v1/stream/bench/{prefix}{i}"
+        async with sem, http.put(url, headers={"content-type": "application/json"}) as r:
+            assert r.status in (200, 201), r.status
+
+    await asyncio.gather(*(create(i) for i in range(n)))
+
+
 async def idle(base: str, pid: int, readers: int, hold: float) -> str:
     """`readers` idle SSE readers, one per stream: server RSS and CPU while they wait."""
     conn = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
     rss0 = rss_mib(pid)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as http:
+        await create_streams(http, base, "idle", readers)
         sem = asyncio.Semaphore(64)
-
-        async def create(i: int) -> None:
-            async with (
-                sem,
-                http.put(
-                    f"{base}/v1/stream/bench/idle{i}", headers={"content-type": "application/json"}
-                ) as r,
-            ):
-                assert r.status in (200, 201)
-
-        await asyncio.gather(*(create(i) for i in range(readers)))
         connected = 0
 
         async def reader(i: int) -> None:
@@ -171,18 +173,7 @@ async def fanout(base: str, readers: int, writers: int, rounds: int) -> list[str
     out = []
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as http:
-        sem = asyncio.Semaphore(64)
-
-        async def create(i: int) -> None:
-            async with (
-                sem,
-                http.put(
-                    f"{base}/v1/stream/bench/f{i}", headers={"content-type": "application/json"}
-                ) as r,
-            ):
-                assert r.status in (200, 201)
-
-        await asyncio.gather(*(create(i) for i in range(readers)))
+        await create_streams(http, base, "f", readers)
         arrivals: dict[tuple[int, int], float] = {}
         dupes = 0
         connected = 0

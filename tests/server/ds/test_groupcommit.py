@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from pullwake.server.ds.store import (
     FRAME_OVERHEAD,
@@ -24,15 +21,6 @@ from pullwake.server.ds.store import (
     format_offset,
     offset_pos,
 )
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[DSStore]:
-    s = DSStore(str(tmp_path / "ds.db"))
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 async def test_concurrent_appends_share_commits_and_keep_offsets(store: DSStore) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,6 @@ WAKE = (
     b'{"type":"wake","subscription_id":"runner:r1:23c1232b5a83aee4","stream":"probe/e1/main",'
     b'"generation":1,"ts":1796179384247}'
 )
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[DSStore]:
-    s = DSStore(str(tmp_path / "ds.db"))
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def body(messages: list[Message]) -> object:
