@@ -19,7 +19,9 @@ read; the fleet level is spelt `fleet` (no label survives the aggregation).
 The raw gauge is read once per window and runner, into two disjoint counts
 (not streaming, streaming); the running counts, the ratios and the whole
 fleet level add those recorded counts up, so a fleet of 10,000 runners pays
-for its raw samples once, not four times (bench/bench_fleet.py).
+for its raw samples once, not four times (bench/bench_fleet.py).  Windows of a
+day and more add up recorded 5-minute buckets instead of raw samples
+(`bucket_rules`): 30x fewer samples over 3 days, ending up to 5 minutes back.
 The alerts follow the SRE workbook's multi-window, multi-burn-rate table,
 taken from `Config.slo.burn_windows`, plus one condition: the long window
 must hold `Config.slo.min_history` short windows' worth of running samples,
@@ -35,7 +37,7 @@ from typing import Any, Final, Literal
 from pullwake.core import catalog as c
 from pullwake.core.protocol import RunnerState
 from pullwake.dashboards import queries as q
-from pullwake.dashboards.config import BurnWindow, Config, parse_duration
+from pullwake.dashboards.config import BurnWindow, Config, format_duration, parse_duration
 
 Level = Literal["runner", "fleet"]
 LEVELS: Final[tuple[Level, ...]] = ("runner", "fleet")
@@ -116,9 +118,54 @@ def running(config: Config, window: str, level: Level) -> str:
     return per_runner if level == "runner" else f"sum({running_name('runner', window)})"
 
 
+# Long windows add up recorded 5-minute buckets instead of reading the raw gauge:
+# over 3 days at 10,000 runners the raw read would take ~20 s per evaluation
+# (bench/bench_fleet.py, docs/slo.md).  Per runner, a bucket holds the bad and good
+# samples of the 5 minutes before it; it is recorded at one evaluation in
+# 300 s / interval (`time() % 300 < interval`, which also holds under promtool,
+# which evaluates every group at every step).  Both ranges end 1 ms short: Prometheus
+# 2.x range selectors include their left edge, so a sample (or bucket) on a boundary
+# would count twice.  A bucketed window ends at its last bucket, up to 5 minutes
+# behind; windows shorter than BUCKETED_FROM (every page's short window) stay raw.
+BUCKET: Final = "5m"
+BUCKET_S: Final = 300
+BUCKETED_FROM: Final = "1d"
+
+
+def bucketed(window: str) -> bool:
+    """Whether `window` is summed from recorded 5-minute buckets (else read raw)."""
+    return parse_duration(window) >= parse_duration(BUCKETED_FROM)
+
+
+def _just_under(window: str) -> str:
+    """`window` minus 1 ms: a range that excludes its left edge in Prometheus 2.x too."""
+    return format_duration(parse_duration(window) - 0.001)
+
+
+def bucket_name(kind: str) -> str:
+    """Per-runner count of `kind` samples in the 5 minutes up to the bucket's time."""
+    return f"{q.RUNNER}:{c.RUNNER_STATE.prom_name}:{kind}_samples_bucket{BUCKET}"
+
+
+def bucket_rules(config: Config) -> list[dict[str, Any]]:
+    """The 5-minute buckets per runner, recorded once every BUCKET_S (nothing in between)."""
+    every = parse_duration(config.rule_evaluation_interval)
+    once = f" and on () vector(time() % {BUCKET_S}) < {every:g}"
+    return [
+        {
+            "record": bucket_name(kind),
+            "expr": samples(config, states, _just_under(BUCKET), "runner") + once,
+        }
+        for kind, states in _KIND_STATES.items()
+    ]
+
+
 def recording_names(config: Config) -> dict[str, str]:
     """`<kind>_<level>_<window>` -> recorded series, e.g. "ratio_fleet_1h"."""
     out = {}
+    if any(bucketed(w) for w in config.slo.windows):
+        for kind in _KIND_STATES:
+            out[f"{kind}_runner_bucket"] = bucket_name(kind)
     for w in config.slo.windows:
         for kind in _KIND_STATES:
             out[f"{kind}_runner_{w}"] = _count_name(kind, w)
@@ -130,7 +177,15 @@ def recording_names(config: Config) -> dict[str, str]:
 
 
 def count_rules(config: Config, window: str) -> list[dict[str, Any]]:
-    """One window's raw counts per runner (the only rules reading the raw gauge)."""
+    """One window's counts per runner: raw, or the sum of its 5-minute buckets."""
+    if bucketed(window):
+        return [
+            {
+                "record": _count_name(kind, window),
+                "expr": f"sum_over_time({bucket_name(kind)}[{_just_under(window)}])",
+            }
+            for kind in _KIND_STATES
+        ]
     return [
         {"record": _count_name(kind, window), "expr": samples(config, states, window, "runner")}
         for kind, states in _KIND_STATES.items()
@@ -156,8 +211,9 @@ def window_rules(config: Config, window: str) -> list[dict[str, Any]]:
 
 
 def recording_rules(config: Config) -> list[dict[str, Any]]:
-    """Every recording rule, window by window (each window's group in order)."""
-    return [r for w in config.slo.windows for r in window_rules(config, w)]
+    """Every recording rule: the buckets (if a window uses them), then window by window."""
+    buckets = bucket_rules(config) if any(bucketed(w) for w in config.slo.windows) else []
+    return buckets + [r for w in config.slo.windows for r in window_rules(config, w)]
 
 
 def threshold(config: Config, factor: float) -> str:
@@ -256,6 +312,9 @@ def alert_rules(config: Config) -> list[dict[str, Any]]:
 GROUP = "pullwake-slo"
 
 
+BUCKET_GROUP: Final = f"{GROUP}-bucket{BUCKET}"
+
+
 def window_group(window: str) -> str:
     """The window's raw counts."""
     return f"{GROUP}-{window}"
@@ -276,7 +335,8 @@ def group_order(config: Config) -> list[str]:
     group_eval_order)."""
     windows = config.slo.windows
     return (
-        [window_group(w) for w in windows]
+        ([BUCKET_GROUP] if any(bucketed(w) for w in windows) else [])
+        + [window_group(w) for w in windows]
         + [ratio_group(w) for w in windows]
         + [burn_group(b) for b in config.slo.burn_windows]
     )
@@ -295,7 +355,16 @@ def rule_file(config: Config) -> dict[str, Any]:
     """
     interval = config.rule_evaluation_interval
     windows = config.slo.windows
-    groups = [
+    groups: list[dict[str, Any]] = []
+    if any(bucketed(w) for w in windows):
+        every = parse_duration(interval)
+        if BUCKET_S % every:
+            raise ValueError(f"rule_evaluation_interval {interval} does not divide {BUCKET}")
+        for w in windows:
+            if bucketed(w) and parse_duration(w) % BUCKET_S:
+                raise ValueError(f"SLO window {w} is not a whole number of {BUCKET} buckets")
+        groups.append({"name": BUCKET_GROUP, "interval": interval, "rules": bucket_rules(config)})
+    groups += [
         {"name": window_group(w), "interval": interval, "rules": count_rules(config, w)}
         for w in windows
     ]

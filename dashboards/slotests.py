@@ -114,24 +114,33 @@ class Model:
             self._bad[runner], self._eligible[runner] = bad, eligible
         self._play()
 
-    def _count(self, sums: list[int], t_s: int, window_s: float) -> int:
-        """Samples with t - window <= i * STEP <= t (sum_over_time's inclusive range)."""
-        step = self.case.step_s
-        hi = min(t_s // step, len(sums) - 2)
-        lo = max(math.ceil((t_s - window_s) / step), 0)
+    def _count(self, sums: list[int], t_s: int, window: str) -> int:
+        """Samples within `window` at t, as the rules count them.
+
+        A raw window: t - window <= i * STEP <= t (sum_over_time's inclusive
+        range).  A bucketed one (slo.bucketed) ends at the last bucket b, the
+        last multiple of BUCKET_S (promtool evaluates from 0, so one was recorded
+        there): b - window < i * STEP <= b, each bucket holding (b' - 5m, b'].
+        """
+        step, window_s = self.case.step_s, parse_duration(window)
+        if slo.bucketed(window):
+            end = t_s - t_s % slo.BUCKET_S
+            hi = min(end // step, len(sums) - 2)
+            lo = max(math.floor((end - window_s) / step) + 1, 0)
+        else:
+            hi = min(t_s // step, len(sums) - 2)
+            lo = max(math.ceil((t_s - window_s) / step), 0)
         return sums[hi + 1] - sums[lo] if hi >= lo else 0
 
     def running(self, t_s: int, window: str, runner: str | None = None) -> int:
         """Samples finding one runner (or the fleet: None) running within `window` at t."""
-        w = parse_duration(window)
         runners = [runner] if runner else list(self.case.runners)
-        return sum(self._count(self._eligible[r], t_s, w) for r in runners)
+        return sum(self._count(self._eligible[r], t_s, window) for r in runners)
 
     def ratio(self, t_s: int, window: str, runner: str | None = None) -> float | None:
         """Error ratio of one runner (or the fleet: None) over `window` at t; None = no series."""
-        w = parse_duration(window)
         runners = [runner] if runner else list(self.case.runners)
-        bad = sum(self._count(self._bad[r], t_s, w) for r in runners)
+        bad = sum(self._count(self._bad[r], t_s, window) for r in runners)
         eligible = self.running(t_s, window, runner)
         return bad / eligible if eligible > 0 else None
 

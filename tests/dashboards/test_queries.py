@@ -17,6 +17,7 @@ import pytest
 from pullwake.core import catalog
 from pullwake.core.protocol import EndReason
 from pullwake.dashboards import queries as q
+from pullwake.dashboards import slo
 from pullwake.dashboards.config import DEFAULT
 from tests.dashboards.dashjson import concrete, load, prom_targets
 from tests.dashboards.promstack import write_deploy
@@ -49,6 +50,14 @@ EXACTLY_THE_FAULTY = {
     "Runners the server sees no stream for",
     "Runners losing claims",
 }
+# Windows of a day and more add up 5-minute buckets, the first recorded up to 5 minutes
+# after Prometheus starts: their targets (fleet burn rates 1d, 3d) are empty in a short run.
+BUCKETED = tuple(
+    slo.record_name(level, w)
+    for level in slo.LEVELS
+    for w in DEFAULT.slo.windows
+    if slo.bucketed(w)
+)
 
 
 def _all_targets(out: Path) -> Iterator[tuple[str, str, str]]:
@@ -117,7 +126,11 @@ def test_panels_return_data_from_a_live_runner_and_server(tmp_path: Path, deploy
         with running(prom.start()):
             for _ in range(3):
                 server.publish("r1", {"subscription_id": "s", "stream": "/x"})
-            expected = [t for t in _all_targets(deploy) if t[1] not in EMPTY_WHEN_HEALTHY]
+            expected = [
+                t
+                for t in _all_targets(deploy)
+                if t[1] not in EMPTY_WHEN_HEALTHY and not any(n in t[2] for n in BUCKETED)
+            ]
 
             def missing() -> list[tuple[str, str]]:
                 out = []

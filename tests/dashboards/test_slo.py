@@ -82,7 +82,10 @@ def test_one_recording_rule_per_window_and_level() -> None:
         # The raw gauge is read once per runner and window, into two disjoint counts.
         assert f"runner_id:{RS}:bad_samples{w}" in records
         assert f"runner_id:{RS}:good_samples{w}" in records
-    assert len(records) == len(set(records)) == 6 * len(DEFAULT.slo.windows)
+    # ...and, for the long windows, into 5-minute buckets once (slo.bucket_rules).
+    assert f"runner_id:{RS}:bad_samples_bucket5m" in records
+    assert f"runner_id:{RS}:good_samples_bucket5m" in records
+    assert len(records) == len(set(records)) == 6 * len(DEFAULT.slo.windows) + 2
     # Counts come before the rules that add them up or divide by them: per window a
     # group of raw counts, then (evaluated after it in promtool) one of running counts,
     # then ratios; then one group per window pair, its runner and fleet alerts.
@@ -97,8 +100,19 @@ def test_one_recording_rule_per_window_and_level() -> None:
         assert len(groups[slo.window_group(w)]) == 2  # the raw counts alone
     for b in DEFAULT.slo.burn_windows:
         assert all("alert" in r for r in groups[slo.burn_group(b)])
-    raw = [r["expr"] for r in slo.recording_rules(DEFAULT) if "sum_over_time" in r["expr"]]
-    assert len(raw) == 2 * len(DEFAULT.slo.windows)
+    # The raw gauge is read by the buckets and the windows below 1d; 1d and 3d add up
+    # buckets (ranges 1 ms short: a 2.x range includes its left edge).
+    raw = [r["expr"] for r in slo.recording_rules(DEFAULT) if f"{RS}{{" in r["expr"]]
+    short = [w for w in DEFAULT.slo.windows if not slo.bucketed(w)]
+    assert short == ["5m", "30m", "1h", "2h", "6h"]
+    assert len(raw) == 2 * len(short) + 2
+    assert [r["expr"] for r in groups[slo.window_group("1d")]] == [
+        f"sum_over_time(runner_id:{RS}:{k}_samples_bucket5m[23h59m59s999ms])"
+        for k in ("bad", "good")
+    ]
+    assert slo.group_order(DEFAULT)[0] == slo.BUCKET_GROUP
+    for r in groups[slo.BUCKET_GROUP]:
+        assert r["expr"].endswith("[4m59s999ms])) and on () vector(time() % 300) < 15")
 
 
 def test_burn_alert_labels_and_expression() -> None:
@@ -274,8 +288,19 @@ SHORT_WINDOW = f" and on (runner_id) runner_id:{RS}:error_ratio5m > 14.4 * (1 - 
         (SHORT_WINDOW, "", "full outage"),
         # Streaming samples left out of the running count: every recorded value moves.
         (GOOD_SELECTOR, 'state=~"none"', "SSE rotation every 60s, reconnected in 0.25s"),
+        # A 5-minute bucket including its left edge counts boundary samples twice.
+        ("[4m59s999ms]", "[5m]", "3x over 1d"),
+        # A bucket at every evaluation, not one in 20: the long windows count 5x over.
+        (" and on () vector(time() % 300) < 15", "", "3x over 1d"),
     ],
-    ids=["stopping-counts", "no-min-history", "no-short-window", "streaming-not-counted"],
+    ids=[
+        "stopping-counts",
+        "no-min-history",
+        "no-short-window",
+        "streaming-not-counted",
+        "bucket-left-edge",
+        "bucket-every-evaluation",
+    ],
 )
 @pytest.mark.prometheus
 @needs_prometheus

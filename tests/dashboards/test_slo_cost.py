@@ -52,6 +52,20 @@ def _openmetrics(path: Path, end: int) -> None:
                 for state in RunnerState:
                     v = 1 if state is now else 0
                     f.write(f'{name}{{runner_id="r{r}",state="{state.value}"}} {v} {t}\n')
+        # The 5-minute buckets the long windows add up (slo.bucket_rules), as Prometheus
+        # would have recorded them over these 3 days: at each multiple of 300 s, the
+        # samples of the 5 minutes up to it.
+        per = slo.BUCKET_S // STEP_S
+        for kind in ("bad", "good"):
+            bucket = slo.bucket_name(kind)
+            f.write(f"# TYPE {bucket} gauge\n")
+            for b in range(-(-(start + 1) // slo.BUCKET_S) * slo.BUCKET_S, end + 1, slo.BUCKET_S):
+                first = max((b - start) // STEP_S - per + 1, 0)
+                idx = range(first, (b - start) // STEP_S + 1)
+                for r in range(RUNNERS):
+                    bad = sum(1 for i in idx if r == 0 and i % BAD_EVERY == BAD_EVERY - 1)
+                    v = bad if kind == "bad" else len(idx) - bad
+                    f.write(f'{bucket}{{runner_id="r{r}"}} {v} {b}\n')
         f.write("# EOF\n")
 
 
