@@ -129,7 +129,7 @@ def running(config: Config, window: str, level: Level) -> str:
 # behind; windows shorter than BUCKETED_FROM (every page's short window) stay raw.
 BUCKET: Final = "5m"
 BUCKET_S: Final = 300
-BUCKETED_FROM: Final = "1d"
+BUCKETED_FROM: Final = "6h"
 
 
 def bucketed(window: str) -> bool:

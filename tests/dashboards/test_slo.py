@@ -100,11 +100,11 @@ def test_one_recording_rule_per_window_and_level() -> None:
         assert len(groups[slo.window_group(w)]) == 2  # the raw counts alone
     for b in DEFAULT.slo.burn_windows:
         assert all("alert" in r for r in groups[slo.burn_group(b)])
-    # The raw gauge is read by the buckets and the windows below 1d; 1d and 3d add up
-    # buckets (ranges 1 ms short: a 2.x range includes its left edge).
+    # The raw gauge is read by the buckets and the windows below 6h; 6h, 1d and 3d add
+    # up buckets (ranges 1 ms short: a 2.x range includes its left edge).
     raw = [r["expr"] for r in slo.recording_rules(DEFAULT) if f"{RS}{{" in r["expr"]]
     short = [w for w in DEFAULT.slo.windows if not slo.bucketed(w)]
-    assert short == ["5m", "30m", "1h", "2h", "6h"]
+    assert short == ["5m", "30m", "1h", "2h"]
     assert len(raw) == 2 * len(short) + 2
     assert [r["expr"] for r in groups[slo.window_group("1d")]] == [
         f"sum_over_time(runner_id:{RS}:{k}_samples_bucket5m[23h59m59s999ms])"
