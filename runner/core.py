@@ -113,7 +113,6 @@ class Runner:
         self._handler = handler
         self.observer = Observers(*([observer] if observer is not None else []))
         self.metrics: MetricsHook | None = None  # /metrics, set by the telemetry layer
-        self.request_class: type[aiohttp.ClientRequest] = aiohttp.ClientRequest  # traceparent
         self.trace_configs: list[aiohttp.TraceConfig] = []  # HTTP client telemetry (runner.otel)
         self._driver = Driver(self)
         self._offsets = OffsetStore(config.offset_file)
@@ -181,8 +180,8 @@ class Runner:
         Cancelling the task running it stops the runner the same way, then
         re-raises `CancelledError`.
         """
-        stream_http = open_stream_session(self.config, self.request_class, self.trace_configs)
-        api_http = open_api_session(self.config, self.request_class, self.trace_configs)
+        stream_http = open_stream_session(self.config, self.trace_configs)
+        api_http = open_api_session(self.config, self.trace_configs)
         self._api = ServerAPI(api_http, self.config)
         self._dispatcher = Dispatcher(
             self._api,

@@ -16,8 +16,7 @@ and this observer turns the reports into:
   (`runner.otel_wakes`, the hot path);
 - HTTP semantic conventions on every request: a CLIENT span per request
   (`traceparent` names it) and `http.client.request.duration`
-  (`runner.otel_http`, an aiohttp `TraceConfig`); `runner.otel_propagation`
-  keeps the bare `traceparent` request class for sessions built elsewhere.
+  (`runner.otel_http`, an aiohttp `TraceConfig`).
 
 Everything here is called on the runner's event loop and only enqueues or
 updates memory (bounded maps); exporting happens on the SDK's threads.
@@ -58,7 +57,6 @@ from pullwake.core.telemetry import (
 from pullwake.runner.observe import RunnerSnapshot, SessionInfo, Transition
 from pullwake.runner.otel_gauges import RunnerGauges
 from pullwake.runner.otel_http import HttpClientTelemetry
-from pullwake.runner.otel_propagation import Traceparent
 from pullwake.runner.otel_wakes import WAKE_SPAN, WAKE_STEPS, WakeTraces
 
 __all__ = [
@@ -116,7 +114,6 @@ class OtelRunnerObserver:
         # events on it (False: a quarter of the span cost at high wake rates)
         self.wake_step_spans = wake_step_spans
         self.runner_id = runner_id
-        self._traceparent = Traceparent(lambda: self._current)
         self._attr_cache: dict[tuple[str, str], Mapping[str, str]] = {}
         self._tracer = telemetry.tracer()
         self._sessions: dict[int, Span] = {}  # open sessions: each ends exactly once
@@ -339,10 +336,6 @@ class OtelRunnerObserver:
             yield
 
     # --- the runner's HTTP requests ---
-    def request_class(self) -> type[aiohttp.ClientRequest]:
-        """`traceparent` only, no client span (runner.otel_propagation)."""
-        return self._traceparent.request_class()
-
     def trace_config(self) -> aiohttp.TraceConfig:
         """A CLIENT span, `traceparent` and the duration per request (runner.otel_http)."""
         return self._http.trace_config()

@@ -2,9 +2,9 @@
 
 One aiohttp `TraceConfig` on both of the runner's sessions (stream GET, tail
 probe, register, heartbeat, claim, lease heartbeats and the completion
-callback).  A `TraceConfig` and not the request class `runner.otel_propagation`
-used alone: only its signals see a request that never got a connection
-(refused, timed out) - the request class is built but never sent.  Why not
+callback).  A `TraceConfig` and not an aiohttp request class: only its signals
+see a request that never got a connection (refused, timed out) - a request
+class is built but never sent.  Why not
 `opentelemetry-instrumentation-aiohttp-client`: see `pullwake.core.http_semconv`
 (old attribute names by default, global providers, no `runner.id`, no session
 parent).

@@ -91,7 +91,6 @@ def stream_timeout(config: RunnerConfig) -> aiohttp.ClientTimeout:
 
 def open_stream_session(
     config: RunnerConfig,
-    request_class: type[aiohttp.ClientRequest] = aiohttp.ClientRequest,
     trace_configs: Sequence[aiohttp.TraceConfig] = (),
 ) -> aiohttp.ClientSession:
     factory = keepalive_socket_factory(config.keepalive) if config.profile.tcp_keepalive else None
@@ -101,14 +100,12 @@ def open_stream_session(
         timeout=stream_timeout(config),
         headers=base_headers(config),
         auto_decompress=False,
-        request_class=request_class,  # telemetry: W3C traceparent (runner.otel)
-        trace_configs=list(trace_configs) or None,  # telemetry: HTTP client spans (runner.otel)
+        trace_configs=list(trace_configs) or None,  # telemetry: spans + traceparent (runner.otel)
     )
 
 
 def open_api_session(
     config: RunnerConfig,
-    request_class: type[aiohttp.ClientRequest] = aiohttp.ClientRequest,
     trace_configs: Sequence[aiohttp.TraceConfig] = (),
 ) -> aiohttp.ClientSession:
     # Keep-alive pooling off: a pooled socket to a dead server would make the
@@ -118,8 +115,7 @@ def open_api_session(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=30, connect=config.connect_timeout),
         headers=base_headers(config),
-        request_class=request_class,  # telemetry: W3C traceparent (runner.otel)
-        trace_configs=list(trace_configs) or None,  # telemetry: HTTP client spans (runner.otel)
+        trace_configs=list(trace_configs) or None,  # telemetry: spans + traceparent (runner.otel)
     )
 
 

@@ -271,8 +271,7 @@ def test_observer_errors_never_reach_the_runner(rig: Rig) -> None:
     assert rig.sample("pullwake_heartbeat_failures_total", error_type="other") == 1
 
 
-@pytest.mark.parametrize("hook", ["request_class", "trace_config"])
-async def test_traceparent_on_runner_requests(rig: Rig, hook: str) -> None:
+async def test_traceparent_on_runner_requests(rig: Rig) -> None:
     seen: list[str] = []
 
     async def echo(request: web.Request) -> web.Response:
@@ -281,12 +280,7 @@ async def test_traceparent_on_runner_requests(rig: Rig, hook: str) -> None:
 
     async with serving(echo) as base:
         url = f"{base}/x"
-        kw: dict[str, object] = (
-            {"request_class": rig.obs.request_class()}
-            if hook == "request_class"
-            else {"trace_configs": [rig.obs.trace_config()]}
-        )
-        async with ClientSession(**kw) as http:  # type: ignore[arg-type]
+        async with ClientSession(trace_configs=[rig.obs.trace_config()]) as http:
             rig.obs.session_started(session(1))
             async with http.get(url) as resp:  # the stream GET: the session's context
                 await resp.read()
@@ -300,15 +294,13 @@ async def test_traceparent_on_runner_requests(rig: Rig, hook: str) -> None:
     tid = f"{session_span.get_span_context().trace_id:032x}"
     assert seen[0].split("-")[1] == tid
     assert seen[1].split("-")[1] == f"{hb.context.trace_id:032x}"
-    if hook == "request_class":  # traceparent alone: the active span
-        assert seen[1].split("-")[2] == f"{hb.context.span_id:016x}"
-    else:  # the request's own CLIENT span (runner.otel_http), a child of the active span
-        clients = {f"{s.context.span_id:016x}": s for s in rig.finished() if s.name == "GET"}
-        stream, hb_request = clients[seen[0].split("-")[2]], clients[seen[1].split("-")[2]]
-        assert stream.parent is not None and stream.parent.span_id == (
-            session_span.get_span_context().span_id
-        )
-        assert hb_request.parent is not None and hb_request.parent.span_id == hb.context.span_id
+    # the request's own CLIENT span (runner.otel_http), a child of the active span
+    clients = {f"{s.context.span_id:016x}": s for s in rig.finished() if s.name == "GET"}
+    stream, hb_request = clients[seen[0].split("-")[2]], clients[seen[1].split("-")[2]]
+    assert stream.parent is not None and stream.parent.span_id == (
+        session_span.get_span_context().span_id
+    )
+    assert hb_request.parent is not None and hb_request.parent.span_id == hb.context.span_id
 
 
 def test_a_stop_ends_wake_spans_once_the_runner_has_stopped(rig: Rig) -> None:
