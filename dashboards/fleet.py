@@ -174,7 +174,7 @@ def build(config: Config) -> db.Dashboard:
                 unit="ops",
             )
         )
-        .with_row(db.Row("Wakes and backoff"))
+        .with_row(db.Row("Wakes and claims"))
         .with_panel(
             threshold_line(
                 timeseries_panel(
@@ -188,7 +188,6 @@ def build(config: Config) -> db.Dashboard:
                 (config.thresholds.wake_latency_p99_seconds, "red"),
             )
         )
-        .with_row(db.Row("Wakes and claims"))
         .with_panel(
             timeseries_panel(
                 config,
